@@ -1,0 +1,27 @@
+"""The repository's own promises: CI runs the README's test command, dependencies are pinned."""
+import re
+
+from tests.utils import REPO_ROOT
+
+
+def _readme_test_command() -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Test", 1)[1]
+    return re.search(r"```bash\n(.+?)\n```", section, re.S).group(1).strip()
+
+
+def test_ci_runs_the_readme_test_command():
+    command = _readme_test_command()
+    assert "pytest" in command
+    ci_lines = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines
+
+
+def test_requirements_pin_what_mindspore_needs():
+    requirements = (REPO_ROOT / "requirements.txt").read_text()
+    assert re.search(r"^mindspore==2\.10\.0$", requirements, re.M)
+    assert re.search(r"^mindcv==0\.3\.0$", requirements, re.M)
+    assert re.search(r"^numpy>=1\.25,<2$", requirements, re.M)
+    assert "torch" not in requirements
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert '"numpy>=1.25,<2"' in pyproject and '"mindspore==2.10.0"' in pyproject

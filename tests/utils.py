@@ -1,0 +1,30 @@
+"""Helpers shared by the tests."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO_ROOT / "tests" / "data"
+# CI checks out the project with shared/ beside it; the big fixtures are read from there.
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+def rel_err(actual, expected) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``expected``."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = np.abs(expected).max()
+    return float(np.abs(actual - expected).max() / (scale if scale > 0 else 1.0))
+
+
+def shared_fixture_dir(*parts) -> Path:
+    """A directory under ../shared/fixtures, or a skip (a failure under CI) when it is absent."""
+    path = SHARED_FIXTURES.joinpath(*parts)
+    if not path.is_dir():
+        message = f"fixture directory {path} is not present (it lives in ../shared beside the checkout)"
+        if os.environ.get("MINDCV_EXT_REQUIRE_FIXTURES"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
