@@ -1,4 +1,6 @@
 """Reusable layers of mindcv_ext."""
+from .drop_path import DropPath
+from .helpers import gelu, layer_norm, to_2tuple
 from .monarch import (
     BlockdiagLinear,
     MonarchLinear,
@@ -7,9 +9,20 @@ from .monarch import (
     monarch_to_dense,
     project_to_monarch,
 )
+from .mlp import MLP_LAYERS, GatedMlp, Mlp, create_linear
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
+from .patch_embed import PatchEmbed
 
 __all__ = [
+    "DropPath",
+    "PatchEmbed",
+    "Mlp",
+    "GatedMlp",
+    "MLP_LAYERS",
+    "create_linear",
+    "gelu",
+    "layer_norm",
+    "to_2tuple",
     "MonarchLinear",
     "BlockdiagLinear",
     "blockdiag_butterfly_multiply",

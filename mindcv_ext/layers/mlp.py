@@ -1,0 +1,73 @@
+"""The MLP blocks every model uses, with the linear layers chosen by name: dense or Monarch."""
+from typing import Callable, Optional
+
+import mindspore as ms
+from mindspore import nn
+
+from .helpers import gelu
+from .monarch import MonarchLinear, _check_positive_int
+
+__all__ = ["MLP_LAYERS", "create_linear", "Mlp", "GatedMlp"]
+
+MLP_LAYERS = ("dense", "monarch")
+
+
+def check_mlp_layer(mlp_layer: str, nblocks: int) -> None:
+    if mlp_layer not in MLP_LAYERS:
+        raise ValueError(f"mlp_layer must be one of {MLP_LAYERS}, got {mlp_layer!r}")
+    _check_positive_int("MonarchLinear", "nblocks", nblocks)
+
+
+def create_linear(in_features: int, out_features: int, mlp_layer: str = "dense", nblocks: int = 4,
+                  has_bias: bool = True) -> nn.Cell:
+    """``nn.Dense`` or ``MonarchLinear`` with the same (in, out) and bias."""
+    check_mlp_layer(mlp_layer, nblocks)
+    if mlp_layer == "monarch":
+        return MonarchLinear(in_features, out_features, nblocks=nblocks, has_bias=has_bias)
+    return nn.Dense(in_features, out_features, has_bias=has_bias)
+
+
+class Mlp(nn.Cell):
+    """``fc1 -> GELU -> dropout -> fc2 -> dropout`` (timm's ``Mlp``); fc1/fc2 dense or Monarch."""
+
+    def __init__(self, in_features: int, hidden_features: Optional[int] = None, out_features: Optional[int] = None,
+                 drop: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
+                 act_layer: Callable[[], nn.Cell] = gelu) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.fc1 = create_linear(in_features, hidden_features, mlp_layer, nblocks)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(p=drop)
+        self.fc2 = create_linear(hidden_features, out_features, mlp_layer, nblocks)
+        self.drop2 = nn.Dropout(p=drop)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        x = self.drop1(self.act(self.fc1(x)))
+        return self.drop2(self.fc2(x))
+
+
+class GatedMlp(nn.Cell):
+    """``fc1 -> GELU -> dropout -> gate -> fc2 -> dropout`` (timm's ``GatedMlp``, used by gMLP).
+
+    ``gate_layer(hidden)`` builds the gating unit; it halves the width, so fc2 reads ``hidden // 2``.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, gate_layer: Callable[[int], nn.Cell],
+                 out_features: Optional[int] = None, drop: float = 0.0, mlp_layer: str = "dense",
+                 nblocks: int = 4) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        if hidden_features % 2:
+            raise ValueError(f"GatedMlp: hidden_features must be even, got {hidden_features}")
+        self.fc1 = create_linear(in_features, hidden_features, mlp_layer, nblocks)
+        self.act = gelu()
+        self.drop1 = nn.Dropout(p=drop)
+        self.gate = gate_layer(hidden_features)
+        self.fc2 = create_linear(hidden_features // 2, out_features, mlp_layer, nblocks)
+        self.drop2 = nn.Dropout(p=drop)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        x = self.drop1(self.act(self.fc1(x)))
+        x = self.gate(x)
+        return self.drop2(self.fc2(x))

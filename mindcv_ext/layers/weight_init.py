@@ -1,0 +1,40 @@
+"""In-place parameter initialisers with PyTorch/timm semantics, for the models' ``_init_weights``."""
+import math
+
+import mindspore as ms
+from mindspore.common import initializer as init
+
+__all__ = ["trunc_normal_", "normal_", "xavier_uniform_", "lecun_normal_", "constant_", "orthogonal_"]
+
+
+def _fill(param: ms.Parameter, initializer: init.Initializer) -> None:
+    param.set_data(init.initializer(initializer, param.shape, param.dtype))
+
+
+def trunc_normal_(param: ms.Parameter, std: float = 0.02) -> None:
+    """Normal(0, std) truncated to [-2, 2] in absolute value, as timm's ``trunc_normal_``."""
+    _fill(param, init.TruncatedNormal(sigma=std, mean=0.0, a=-2.0, b=2.0))
+
+
+def normal_(param: ms.Parameter, std: float) -> None:
+    _fill(param, init.Normal(sigma=std))
+
+
+def xavier_uniform_(param: ms.Parameter) -> None:
+    _fill(param, init.XavierUniform())
+
+
+def lecun_normal_(param: ms.Parameter) -> None:
+    """timm's ``lecun_normal_``: truncated normal with variance 1/fan_in (fan_in includes the kernel)."""
+    fan_in = math.prod(param.shape[1:])
+    # std of a standard normal truncated to [-2, 2] is 0.8796..., undone as timm does.
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    _fill(param, init.TruncatedNormal(sigma=std, mean=0.0, a=-2.0 * std, b=2.0 * std))
+
+
+def constant_(param: ms.Parameter, value: float) -> None:
+    _fill(param, init.Constant(value))
+
+
+def orthogonal_(param: ms.Parameter, gain: float = 1.0) -> None:
+    _fill(param, init.Orthogonal(gain=gain))

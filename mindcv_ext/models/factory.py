@@ -1,0 +1,97 @@
+"""Model lookup and creation on top of mindcv's registry: aliases, clear errors, strict loading."""
+import difflib
+import os
+from typing import Dict, List, Optional
+
+import mindspore as ms
+from mindspore import nn
+
+from mindcv.models import create_model as mindcv_create_model
+from mindcv.models.registry import is_model, list_models
+
+from .vitae import ALIASES as VITAE_ALIASES
+
+__all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params", "load_checkpoint",
+           "list_ext_models"]
+
+MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES}
+_EXT_MODULES = ("gmlp", "mlp_mixer", "vitae")
+
+
+def list_ext_models() -> List[str]:
+    """The models mindcv_ext registers (a subset of mindcv's ``list_models()`` after import)."""
+    return sorted(name for module in _EXT_MODULES for name in list_models(module=module))
+
+
+def resolve_model_name(name: str) -> str:
+    """The registered name for ``name`` (reference aliases accepted), or a ValueError with suggestions."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
+    if is_model(name):
+        return name
+    candidates = list_models() + list(MODEL_ALIASES)
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} mindcv_ext models: {', '.join(list_ext_models())} "
+                     f"(all names: mindcv.list_models()).")
+
+
+def _buffer_names(net: nn.Cell) -> set:
+    """Names of parameters that PyTorch keeps as buffers: BatchNorm running statistics."""
+    names = set()
+    for prefix, cell in net.cells_and_names():
+        if isinstance(cell, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            names.add(cell.moving_mean.name)
+            names.add(cell.moving_variance.name)
+    return names
+
+
+def count_params(net: nn.Cell, trainable_only: bool = False) -> int:
+    """Parameters as PyTorch counts them: fixed ones (e.g. random features) included, BN statistics not."""
+    if trainable_only:
+        return sum(p.size for p in net.trainable_params())
+    buffers = _buffer_names(net)
+    return sum(p.size for p in net.get_parameters() if p.name not in buffers)
+
+
+def load_checkpoint(net: nn.Cell, path: str, strict: bool = True) -> List[str]:
+    """Load a MindSpore checkpoint into ``net``; unlike mindcv, a missing file or parameter is an error.
+
+    Entries that the network does not have (optimizer state, ``epoch_num``...) are ignored. Returns the
+    names of network parameters the checkpoint did not provide (always empty when ``strict``).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        params = ms.load_checkpoint(path)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from exc
+    mismatched = [f"{p.name}: model {tuple(p.shape)} vs checkpoint {tuple(params[p.name].shape)}"
+                  for p in net.get_parameters() if p.name in params and tuple(params[p.name].shape) != tuple(p.shape)]
+    if mismatched:
+        raise ValueError(f"checkpoint {path!r} does not fit the model; shape mismatches: " + "; ".join(mismatched))
+    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=False)
+    if not_loaded and strict:
+        raise ValueError(f"checkpoint {path!r} is missing {len(not_loaded)} parameter(s) of the model, e.g. "
+                         f"{', '.join(not_loaded[:5])}. Is it for another model or configuration?")
+    return list(not_loaded)
+
+
+def create_model(model_name: str, num_classes: int = 1000, pretrained: bool = False, in_channels: int = 3,
+                 checkpoint_path: Optional[str] = None, strict: bool = True, **kwargs) -> nn.Cell:
+    """mindcv's ``create_model`` with aliases, a clear error for unknown names, and strict loading.
+
+    ``None`` values in ``kwargs`` are dropped, as mindcv does, so configuration files can leave
+    model arguments unset.
+    """
+    name = resolve_model_name(model_name)
+    if checkpoint_path and not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(f"checkpoint {checkpoint_path!r} does not exist")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    net = mindcv_create_model(name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
+                              **kwargs)
+    if checkpoint_path:
+        load_checkpoint(net, checkpoint_path, strict=strict)
+    return net

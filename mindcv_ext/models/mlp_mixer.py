@@ -1,0 +1,196 @@
+"""
+MindSpore implementation of `MLP-Mixer`, with dense or Monarch channel MLPs.
+Refer to "MLP-Mixer: An all-MLP Architecture for Vision" (Tolstikhin et al., NeurIPS 2021,
+https://arxiv.org/abs/2105.01601) and, for the Monarch variant, "Monarch: Expressive Structured
+Matrices for Efficient and Accurate Training" (Dao et al., ICML 2022).
+
+Numerically identical to timm's ``mixer_*`` and loads timm and fly checkpoints: parameter names are
+timm's, LayerNorm epsilon 1e-6, exact GELU, a convolution stem with bias (unlike mindcv's
+``mlp_mixer_*``, whose stem has no bias and whose GELU and LayerNorm defaults differ). With
+``mlp_layer="monarch"`` the channel MLPs become Monarch and the token MLPs stay dense, as fly's
+Monarch Mixer.
+"""
+from typing import Tuple, Union
+
+import mindspore as ms
+from mindspore import nn
+
+from mindcv.models.registry import register_model
+
+from ..layers import DropPath, Mlp, PatchEmbed, layer_norm
+from ..layers.mlp import check_mlp_layer
+from ..layers.helpers import to_2tuple
+from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_model, init_mixer_weights, make_cfg
+
+__all__ = ["MlpMixer"]
+
+_ARCHS = {
+    "mixer_s32_224": dict(patch_size=32, num_blocks=8, embed_dim=512),
+    "mixer_s16_224": dict(patch_size=16, num_blocks=8, embed_dim=512),
+    "mixer_b32_224": dict(patch_size=32, num_blocks=12, embed_dim=768),
+    "mixer_b16_224": dict(patch_size=16, num_blocks=12, embed_dim=768),
+    "mixer_l32_224": dict(patch_size=32, num_blocks=24, embed_dim=1024),
+    "mixer_l16_224": dict(patch_size=16, num_blocks=24, embed_dim=1024),
+}
+
+default_cfgs = {
+    name: make_cfg(mean=INCEPTION_MEAN, std=INCEPTION_STD)
+    for base in _ARCHS
+    for name in (base, base + "_monarch")
+}
+
+
+class MixerBlock(nn.Cell):
+    """Token mixing across patches, then channel mixing, each residual with pre-LayerNorm."""
+
+    def __init__(self, dim: int, seq_len: int, mlp_ratio: Tuple[float, float] = (0.5, 4.0), proj_drop: float = 0.0,
+                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
+        super().__init__()
+        tokens_dim, channels_dim = (int(ratio * dim) for ratio in mlp_ratio)
+        self.norm1 = layer_norm(dim, eps=1e-6)
+        self.mlp_tokens = Mlp(seq_len, tokens_dim, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = layer_norm(dim, eps=1e-6)
+        self.mlp_channels = Mlp(dim, channels_dim, drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(0, 2, 1)).transpose(0, 2, 1))
+        return x + self.drop_path(self.mlp_channels(self.norm2(x)))
+
+
+class MlpMixer(nn.Cell):
+    r"""MLP-Mixer: patch embedding, Mixer blocks, LayerNorm, mean pooling, linear head.
+
+    Args:
+        img_size: input resolution (a multiple of ``patch_size``). Default: 224.
+        patch_size: patch side. Default: 16.
+        in_channels: input channels. Default: 3.
+        num_classes: classes of the head (0 for no head). Default: 1000.
+        embed_dim: token width. Default: 512.
+        num_blocks: number of Mixer blocks. Default: 8.
+        mlp_ratio: (token, channel) MLP expansion, or one number for the channel MLP with the token
+            ratio 0.5. Default: (0.5, 4.0).
+        drop_rate: dropout before the head. Default: 0.
+        proj_drop_rate: dropout inside the MLPs. Default: 0.
+        drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
+        mlp_layer: ``"dense"`` or ``"monarch"`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
+        nblocks: Monarch blocks per factor. Default: 4.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
+                 embed_dim: int = 512, num_blocks: int = 8,
+                 mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0), drop_rate: float = 0.0,
+                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
+                 nblocks: int = 4) -> None:
+        super().__init__()
+        check_mlp_layer(mlp_layer, nblocks)
+        mlp_ratio = (0.5, float(mlp_ratio)) if isinstance(mlp_ratio, (int, float)) else to_2tuple(mlp_ratio)
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
+        seq_len = self.stem.num_patches
+        self.blocks = nn.SequentialCell([
+            MixerBlock(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks)
+            for _ in range(num_blocks)
+        ])
+        self.norm = layer_norm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(p=drop_rate)
+        self.head = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        init_mixer_weights(self)
+
+    def forward_features(self, x: ms.Tensor) -> ms.Tensor:
+        x = self.stem(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: ms.Tensor) -> ms.Tensor:
+        x = x.mean(axis=1)
+        return self.head(self.head_drop(x))
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _mixer(variant: str, pretrained: bool, **kwargs) -> MlpMixer:
+    base, monarch, _ = variant.partition("_monarch")
+    args = dict(_ARCHS[base], mlp_layer="monarch" if monarch else "dense")
+    args.update(kwargs)
+    return build_model(MlpMixer, variant, pretrained, default_cfgs[variant], **args)
+
+
+@register_model
+def mixer_s32_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> MlpMixer:
+    """Mixer-S/32 (19.1M parameters)."""
+    return _mixer("mixer_s32_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_s16_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> MlpMixer:
+    """Mixer-S/16 (18.5M parameters)."""
+    return _mixer("mixer_s16_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_b32_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> MlpMixer:
+    """Mixer-B/32 (60.3M parameters)."""
+    return _mixer("mixer_b32_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_b16_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> MlpMixer:
+    """Mixer-B/16 (59.9M parameters)."""
+    return _mixer("mixer_b16_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_l32_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> MlpMixer:
+    """Mixer-L/32 (206.9M parameters)."""
+    return _mixer("mixer_l32_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_l16_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> MlpMixer:
+    """Mixer-L/16 (208.2M parameters)."""
+    return _mixer("mixer_l16_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_s32_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+                          **kwargs) -> MlpMixer:
+    """Mixer-S/32 with Monarch channel MLPs (nblocks 4)."""
+    return _mixer("mixer_s32_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_s16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+                          **kwargs) -> MlpMixer:
+    """Mixer-S/16 with Monarch channel MLPs (nblocks 4: 7.0M parameters)."""
+    return _mixer("mixer_s16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_b32_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+                          **kwargs) -> MlpMixer:
+    """Mixer-B/32 with Monarch channel MLPs (nblocks 4)."""
+    return _mixer("mixer_b32_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_b16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+                          **kwargs) -> MlpMixer:
+    """Mixer-B/16 with Monarch channel MLPs (nblocks 4: 21.0M parameters)."""
+    return _mixer("mixer_b16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_l32_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+                          **kwargs) -> MlpMixer:
+    """Mixer-L/32 with Monarch channel MLPs (nblocks 4)."""
+    return _mixer("mixer_l32_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@register_model
+def mixer_l16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+                          **kwargs) -> MlpMixer:
+    """Mixer-L/16 with Monarch channel MLPs (nblocks 4)."""
+    return _mixer("mixer_l16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
