@@ -1,6 +1,6 @@
 """Reusable layers of mindcv_ext."""
 from .drop_path import DropPath
-from .helpers import gelu, layer_norm, to_2tuple
+from .helpers import ErfFreeGELU, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
 from .monarch import (
     BlockdiagLinear,
     MonarchLinear,
@@ -23,6 +23,9 @@ __all__ = [
     "gelu",
     "layer_norm",
     "to_2tuple",
+    "ErfFreeGELU",
+    "replace_cell",
+    "replace_cells",
     "MonarchLinear",
     "BlockdiagLinear",
     "blockdiag_butterfly_multiply",

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 
 from mindspore import nn
 
+from .helpers import replace_cell
 from .monarch import MonarchLinear, _check_positive_int, monarch_factor_shapes
 
 __all__ = ["monarchize", "MonarchizeReport", "LayerSwap"]
@@ -66,13 +67,6 @@ def _count_params(net: nn.Cell) -> int:
     return sum(p.size for p in net.get_parameters())
 
 
-def _replace_child(parent: nn.Cell, attr: str, new: nn.Cell) -> None:
-    if isinstance(parent, (nn.SequentialCell, nn.CellList)):
-        parent[int(attr)] = new
-    else:
-        setattr(parent, attr, new)
-
-
 def monarchize(net: nn.Cell, nblocks: int = 4, include: Sequence[str] = DEFAULT_INCLUDE,
                exclude: Sequence[str] = (), init: str = "random", verbose: bool = False) -> MonarchizeReport:
     """Replace the ``nn.Dense`` layers of ``net`` whose names match ``include`` with ``MonarchLinear``.
@@ -125,12 +119,7 @@ def monarchize(net: nn.Cell, nblocks: int = 4, include: Sequence[str] = DEFAULT_
         if init == "project":
             rel_error = monarch.load_dense(dense.weight.asnumpy(),
                                            dense.bias.asnumpy() if dense.has_bias else None)
-        parent_name, _, attr = name.rpartition(".")
-        parent = net if not parent_name else dict(net.cells_and_names())[parent_name]
-        _replace_child(parent, attr, monarch)
-        # A Cell assigned after construction names its parameters relative to its parent only
-        # ("fc1.blkdiag1" in every block); checkpoints and optimizers need the full, unique name.
-        monarch.update_parameters_name(name + ".")
+        replace_cell(net, name, monarch)
         bias_params = out_features if dense.has_bias else 0
         report.swapped.append(LayerSwap(name, in_features, out_features,
                                         in_features * out_features + bias_params,

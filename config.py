@@ -1,0 +1,329 @@
+"""Configuration for train.py and eval.py: mindcv's arguments, groups and defaults, from YAML and the command line.
+
+The YAML file (``-c/--config``) gives defaults and the command line wins. Compared with mindcv 0.3.0:
+
+- an unknown YAML key is an error that names the key and the closest valid one;
+- YAML values are type-checked and their ``choices`` enforced, like command-line values;
+- lists parse from the command line (``--scale 0.08,1.0`` or ``--scale "[0.08, 1.0]"``) and booleans
+  mean what they say (``--ema False`` is False);
+- ``device_target`` defaults to ``auto`` (the backend of the installed MindSpore), so a CPU-only
+  machine works out of the box;
+- the model keys ``img_size``, ``mlp_layer``, ``nblocks`` and ``model_kwargs`` (any other entrypoint
+  argument, e.g. ``{patch_size: 4, num_blocks: 4}``) are added;
+- ``image_resize``, ``crop_pct``, ``interpolation``, ``mean`` and ``std`` default to the model's own
+  ``default_cfg`` instead of fixed ImageNet values.
+"""
+import argparse
+import ast
+import difflib
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+__all__ = ["create_parser", "parse_args", "save_args", "ConfigError"]
+
+DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is wrong; the message names it."""
+
+
+def str2bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "y", "1", "on"):
+        return True
+    if text in ("false", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+
+
+def _none_or(convert):
+    def parse(value):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        return convert(value)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _number_list(element):
+    def parse(value) -> List:
+        if isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            text = str(value).strip()
+            if text.startswith(("[", "(")):
+                try:
+                    items = list(ast.literal_eval(text))
+                except (ValueError, SyntaxError) as exc:
+                    raise argparse.ArgumentTypeError(f"cannot read a list from {value!r}") from exc
+            else:
+                items = [t for t in text.replace(",", " ").split() if t]
+        try:
+            return [element(item) for item in items]
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"expected a list of {element.__name__}s, got {value!r}") from exc
+
+    parse.__name__ = f"{element.__name__}_list"
+    return parse
+
+
+def _mapping(value) -> Dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = yaml.safe_load(str(value))
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read a mapping from {value!r}: {exc}") from exc
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{patch_size: 4}}', got {value!r}")
+    return parsed
+
+
+float_list = _number_list(float)
+int_list = _number_list(int)
+optional_int = _none_or(int)
+optional_float = _none_or(float)
+optional_str = _none_or(str)
+optional_float_list = _none_or(float_list)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line that name the culprit, without the two-screen usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help for all options)\n")
+
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        description="Training and evaluation configuration (mindcv conventions). Values come from the YAML given "
+                    "with -c and are overridden by command-line options.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-c", "--config", type=str, default="", help="YAML configuration file")
+    flag = dict(type=str2bool, nargs="?", const=True)
+
+    group = parser.add_argument_group("System")
+    group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: graph mode, 1: PyNative mode")
+    group.add_argument("--device_target", type=str, default="auto", choices=["auto", "CPU", "GPU", "Ascend"],
+                       help="backend; 'auto' uses the one the installed MindSpore was built for")
+    group.add_argument("--distribute", default=False, **flag, help="data-parallel training (launch with msrun)")
+    group.add_argument("--val_while_train", default=False, **flag, help="validate during training")
+    group.add_argument("--val_interval", type=int, default=1, help="validate every this many epochs")
+    group.add_argument("--log_interval", type=int, default=100, help="log every this many steps")
+    group.add_argument("--seed", type=int, default=42, help="random seed")
+    group.add_argument("--dry_run", default=False, **flag,
+                       help="build the data pipeline, model, optimizer and schedule, report them, and stop")
+    group.add_argument("--data_digest", default=False, **flag,
+                       help="log which training samples each rank consumed (checks data-parallel sharding; "
+                            "needs dataset_sink_mode False)")
+
+    group = parser.add_argument_group("Dataset")
+    group.add_argument("--dataset", type=str, default="imagenet", choices=DATASETS,
+                       help="imagenet/folder: data_dir/<split>/<class>/<image>; digits: built-in; cifar10/100")
+    group.add_argument("--data_dir", type=str, default="./", help="dataset root")
+    group.add_argument("--train_split", type=str, default="train", help="training sub-folder")
+    group.add_argument("--val_split", type=str, default="val", help="validation sub-folder")
+    group.add_argument("--cache_dir", type=optional_str, default=None,
+                       help="where built-in datasets are written (default ~/.cache/mindcv_ext)")
+    group.add_argument("--dataset_download", default=False, **flag,
+                       help="accepted for mindcv compatibility; nothing is downloaded")
+    group.add_argument("--num_parallel_workers", type=int, default=8, help="data workers (capped at CPU count)")
+    group.add_argument("--shuffle", default=True, **flag, help="shuffle the training data")
+    group.add_argument("--num_samples", type=optional_int, default=None, help="use only this many samples")
+    group.add_argument("--batch_size", type=int, default=128, help="batch size per device")
+    group.add_argument("--drop_remainder", default=True, **flag, help="drop the last incomplete training batch")
+
+    group = parser.add_argument_group("Augmentation")
+    group.add_argument("--image_resize", type=optional_int, default=None,
+                       help="image size fed to the model (default: the model's input size)")
+    group.add_argument("--scale", type=float_list, default=[0.08, 1.0], help="random-resized-crop area range")
+    group.add_argument("--ratio", type=float_list, default=[0.75, 1.333], help="random-resized-crop aspect range")
+    group.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    group.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability")
+    group.add_argument("--color_jitter", type=optional_float, default=0.4, help="colour jitter strength")
+    group.add_argument("--interpolation", type=optional_str, default=None,
+                       choices=[None, "bilinear", "bicubic", "nearest", "area"],
+                       help="resize interpolation (default: the model's)")
+    group.add_argument("--auto_augment", type=optional_str, default=None,
+                       help="e.g. randaug-m9-mstd0.5-inc1, autoaug, augmix, trivialaugwide")
+    group.add_argument("--aug_splits", type=int, default=0, help="augmentation splits (3 with auto_augment)")
+    group.add_argument("--re_prob", type=float, default=0.0, help="random erasing probability")
+    group.add_argument("--re_scale", type=float_list, default=[0.02, 0.33], help="random erasing area range")
+    group.add_argument("--re_ratio", type=float_list, default=[0.3, 3.3], help="random erasing aspect range")
+    group.add_argument("--re_value", default=0, help="random erasing fill value")
+    group.add_argument("--re_max_attempts", type=int, default=10, help="random erasing attempts")
+    group.add_argument("--mean", type=optional_float_list, default=None,
+                       help="normalisation mean on the 0-255 scale (default: the model's)")
+    group.add_argument("--std", type=optional_float_list, default=None,
+                       help="normalisation std on the 0-255 scale (default: the model's)")
+    group.add_argument("--crop_pct", type=optional_float, default=None,
+                       help="evaluation centre-crop fraction (default: the model's)")
+    group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha")
+    group.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha")
+    group.add_argument("--cutmix_prob", type=float, default=1.0, help="probability of mixing a batch")
+    group.add_argument("--aug_repeats", type=int, default=0, help="repeated augmentation (0 off)")
+
+    group = parser.add_argument_group("Model")
+    group.add_argument("--model", type=str, default="mobilenet_v2_035_224", help="registered model name")
+    group.add_argument("--num_classes", type=optional_int, default=None, help="classes (default: from the data)")
+    group.add_argument("--in_channels", type=int, default=3, help="input channels")
+    group.add_argument("--drop_rate", type=optional_float, default=None, help="dropout before the head")
+    group.add_argument("--drop_path_rate", type=optional_float, default=None, help="stochastic depth")
+    group.add_argument("--img_size", type=optional_int, default=None, help="model input resolution")
+    group.add_argument("--mlp_layer", type=optional_str, default=None, choices=[None, "dense", "monarch"],
+                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's)")
+    group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
+    group.add_argument("--model_kwargs", type=_mapping, default={},
+                       help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")
+    group.add_argument("--pretrained", default=False, **flag, help="load published weights")
+    group.add_argument("--ckpt_path", type=str, default="",
+                       help="checkpoint to start from (train: weights, and all training state with resume_opt)")
+    group.add_argument("--resume_opt", default=False, **flag,
+                       help="resume from ckpt_path: optimizer, epoch, LR schedule, EMA and loss scale")
+    group.add_argument("--keep_checkpoint_max", type=int, default=10, help="epoch checkpoints to keep")
+    group.add_argument("--ckpt_save_dir", type=str, default="./ckpt", help="where checkpoints and logs go")
+    group.add_argument("--ckpt_save_interval", type=int, default=1, help="save every this many epochs")
+    group.add_argument("--ckpt_save_policy", type=str, default="latest_k", choices=["latest_k", "top_k"],
+                       help="which epoch checkpoints to keep (top_k needs val_while_train)")
+    group.add_argument("--epoch_size", type=int, default=90, help="training epochs")
+    group.add_argument("--dataset_sink_mode", default=True, **flag, help="sink data to the device (Ascend/GPU)")
+    group.add_argument("--ema", default=False, **flag, help="keep (train) or evaluate (eval) EMA weights")
+    group.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay")
+    group.add_argument("--clip_grad", default=False, **flag, help="clip gradients by global norm")
+    group.add_argument("--clip_value", type=float, default=15.0, help="global-norm bound")
+    group.add_argument("--layer_decay", type=optional_float, default=None, help="layer-wise LR decay")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="micro-batches per optimizer update")
+
+    group = parser.add_argument_group("Optimizer")
+    group.add_argument("--opt", type=str, default="adam",
+                       choices=["sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop",
+                                "adagrad", "lamb"], help="optimizer")
+    group.add_argument("--momentum", type=float, default=0.9, help="momentum")
+    group.add_argument("--weight_decay", type=float, default=1e-6, help="weight decay")
+    group.add_argument("--use_nesterov", default=False, **flag, help="Nesterov momentum")
+    group.add_argument("--weight_decay_filter", type=str, default="disable",
+                       choices=["disable", "auto", "norm_and_bias"],
+                       help="norm_and_bias: no weight decay on norms and biases")
+    group.add_argument("--eps", type=float, default=1e-10, help="optimizer epsilon")
+
+    group = parser.add_argument_group("Scheduler")
+    group.add_argument("--scheduler", type=str, default="cosine_decay",
+                       choices=["constant", "cosine_decay", "exponential_decay", "step_decay", "multi_step_decay",
+                                "one_cycle", "cyclic"], help="LR schedule")
+    group.add_argument("--lr", type=float, default=0.001, help="peak learning rate")
+    group.add_argument("--min_lr", type=float, default=1e-6, help="final learning rate of cosine decay")
+    group.add_argument("--warmup_epochs", type=int, default=3, help="linear warm-up epochs")
+    group.add_argument("--warmup_factor", type=float, default=0.0, help="warm-up starts at lr * warmup_factor")
+    group.add_argument("--decay_epochs", type=int, default=100, help="decay length (cosine: to min_lr)")
+    group.add_argument("--decay_rate", type=float, default=0.9, help="step/exponential decay rate")
+    group.add_argument("--multi_step_decay_milestones", type=int_list, default=[30, 60, 90],
+                       help="epochs of multi-step decay")
+    group.add_argument("--lr_epoch_stair", default=False, **flag, help="change the LR once per epoch")
+    group.add_argument("--num_cycles", type=int, default=1, help="cosine/cyclic cycles")
+    group.add_argument("--cycle_decay", type=float, default=1.0, help="peak decay per cycle")
+
+    group = parser.add_argument_group("Loss")
+    group.add_argument("--loss", type=str, default="CE", choices=["CE", "BCE"], help="loss")
+    group.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing")
+    group.add_argument("--aux_factor", type=float, default=0.0, help="auxiliary-logit loss factor")
+    group.add_argument("--reduction", type=str, default="mean", choices=["mean", "sum"], help="loss reduction")
+
+    group = parser.add_argument_group("AMP")
+    group.add_argument("--amp_level", type=str, default="O0", choices=["O0", "O1", "O2", "O3", "auto"],
+                       help="mixed precision for training")
+    group.add_argument("--val_amp_level", type=str, default="O0", choices=["O0", "O1", "O2", "O3", "auto"],
+                       help="mixed precision for evaluation")
+    group.add_argument("--amp_cast_list", type=_none_or(lambda v: v if isinstance(v, list) else
+                                                        [s.strip() for s in str(v).split(",") if s.strip()]),
+                       default=None, help="extra mindspore.nn cell names kept in fp32 under O2, e.g. Softmax")
+    group.add_argument("--loss_scale_type", type=str, default="fixed", choices=["fixed", "dynamic", "auto"],
+                       help="fixed, dynamic, or auto (dynamic under O2/O3)")
+    group.add_argument("--loss_scale", type=float, default=1.0, help="(initial) loss scale")
+    group.add_argument("--drop_overflow_update", default=False, **flag,
+                       help="skip updates whose gradients overflow (always on with dynamic scaling)")
+    group.add_argument("--eval_shuffle", default=False, **flag, help="shuffle the evaluation data")
+
+    group = parser.add_argument_group("Evaluation")
+    group.add_argument("--real_labels", type=optional_str, default=None,
+                       help="ImageNet ReaL labels (real.json) for eval.py: one list per validation image, in "
+                            "sorted file-name order")
+    return parser
+
+
+def _closest(key: str, options: List[str]) -> str:
+    tokens = key.split("_")
+    # 'lr_rate' -> 'lr': a valid key made of the typo's leading words beats spelling similarity.
+    prefixes = ["_".join(tokens[:n]) for n in range(len(tokens) - 1, 0, -1)]
+    close = [p for p in prefixes if p in options] or difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _load_yaml(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path) as stream:
+            data = yaml.safe_load(stream)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of keys to values")
+    return data
+
+
+def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in _load_yaml(path).items():
+        if key not in actions:
+            raise ConfigError(f"unknown key '{key}' in {path}{_closest(str(key), list(actions))}")
+        action = actions[key]
+        if action.type is not None and value is not None:
+            try:
+                value = action.type(value)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}: key '{key}': {exc}") from exc
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(repr(c) for c in action.choices)
+            raise ConfigError(f"{path}: key '{key}' is {value!r}; choose one of {choices}")
+        values[key] = value
+    return values
+
+
+def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None
+               ) -> argparse.Namespace:
+    """YAML defaults, then the command line. Configuration mistakes exit with a message naming the key."""
+    parser = parser or create_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", type=str, default="")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            parser.set_defaults(**_yaml_defaults(parser, known.config))
+        except ConfigError as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)
+
+
+def save_args(args: argparse.Namespace, path: str) -> None:
+    """Write the effective configuration as YAML (atomically), re-loadable with ``-c``."""
+    data = {k: v for k, v in vars(args).items() if k != "config"}
+    text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, default_flow_style=None)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as stream:
+        stream.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,29 @@
+"""Data: the built-in digits set, CIFAR, image folders, and loaders through mindcv's factories."""
+from .builder import (
+    DATASETS,
+    IMAGE_EXTENSIONS,
+    DatasetInfo,
+    create_file_loader,
+    create_split_loader,
+    find_unreadable_images,
+    imagenet_class_names,
+    list_class_folder,
+    resolve_dataset,
+    transform_settings,
+)
+from .digits import default_cache_dir, prepare_digits
+
+__all__ = [
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "DatasetInfo",
+    "create_split_loader",
+    "create_file_loader",
+    "imagenet_class_names",
+    "list_class_folder",
+    "find_unreadable_images",
+    "resolve_dataset",
+    "transform_settings",
+    "default_cache_dir",
+    "prepare_digits",
+]

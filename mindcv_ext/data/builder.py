@@ -1,0 +1,179 @@
+"""Datasets and loaders for training and evaluation, through mindcv's dataset, transform and loader factories.
+
+Supported ``dataset`` values: ``imagenet`` or ``folder`` (an ImageNet-style tree ``data_dir/<split>/<class>/``),
+``digits`` (built in, see ``digits.py``), ``cifar10`` and ``cifar100`` (see ``cifar.py``). The evaluation
+transform defaults to the model's own (crop, interpolation, mean, std from its ``default_cfg``).
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+import mindspore.dataset as ds
+from mindcv.data import create_dataset, create_loader, create_transforms
+
+from .cifar import cifar_class_names, create_cifar_dataset
+from .digits import prepare_digits
+
+__all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
+           "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
+           "imagenet_class_names"]
+
+DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class DatasetInfo:
+    name: str  # one of DATASETS
+    root: str
+    num_classes: int
+    class_names: Optional[List[str]]
+
+    @property
+    def is_folder(self) -> bool:
+        return self.name in ("imagenet", "folder", "digits")
+
+
+def _class_folders(split_dir: Path) -> List[str]:
+    return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+
+
+def resolve_dataset(dataset: str, data_dir: str, train_split: str = "train", cache_dir: Optional[str] = None,
+                    image_size: int = 32) -> DatasetInfo:
+    """Locate the data and its classes; a missing directory is an error that names it."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset in ("cifar10", "cifar100"):
+        names = cifar_class_names(dataset, data_dir)
+        return DatasetInfo(dataset, data_dir, 10 if dataset == "cifar10" else 100, names)
+    root = str(prepare_digits(cache_dir, image_size)) if dataset == "digits" else data_dir
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data_dir {root!r} does not exist; point --data_dir at a folder holding "
+                                f"{train_split}/<class>/<images> (or use --dataset digits for the built-in set)")
+    split_dir = Path(root) / train_split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{str(split_dir)!r} does not exist; data_dir must contain the split folder "
+                                f"'{train_split}' with one sub-folder per class")
+    classes = _class_folders(split_dir)
+    if not classes:
+        raise FileNotFoundError(f"{str(split_dir)!r} has no class sub-folders")
+    return DatasetInfo(dataset, root, len(classes), classes)
+
+
+def transform_settings(model_cfg: Dict[str, Any], image_resize: Optional[int] = None,
+                       crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
+                       mean: Optional[List[float]] = None, std: Optional[List[float]] = None) -> Dict[str, Any]:
+    """Evaluation-transform settings: explicit values win, otherwise the model's ``default_cfg``.
+
+    ``mean``/``std`` are on mindcv's 0-255 scale.
+    """
+    cfg_mean = [255.0 * m for m in model_cfg.get("mean", (0.485, 0.456, 0.406))]
+    cfg_std = [255.0 * s for s in model_cfg.get("std", (0.229, 0.224, 0.225))]
+    return dict(
+        image_resize=int(image_resize or model_cfg.get("input_size", (3, 224, 224))[-1]),
+        crop_pct=float(crop_pct if crop_pct is not None else model_cfg.get("crop_pct", 0.875)),
+        interpolation=interpolation or model_cfg.get("interpolation", "bilinear"),
+        mean=list(mean) if mean is not None else cfg_mean,
+        std=list(std) if std is not None else cfg_std,
+    )
+
+
+def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_size: int, transforms: Dict[str, Any],
+                        augment: Optional[Dict[str, Any]] = None, shuffle: bool = True,
+                        drop_remainder: bool = False, num_samples: Optional[int] = None,
+                        num_shards: Optional[int] = None, shard_id: Optional[int] = None,
+                        num_parallel_workers: int = 4, aug_repeats: int = 0, mixup: float = 0.0,
+                        cutmix: float = 0.0, cutmix_prob: float = 1.0):
+    """A batched loader for one split (columns ``image``, ``label``) and the number of samples in this shard."""
+    workers = max(1, min(num_parallel_workers, os.cpu_count() or 1))
+    shards = dict(num_shards=num_shards, shard_id=shard_id) if num_shards and num_shards > 1 else {}
+    if info.is_folder:
+        split_dir = os.path.join(info.root, split)
+        if not os.path.isdir(split_dir):
+            raise FileNotFoundError(f"{split_dir!r} does not exist; data_dir must contain the split folder "
+                                    f"'{split}' with one sub-folder per class")
+        dataset = create_dataset("imagenet", root=info.root, split=split, shuffle=shuffle, num_samples=num_samples,
+                                 num_parallel_workers=workers, num_aug_repeats=aug_repeats if training else 0,
+                                 **(shards or dict(num_shards=None, shard_id=None)))
+        options = dict(transforms)
+        if training:  # random-resized crops replace the evaluation's centre crop
+            options.pop("crop_pct", None)
+            options.update(augment or {})
+        transform = create_transforms("imagenet", is_training=training, **options)
+    else:
+        dataset = create_cifar_dataset(info.name, info.root, training, shuffle, num_parallel_workers=workers,
+                                       **shards)
+        if num_samples:
+            dataset = dataset.take(num_samples)
+        transform = create_transforms("cifar10", image_resize=transforms["image_resize"], is_training=training)
+    size = dataset.get_dataset_size()
+    loader = create_loader(dataset, batch_size=batch_size, drop_remainder=drop_remainder, is_training=training,
+                           mixup=mixup, cutmix=cutmix, cutmix_prob=cutmix_prob, num_classes=info.num_classes,
+                           transform=transform, num_parallel_workers=workers)
+    return loader, size
+
+
+def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:
+    """Files under ``folder`` that PIL cannot decode (used to name the culprit when a pipeline fails)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+    bad = []
+    for path in tqdm(paths, desc=f"checking images in {folder}", unit="img", disable=not progress):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception:  # any decoding failure makes the file unusable
+            bad.append(path)
+    return bad
+
+
+def list_class_folder(split_dir: str) -> Tuple[List[str], List[int], List[str]]:
+    """(image paths, labels, class names) of a ``<split>/<class>/<image>`` tree, classes and files sorted."""
+    root = Path(split_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{split_dir!r} does not exist")
+    classes = _class_folders(root)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(path))
+                labels.append(label)
+    return paths, labels, classes
+
+
+class _EncodedImages:
+    """Random-access source of (encoded bytes, label) for GeneratorDataset."""
+
+    def __init__(self, paths: List[str], labels: List[int]) -> None:
+        self.paths, self.labels = paths, labels
+
+    def __getitem__(self, index: int):
+        with open(self.paths[index], "rb") as stream:
+            return np.frombuffer(stream.read(), dtype=np.uint8), np.int32(self.labels[index])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def create_file_loader(paths: List[str], labels: Optional[List[int]], batch_size: int, transforms: Dict[str, Any],
+                       num_parallel_workers: int = 2):
+    """Evaluation-transformed batches of the given files, in the given order."""
+    labels = list(labels) if labels is not None else [0] * len(paths)
+    dataset = ds.GeneratorDataset(_EncodedImages(paths, labels), column_names=["image", "label"], shuffle=False,
+                                  num_parallel_workers=1)
+    transform = create_transforms("imagenet", is_training=False, **transforms)
+    dataset = dataset.map(operations=transform, input_columns="image",
+                          num_parallel_workers=max(1, min(num_parallel_workers, os.cpu_count() or 1)))
+    return dataset.batch(batch_size, drop_remainder=False)
+
+
+def imagenet_class_names() -> List[str]:
+    """The 1,000 ImageNet-1k class names in index order."""
+    text = (Path(__file__).parent / "imagenet_classes.txt").read_text()
+    return [line for line in text.splitlines() if line]

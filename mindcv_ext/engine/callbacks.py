@@ -1,0 +1,175 @@
+"""The training monitor: per-step logs, validation, checkpoints, results file and plot.
+
+Replaces mindcv 0.3.0's ``StateMonitor`` and avoids its failures: validation with EMA weights swaps
+Parameters (not Tensors) in and out; the optimizer is taken from our train step whatever the sink mode;
+metrics are summed across ranks in float32; only rank 0 writes files.
+"""
+import hashlib
+import logging
+import math
+import os
+import time
+from typing import Callable, List, Optional
+
+import numpy as np
+
+import mindspore as ms
+from mindspore.train.callback import Callback
+
+from .checkpoint import CheckpointKeeper, parameter_checksum, save_atomic
+from .results import ResultsLog, plot_curves
+
+__all__ = ["TrainMonitor"]
+
+_logger = logging.getLogger("mindcv_ext")
+
+
+class TrainMonitor(Callback):
+    def __init__(self, train_step, network, model_name: str, lr_schedule: List[float], steps_per_epoch: int,
+                 epoch_size: int, global_batch: int, save_dir: str, rank: Optional[int], begin_epoch: int = 0,
+                 best_top1: float = float("-inf"), evaluate_fn: Optional[Callable[[], dict]] = None,
+                 val_interval: int = 1, log_interval: int = 100, ckpt_save_interval: int = 1,
+                 keep_checkpoint_max: int = 10, ckpt_save_policy: str = "latest_k", data_digest: bool = False,
+                 sink_mode: bool = False) -> None:
+        super().__init__()
+        self.train_step, self.network, self.model_name = train_step, network, model_name
+        self.lr_schedule, self.steps_per_epoch, self.epoch_size = lr_schedule, steps_per_epoch, epoch_size
+        self.global_batch, self.save_dir, self.rank = global_batch, save_dir, rank
+        self.is_writer = rank in (None, 0)
+        self.begin_epoch, self.best_top1 = begin_epoch, best_top1
+        self.evaluate_fn, self.val_interval, self.log_interval = evaluate_fn, val_interval, max(1, log_interval)
+        self.ckpt_save_interval = max(1, ckpt_save_interval)
+        self.sink_mode = sink_mode
+        self.keeper = CheckpointKeeper(save_dir, model_name, keep_checkpoint_max, ckpt_save_policy) \
+            if self.is_writer else None
+        self.results = ResultsLog(os.path.join(save_dir, "results.csv"), begin_epoch) if self.is_writer else None
+        self.data_digest = set() if data_digest else None
+        self.epoch = begin_epoch
+        self._reset_epoch()
+
+    def _reset_epoch(self):
+        self.epoch_start = time.time()
+        self.step_start = time.time()
+        self.loss_sum = 0.0
+        self.loss_count = 0
+        self.overflows = 0
+        self.window_start = time.time()
+        self.window_steps = 0
+
+    def _log(self, message: str) -> None:
+        _logger.info(message)
+
+    def _optimizer_step(self) -> int:
+        return int(self.train_step.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+    def _current_lr(self) -> float:
+        index = max(0, min(self._optimizer_step() - 1, len(self.lr_schedule) - 1))
+        return float(self.lr_schedule[index])
+
+    # ---------------------------------------------------------------- epoch
+    def on_train_epoch_begin(self, run_context):
+        self.epoch += 1
+        self._reset_epoch()
+
+    def on_train_step_end(self, run_context):
+        params = run_context.original_args()
+        outputs = params.net_outputs
+        loss, overflow, scale = (outputs if isinstance(outputs, (tuple, list)) else (outputs, None, None))
+        loss_value = float(np.asarray(loss.asnumpy()).mean())
+        steps_done = self.steps_per_epoch if self.sink_mode else 1
+        if math.isfinite(loss_value):
+            self.loss_sum += loss_value * steps_done
+            self.loss_count += steps_done
+        if overflow is not None and bool(overflow.asnumpy()):
+            self.overflows += 1
+        if self.data_digest is not None and getattr(params, "train_dataset_element", None) is not None:
+            images = params.train_dataset_element[0].asnumpy()
+            self.data_digest.update(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=4).hexdigest()
+                                    for img in images)
+        self.window_steps += steps_done
+        cur = (params.cur_step_num - 1) % self.steps_per_epoch + 1 if not self.sink_mode else self.steps_per_epoch
+        if cur % self.log_interval == 0 or cur == self.steps_per_epoch:
+            elapsed = time.time() - self.window_start
+            step_ms = 1000.0 * elapsed / max(self.window_steps, 1)
+            throughput = self.global_batch * self.window_steps / max(elapsed, 1e-9)
+            scale_text = f", loss scale {float(scale.asnumpy()):g}" if scale is not None and \
+                float(scale.asnumpy()) != 1.0 else ""
+            self._log(f"Epoch {self.epoch}/{self.epoch_size}, step {cur}/{self.steps_per_epoch}, loss {loss_value:.4f}, "
+                      f"lr {self._current_lr():.6g}{scale_text}, step time {step_ms:.1f} ms, "
+                      f"{throughput:.1f} img/s")
+            self.window_start, self.window_steps = time.time(), 0
+
+    def _ema_swap(self):
+        """Exchange the network weights with their EMA (call twice to undo)."""
+        for weight, ema in zip(self.train_step.weights, self.train_step.ema_weights):
+            current = weight.value().copy()
+            weight.set_data(ema.value())
+            ema.set_data(current)
+
+    def _evaluate(self) -> Optional[dict]:
+        if self.evaluate_fn is None or self.epoch % self.val_interval != 0 and self.epoch != self.epoch_size:
+            return None
+        use_ema = getattr(self.train_step, "ema", False)
+        if use_ema:
+            self._ema_swap()
+        try:
+            return self.evaluate_fn()
+        finally:
+            if use_ema:
+                self._ema_swap()
+
+    def _network_weights(self, use_ema: bool):
+        """Parameters of the network alone (EMA values under the network's names when EMA is on)."""
+        params = [{"name": p.name, "data": p.value()} for p in self.network.get_parameters()]
+        if use_ema:
+            ema = {w.name: e for w, e in zip(self.train_step.weights, self.train_step.ema_weights)}
+            params = [{"name": p["name"], "data": ema[p["name"]].value() if p["name"] in ema else p["data"]}
+                      for p in params]
+        return params
+
+    def on_train_epoch_end(self, run_context):
+        epoch_time = time.time() - self.epoch_start
+        train_loss = self.loss_sum / self.loss_count if self.loss_count else float("nan")
+        throughput = self.global_batch * self.steps_per_epoch / max(epoch_time, 1e-9)
+        metrics = self._evaluate()
+        improved = metrics is not None and metrics["top1"] > self.best_top1
+        if improved:
+            self.best_top1 = metrics["top1"]
+        summary = f"Epoch {self.epoch}/{self.epoch_size} done in {epoch_time:.1f} s ({throughput:.1f} img/s), " \
+                  f"train loss {train_loss:.4f}"
+        if self.overflows:
+            summary += f", {self.overflows} step(s) skipped on overflow"
+        if metrics is not None:
+            summary += (f", val top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
+                        f"loss {metrics['loss']:.4f} (best {100 * self.best_top1:.2f}%)")
+        self._log(summary)
+        if not self.is_writer:
+            return
+        step = self.epoch * self.steps_per_epoch
+        extra = {"epoch_num": self.epoch, "step_num": step,
+                 "best_top1": self.best_top1 if math.isfinite(self.best_top1) else -1.0}
+        if self.epoch % self.ckpt_save_interval == 0 or self.epoch == self.epoch_size:
+            path = self.keeper.save(self.train_step, self.epoch, step,
+                                    metrics["top1"] if metrics else None, append_dict=extra)
+            self._log(f"saved {path}")
+        if improved:
+            best = os.path.join(self.save_dir, f"{self.model_name}_best.ckpt")
+            save_atomic(self._network_weights(getattr(self.train_step, "ema", False)), best,
+                        append_dict={"epoch_num": self.epoch, "top1": self.best_top1})
+            self._log(f"saved {best} (best val top-1 {100 * self.best_top1:.2f}%)")
+        self.results.append(epoch=self.epoch, train_loss=train_loss, lr=f"{self._current_lr():.6g}",
+                            val_loss=metrics["loss"] if metrics else None, val_top1=metrics["top1"] if metrics else None,
+                            val_top5=metrics["top5"] if metrics else None, epoch_time_s=f"{epoch_time:.2f}",
+                            images_per_s=f"{throughput:.1f}")
+
+    def on_train_end(self, run_context):
+        rank = 0 if self.rank is None else self.rank
+        self._log(f"rank {rank}: final parameters sha256 {parameter_checksum(self.network)}")
+        if self.data_digest is not None:
+            samples = sorted(self.data_digest)
+            listed = ",".join(samples) if len(samples) <= 1024 else "(too many to list)"
+            self._log(f"rank {rank}: data digest {len(samples)} distinct samples: {listed}")
+        if self.is_writer:
+            png = plot_curves(self.results.path, os.path.join(self.save_dir, "curves.png"), self.model_name)
+            self._log(f"results: {self.results.path}" + (f", plot: {png}" if png else
+                                                          " (install matplotlib for the plot)"))

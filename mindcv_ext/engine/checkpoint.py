@@ -1,0 +1,121 @@
+"""Checkpoints that survive crashes: atomic writes, rotation that respects a resumed run, training state."""
+import glob
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn
+
+__all__ = ["save_atomic", "CheckpointKeeper", "TrainingState", "load_training_state", "epoch_checkpoint_name",
+           "parameter_checksum"]
+
+
+def save_atomic(save_obj, path: str, append_dict: Optional[Dict] = None) -> None:
+    """Write to a temporary file beside ``path`` and rename: a crash never leaves a truncated file named ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps that suffix.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}.ckpt")
+    try:
+        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def epoch_checkpoint_name(model: str, epoch: int, step: int) -> str:
+    return f"{model}-{epoch}_{step}.ckpt"
+
+
+class CheckpointKeeper:
+    """Keeps at most ``keep_max`` epoch checkpoints: the newest (``latest_k``) or the best (``top_k``).
+
+    Checkpoints already in the directory (from the run being resumed) count too, so a resumed run
+    removes an old file only after it has written a newer one, and never removes the file it resumed
+    from while that is still among the ones to keep.
+    """
+
+    def __init__(self, directory: str, model: str, keep_max: int, policy: str = "latest_k") -> None:
+        if policy not in ("latest_k", "top_k"):
+            raise ValueError(f"ckpt_save_policy must be latest_k or top_k, got {policy!r}")
+        self.directory, self.model, self.keep_max, self.policy = directory, model, max(1, keep_max), policy
+        self.entries: List[Tuple[int, float, str]] = []  # (epoch, metric, path)
+        pattern = re.compile(re.escape(model) + r"-(\d+)_(\d+)\.ckpt$")
+        for path in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(model)}-*_*.ckpt")):
+            match = pattern.search(os.path.basename(path))
+            if match:
+                self.entries.append((int(match.group(1)), float("-inf"), path))
+
+    def save(self, save_obj, epoch: int, step: int, metric: Optional[float] = None,
+             append_dict: Optional[Dict] = None) -> str:
+        path = os.path.join(self.directory, epoch_checkpoint_name(self.model, epoch, step))
+        save_atomic(save_obj, path, append_dict)
+        self.entries = [e for e in self.entries if e[2] != path]
+        self.entries.append((epoch, float("-inf") if metric is None else float(metric), path))
+        self._prune(path)
+        return path
+
+    def _prune(self, newest: str) -> None:
+        if self.policy == "top_k":
+            ranked = sorted(self.entries, key=lambda e: (e[1], e[0]), reverse=True)
+        else:
+            ranked = sorted(self.entries, key=lambda e: e[0], reverse=True)
+        keep, drop = ranked[: self.keep_max], ranked[self.keep_max:]
+        for _, _, path in drop:
+            if path != newest and os.path.exists(path):
+                os.remove(path)
+        self.entries = keep
+
+    @property
+    def paths(self) -> List[str]:
+        return [e[2] for e in sorted(self.entries)]
+
+
+@dataclass
+class TrainingState:
+    epoch: int
+    step: int
+    best_top1: float
+
+
+def load_training_state(train_step: nn.Cell, path: str) -> TrainingState:
+    """Restore network, optimizer, EMA and loss scale from a training checkpoint written by train.py."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ckpt_path {path!r} does not exist")
+    try:
+        params = ms.load_checkpoint(path)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path!r} (truncated or not a MindSpore checkpoint): {exc}") from exc
+    if "epoch_num" not in params or "global_step" not in params:
+        raise ValueError(f"{path!r} holds weights only, not a training state; to start from its weights, "
+                         f"pass it as --ckpt_path without --resume_opt")
+    current = {p.name: p for p in train_step.get_parameters()}
+    mismatched = [f"{name}: run {tuple(current[name].shape)} vs checkpoint {tuple(value.shape)}"
+                  for name, value in params.items() if name in current and tuple(value.shape) != tuple(current[name].shape)]
+    if mismatched:
+        raise ValueError(f"cannot resume from {path!r}: it was saved by a run with other settings (e.g. epoch_size, "
+                         f"batch size or model arguments): " + "; ".join(mismatched[:5]))
+    missing = [name for name in current if name not in params]
+    if missing:
+        raise ValueError(f"cannot resume from {path!r}: it lacks {', '.join(missing[:5])} (was EMA or gradient "
+                         f"accumulation switched on since?)")
+    ms.load_param_into_net(train_step, params, strict_load=True)
+    best = params.get("best_top1")
+    return TrainingState(epoch=int(params["epoch_num"].asnumpy()), step=int(params["step_num"].asnumpy()),
+                         best_top1=float(best.asnumpy()) if best is not None else float("-inf"))
+
+
+def parameter_checksum(net: nn.Cell) -> str:
+    """A digest of every parameter value, to compare replicas across ranks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for param in sorted(net.get_parameters(), key=lambda p: p.name):
+        digest.update(param.name.encode())
+        digest.update(np.ascontiguousarray(param.asnumpy()).tobytes())
+    return digest.hexdigest()[:16]

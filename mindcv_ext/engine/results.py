@@ -1,0 +1,83 @@
+"""The per-epoch results file (CSV) and the loss/accuracy plot drawn from it."""
+import csv
+import os
+from typing import Dict, List, Optional
+
+__all__ = ["ResultsLog", "plot_curves"]
+
+FIELDS = ["epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "epoch_time_s", "images_per_s"]
+
+
+class ResultsLog:
+    """``results.csv``: one row per epoch. A resumed run keeps the rows up to the epoch it resumed from."""
+
+    def __init__(self, path: str, resume_epoch: int = 0) -> None:
+        self.path = path
+        self.rows: List[Dict[str, str]] = []
+        if resume_epoch > 0 and os.path.isfile(path):
+            with open(path, newline="") as stream:
+                self.rows = [row for row in csv.DictReader(stream) if int(row["epoch"]) <= resume_epoch]
+
+    def append(self, **values) -> None:
+        row = {field: "" if values.get(field) is None else values[field] for field in FIELDS}
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
+            if isinstance(row[key], float):
+                row[key] = f"{row[key]:.6f}"
+        self.rows.append(row)
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def _column(rows, key) -> List[Optional[float]]:
+    return [float(r[key]) if r.get(key) not in (None, "") else None for r in rows]
+
+
+def plot_curves(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
+    """Loss (train and validation) and validation accuracy per epoch; returns the PNG path, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return None
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) for r in rows]
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_axis.plot(epochs, _column(rows, "train_loss"), marker="o", label="train")
+    val_loss = _column(rows, "val_loss")
+    if any(v is not None for v in val_loss):
+        points = [(e, v) for e, v in zip(epochs, val_loss) if v is not None]
+        loss_axis.plot(*zip(*points), marker="s", label="validation")
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss_axis.legend()
+    loss_axis.grid(alpha=0.3)
+    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
+        points = [(e, 100 * v) for e, v in zip(epochs, _column(rows, key)) if v is not None]
+        if points:
+            acc_axis.plot(*zip(*points), marker="o", label=label)
+    acc_axis.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy")
+    if acc_axis.lines:
+        acc_axis.legend()
+    else:
+        acc_axis.text(0.5, 0.5, "no validation\n(val_while_train False)", ha="center", va="center",
+                      transform=acc_axis.transAxes)
+    acc_axis.grid(alpha=0.3)
+    for axis in (loss_axis, acc_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    tmp = f"{png_path}.tmp-{os.getpid()}.png"
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, png_path)
+    return png_path

@@ -1,0 +1,193 @@
+"""Train a model (mindcv conventions): ``python train.py -c configs/quickstart/gmlp_monarch_digits.yaml``.
+
+Data parallel: ``msrun --worker_num=N --local_worker_num=N python train.py -c CONFIG --distribute True``.
+Resume after a crash: ``--ckpt_path CKPT_DIR/<model>-<epoch>_<step>.ckpt --resume_opt True``.
+``--dry_run True`` builds everything and stops before training. See ``python train.py --help``.
+"""
+import json
+import logging
+import math
+import os
+import sys
+
+from config import parse_args, save_args
+
+_logger = logging.getLogger("mindcv_ext")
+
+
+def _loss_scaling(args):
+    """(initial scale, dynamic, drop overflowing updates) from the AMP options."""
+    kind = args.loss_scale_type
+    if kind == "auto":
+        kind = "dynamic" if args.amp_level in ("O2", "O3") else "fixed"
+    if kind == "dynamic":
+        return (args.loss_scale if args.loss_scale > 1.0 else 2.0 ** 16), True, True
+    return args.loss_scale, False, args.drop_overflow_update
+
+
+def _existing_run(save_dir: str, model: str):
+    if not os.path.isdir(save_dir):
+        return []
+    return sorted(name for name in os.listdir(save_dir)
+                  if name == "results.csv" or (name.startswith(model) and name.endswith(".ckpt")))
+
+
+def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
+    """Turn the data pipeline's opaque decode failure into an error that names the broken files."""
+    from mindcv_ext.data import find_unreadable_images
+
+    if not info.is_folder or "dataset" not in str(exc).lower():
+        raise exc
+    for split in splits:
+        bad = find_unreadable_images(os.path.join(info.root, split))
+        if bad:
+            listed = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+            raise ValueError(f"{len(bad)} unreadable image(s) in {os.path.join(info.root, split)}; remove or "
+                             f"replace them:\n  {listed}") from exc
+    raise exc
+
+
+def train(args) -> int:
+    import mindspore as ms
+    from mindcv.loss import create_loss
+    from mindcv.optim import create_optimizer
+    from mindcv.scheduler import create_scheduler
+
+    import mindcv_ext  # noqa: F401  (registers the models)
+    from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
+    from mindcv_ext.engine import Evaluator, NetWithLoss, TrainMonitor, TrainStep, load_training_state
+    from mindcv_ext.engine.runtime import (build_model, load_weights, set_seed, setup_context, setup_distributed,
+                                           setup_logger)
+
+    setup_context(args.mode, args.device_target)
+    rank, device_num = setup_distributed(args.distribute)
+    resuming = bool(args.ckpt_path) and args.resume_opt
+    if args.resume_opt and not args.ckpt_path:
+        raise ValueError("--resume_opt True needs --ckpt_path pointing at a checkpoint of the run to resume")
+    if args.ckpt_path and not os.path.isfile(args.ckpt_path):
+        raise FileNotFoundError(f"ckpt_path {args.ckpt_path!r} does not exist")
+    earlier = _existing_run(args.ckpt_save_dir, args.model)
+    if earlier and not resuming and not args.dry_run:
+        raise FileExistsError(f"ckpt_save_dir {args.ckpt_save_dir!r} already holds a run ({', '.join(earlier[:4])}); "
+                              f"resume it with --ckpt_path <its checkpoint> --resume_opt True, or choose another "
+                              f"--ckpt_save_dir")
+    setup_logger(None if args.dry_run else args.ckpt_save_dir, rank)
+    set_seed(args.seed)
+
+    info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir)
+    num_classes = args.num_classes or info.num_classes
+    network = build_model(args.model, num_classes, args.in_channels, args.pretrained, args.drop_rate,
+                          args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs)
+    cfg = getattr(network, "default_cfg", {}) or {}
+    transforms = transform_settings(cfg, args.image_resize or args.img_size, args.crop_pct, args.interpolation,
+                                    args.mean, args.std)
+    augment = dict(scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip,
+                   color_jitter=args.color_jitter, auto_augment=args.auto_augment, re_prob=args.re_prob,
+                   re_scale=tuple(args.re_scale), re_ratio=tuple(args.re_ratio), re_value=args.re_value,
+                   re_max_attempts=args.re_max_attempts)
+    shard = dict(num_shards=device_num if device_num > 1 else None, shard_id=rank if device_num > 1 else None)
+    loader_train, train_size = create_split_loader(
+        info, args.train_split, True, args.batch_size, transforms, augment, shuffle=args.shuffle,
+        drop_remainder=args.drop_remainder, num_samples=args.num_samples, num_parallel_workers=args.num_parallel_workers,
+        aug_repeats=args.aug_repeats, mixup=args.mixup, cutmix=args.cutmix, cutmix_prob=args.cutmix_prob, **shard)
+    steps_per_epoch = loader_train.get_dataset_size()
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {train_size} image(s) on this device, fewer than one batch of "
+                         f"{args.batch_size}; lower --batch_size or set --drop_remainder False")
+    loader_val = None
+    if args.val_while_train:
+        loader_val, _ = create_split_loader(info, args.val_split, False, args.batch_size, transforms,
+                                            shuffle=args.eval_shuffle, num_parallel_workers=args.num_parallel_workers,
+                                            **shard)
+
+    updates_per_epoch = max(1, steps_per_epoch // args.gradient_accumulation_steps)
+    lr_schedule = create_scheduler(updates_per_epoch, scheduler=args.scheduler, lr=args.lr, min_lr=args.min_lr,
+                                   warmup_epochs=args.warmup_epochs, warmup_factor=args.warmup_factor,
+                                   decay_epochs=args.decay_epochs, decay_rate=args.decay_rate,
+                                   milestones=args.multi_step_decay_milestones, num_epochs=args.epoch_size,
+                                   num_cycles=args.num_cycles, cycle_decay=args.cycle_decay,
+                                   lr_epoch_stair=args.lr_epoch_stair)
+    if args.ckpt_path and not resuming:
+        _logger.info(f"initial weights: {load_weights(network, args.ckpt_path)}")
+    optimizer = create_optimizer(network, opt=args.opt, lr=lr_schedule, weight_decay=args.weight_decay,
+                                 momentum=args.momentum, nesterov=args.use_nesterov,
+                                 weight_decay_filter=args.weight_decay_filter, layer_decay=args.layer_decay,
+                                 loss_scale=1.0, eps=args.eps)
+    if args.amp_level != "O0":
+        network = ms.amp.auto_mixed_precision(network, args.amp_level)
+        if args.amp_cast_list:
+            network = ms.amp.custom_mixed_precision(
+                network, black_list=ms.amp.get_black_list() + [getattr(ms.nn, n) for n in args.amp_cast_list])
+    loss = create_loss(name=args.loss, reduction=args.reduction, label_smoothing=args.label_smoothing,
+                       aux_factor=args.aux_factor)
+    scale, dynamic, drop_overflow = _loss_scaling(args)
+    train_step = TrainStep(NetWithLoss(network, loss), optimizer, loss_scale=scale, dynamic_loss_scale=dynamic,
+                           drop_overflow_update=drop_overflow, clip_grad=args.clip_grad, clip_value=args.clip_value,
+                           accumulation_steps=args.gradient_accumulation_steps, ema=args.ema,
+                           ema_decay=args.ema_decay)
+    train_step.set_train()
+
+    begin_epoch, best_top1 = 0, float("-inf")
+    if resuming:
+        state = load_training_state(train_step, args.ckpt_path)
+        begin_epoch, best_top1 = state.epoch, state.best_top1
+        _logger.info(f"resuming from {args.ckpt_path}: epoch {state.epoch} done, optimizer step "
+                     f"{int(optimizer.global_step.asnumpy().reshape(-1)[0])}, lr continues at "
+                     f"{lr_schedule[min(state.epoch * updates_per_epoch, len(lr_schedule) - 1)]:.6g}")
+    from mindcv_ext.models import count_params
+
+    _logger.info(f"model {args.model}: {count_params(network):,} parameters, {num_classes} classes; data "
+                 f"{info.name} ({train_size} training images on this device, {steps_per_epoch} steps/epoch); "
+                 f"{args.opt} lr {min(lr_schedule):.3g}..{max(lr_schedule):.3g} over {args.epoch_size} epochs; "
+                 f"amp {args.amp_level}, loss scale {scale:g}{' dynamic' if dynamic else ''}; "
+                 f"{device_num} device(s), global batch {args.batch_size * device_num}")
+    if args.dry_run:
+        images, labels = next(loader_train.create_tuple_iterator(num_epochs=1))
+        _logger.info(f"dry run: first batch {tuple(images.shape)} {images.dtype}, labels {tuple(labels.shape)}; "
+                     f"stopping before training")
+        return 0
+    if begin_epoch >= args.epoch_size:
+        _logger.info(f"{args.ckpt_path} already finished all {args.epoch_size} epochs; nothing to do")
+        return 0
+
+    if rank in (None, 0):
+        os.makedirs(args.ckpt_save_dir, exist_ok=True)
+        save_args(args, os.path.join(args.ckpt_save_dir, f"{args.model}.yaml"))
+        if info.class_names:
+            with open(os.path.join(args.ckpt_save_dir, "classes.json"), "w") as stream:
+                json.dump(info.class_names, stream)
+
+    sink = args.dataset_sink_mode
+    if args.data_digest and sink:
+        _logger.warning("data_digest needs dataset_sink_mode False; sink mode switched off")
+        sink = False
+    monitor = TrainMonitor(
+        train_step, network, args.model, list(lr_schedule), steps_per_epoch, args.epoch_size,
+        args.batch_size * device_num, args.ckpt_save_dir, rank, begin_epoch=begin_epoch, best_top1=best_top1,
+        evaluate_fn=(lambda evaluator=Evaluator(network, args.distribute): evaluator(loader_val)) if loader_val else None,
+        val_interval=args.val_interval, log_interval=args.log_interval, ckpt_save_interval=args.ckpt_save_interval,
+        keep_checkpoint_max=args.keep_checkpoint_max, ckpt_save_policy=args.ckpt_save_policy,
+        data_digest=args.data_digest, sink_mode=sink)
+    trainer = ms.train.Model(train_step)
+    try:
+        trainer.train(args.epoch_size, loader_train, callbacks=[monitor], dataset_sink_mode=sink,
+                      initial_epoch=begin_epoch)
+    except RuntimeError as exc:
+        _explain_data_failure(exc, info, [args.train_split] + ([args.val_split] if loader_val else []))
+    if loader_val is not None and math.isfinite(monitor.best_top1):
+        _logger.info(f"best val top-1 {100 * monitor.best_top1:.2f}%: "
+                     f"{os.path.join(args.ckpt_save_dir, args.model + '_best.ckpt')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
