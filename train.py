@@ -56,8 +56,8 @@ def train(args) -> int:
     import mindcv_ext  # noqa: F401  (registers the models)
     from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
     from mindcv_ext.engine import Evaluator, NetWithLoss, TrainMonitor, TrainStep, load_training_state
-    from mindcv_ext.engine.runtime import (build_model, load_weights, set_seed, setup_context, setup_distributed,
-                                           setup_logger)
+    from mindcv_ext.engine.runtime import (attach_log_file, build_model, load_weights, set_seed, setup_context,
+                                           setup_distributed, setup_logger)
 
     setup_context(args.mode, args.device_target)
     rank, device_num = setup_distributed(args.distribute)
@@ -71,11 +71,16 @@ def train(args) -> int:
         raise FileExistsError(f"ckpt_save_dir {args.ckpt_save_dir!r} already holds a run ({', '.join(earlier[:4])}); "
                               f"resume it with --ckpt_path <its checkpoint> --resume_opt True, or choose another "
                               f"--ckpt_save_dir")
-    setup_logger(None if args.dry_run else args.ckpt_save_dir, rank)
+    setup_logger(None, rank)
     set_seed(args.seed)
 
     info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir)
     num_classes = args.num_classes or info.num_classes
+    if info.num_classes > num_classes:
+        raise ValueError(f"the data has {info.num_classes} classes but num_classes is {num_classes}; raise "
+                         f"num_classes or leave it unset to take it from the data")
+    if info.num_classes < num_classes:
+        _logger.warning(f"the data has {info.num_classes} classes, the model {num_classes} outputs")
     network = build_model(args.model, num_classes, args.in_channels, args.pretrained, args.drop_rate,
                           args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs)
     cfg = getattr(network, "default_cfg", {}) or {}
@@ -89,7 +94,8 @@ def train(args) -> int:
     loader_train, train_size = create_split_loader(
         info, args.train_split, True, args.batch_size, transforms, augment, shuffle=args.shuffle,
         drop_remainder=args.drop_remainder, num_samples=args.num_samples, num_parallel_workers=args.num_parallel_workers,
-        aug_repeats=args.aug_repeats, mixup=args.mixup, cutmix=args.cutmix, cutmix_prob=args.cutmix_prob, **shard)
+        aug_repeats=args.aug_repeats, mixup=args.mixup, cutmix=args.cutmix, cutmix_prob=args.cutmix_prob,
+        num_classes=num_classes, **shard)
     steps_per_epoch = loader_train.get_dataset_size()
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {train_size} image(s) on this device, fewer than one batch of "
@@ -127,21 +133,23 @@ def train(args) -> int:
                            ema_decay=args.ema_decay)
     train_step.set_train()
 
-    begin_epoch, best_top1 = 0, float("-inf")
+    begin_epoch, best_top1, notes = 0, float("-inf"), []
     if resuming:
         state = load_training_state(train_step, args.ckpt_path)
         begin_epoch, best_top1 = state.epoch, state.best_top1
-        _logger.info(f"resuming from {args.ckpt_path}: epoch {state.epoch} done, optimizer step "
+        notes.append(f"resuming from {args.ckpt_path}: epoch {state.epoch} done, optimizer step "
                      f"{int(optimizer.global_step.asnumpy().reshape(-1)[0])}, lr continues at "
                      f"{lr_schedule[min(state.epoch * updates_per_epoch, len(lr_schedule) - 1)]:.6g}")
     from mindcv_ext.models import count_params
 
-    _logger.info(f"model {args.model}: {count_params(network):,} parameters, {num_classes} classes; data "
-                 f"{info.name} ({train_size} training images on this device, {steps_per_epoch} steps/epoch); "
-                 f"{args.opt} lr {min(lr_schedule):.3g}..{max(lr_schedule):.3g} over {args.epoch_size} epochs; "
-                 f"amp {args.amp_level}, loss scale {scale:g}{' dynamic' if dynamic else ''}; "
-                 f"{device_num} device(s), global batch {args.batch_size * device_num}")
+    notes.insert(0, f"model {args.model}: {count_params(network):,} parameters, {num_classes} classes; data "
+                    f"{info.name} ({train_size} training images on this device, {steps_per_epoch} steps/epoch); "
+                    f"{args.opt} lr {min(lr_schedule):.3g}..{max(lr_schedule):.3g} over {args.epoch_size} epochs; "
+                    f"amp {args.amp_level}, loss scale {scale:g}{' dynamic' if dynamic else ''}; "
+                    f"{device_num} device(s), global batch {args.batch_size * device_num}")
     if args.dry_run:
+        for note in notes:
+            _logger.info(note)
         images, labels = next(loader_train.create_tuple_iterator(num_epochs=1))
         _logger.info(f"dry run: first batch {tuple(images.shape)} {images.dtype}, labels {tuple(labels.shape)}; "
                      f"stopping before training")
@@ -150,8 +158,10 @@ def train(args) -> int:
         _logger.info(f"{args.ckpt_path} already finished all {args.epoch_size} epochs; nothing to do")
         return 0
 
+    attach_log_file(args.ckpt_save_dir, rank)  # from here on the run writes files (rank 0 only)
+    for note in notes:
+        _logger.info(note)
     if rank in (None, 0):
-        os.makedirs(args.ckpt_save_dir, exist_ok=True)
         save_args(args, os.path.join(args.ckpt_save_dir, f"{args.model}.yaml"))
         if info.class_names:
             with open(os.path.join(args.ckpt_save_dir, "classes.json"), "w") as stream:

@@ -1,4 +1,5 @@
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -6,6 +7,19 @@ import pytest
 import mindspore as ms
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory):
+    """Built-in datasets go to a per-session cache (inherited by subprocesses), not the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("mindcv_ext_cache")
+    previous = os.environ.get("MINDCV_EXT_CACHE")
+    os.environ["MINDCV_EXT_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("MINDCV_EXT_CACHE", None)
+    else:
+        os.environ["MINDCV_EXT_CACHE"] = previous
 
 
 @pytest.fixture(params=sorted(MODES))

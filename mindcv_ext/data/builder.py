@@ -86,7 +86,7 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
                         drop_remainder: bool = False, num_samples: Optional[int] = None,
                         num_shards: Optional[int] = None, shard_id: Optional[int] = None,
                         num_parallel_workers: int = 4, aug_repeats: int = 0, mixup: float = 0.0,
-                        cutmix: float = 0.0, cutmix_prob: float = 1.0):
+                        cutmix: float = 0.0, cutmix_prob: float = 1.0, num_classes: Optional[int] = None):
     """A batched loader for one split (columns ``image``, ``label``) and the number of samples in this shard."""
     workers = max(1, min(num_parallel_workers, os.cpu_count() or 1))
     shards = dict(num_shards=num_shards, shard_id=shard_id) if num_shards and num_shards > 1 else {}
@@ -111,7 +111,8 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
         transform = create_transforms("cifar10", image_resize=transforms["image_resize"], is_training=training)
     size = dataset.get_dataset_size()
     loader = create_loader(dataset, batch_size=batch_size, drop_remainder=drop_remainder, is_training=training,
-                           mixup=mixup, cutmix=cutmix, cutmix_prob=cutmix_prob, num_classes=info.num_classes,
+                           mixup=mixup, cutmix=cutmix, cutmix_prob=cutmix_prob,
+                           num_classes=num_classes or info.num_classes,
                            transform=transform, num_parallel_workers=workers)
     return loader, size
 

@@ -40,8 +40,9 @@ def find_cifar(name: str, data_dir: str) -> Tuple[Path, str]:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
+    # NumPy array reconstruction, and the byte-string decoding that protocol-2 pickles written by Python 3 use.
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -77,22 +78,38 @@ def cifar_class_names(name: str, data_dir: str) -> Optional[List[str]]:
     return None
 
 
+def _read_binary_batches(folder: Path, files: List[str], label_bytes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Fixed-size records: ``label_bytes`` label byte(s) (CIFAR-100: coarse, fine), then 3072 pixel bytes."""
+    record = label_bytes + 3072
+    images, labels = [], []
+    for file in files:
+        path = folder / file
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size == 0 or raw.size % record:
+            raise ValueError(f"CIFAR batch {str(path)!r} is truncated or not a CIFAR binary file "
+                             f"({raw.size} bytes, not a multiple of the {record}-byte record)")
+        rows = raw.reshape(-1, record)
+        labels.append(rows[:, label_bytes - 1].astype(np.int32))
+        images.append(rows[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def create_cifar_dataset(name: str, data_dir: str, training: bool, shuffle: bool, num_shards: Optional[int] = None,
                          shard_id: Optional[int] = None, num_parallel_workers: Optional[int] = None) -> ds.Dataset:
     """A dataset with columns ``image`` (HWC uint8) and ``label`` (int32)."""
     folder, kind = find_cifar(name, data_dir)
-    shard = dict(num_shards=num_shards, shard_id=shard_id) if num_shards else {}
-    if kind == "binary":
-        dataset_class = ds.Cifar10Dataset if name == "cifar10" else ds.Cifar100Dataset
-        dataset = dataset_class(str(folder), usage="train" if training else "test", shuffle=shuffle,
-                                num_parallel_workers=num_parallel_workers, **shard)
-        if name == "cifar100":
-            dataset = dataset.project(["image", "fine_label"]).rename(["fine_label"], ["label"])
-        return dataset
     if name == "cifar10":
         files = [f"data_batch_{i}" for i in range(1, 6)] if training else ["test_batch"]
-        images, labels = _read_python_batches(folder, files, b"labels")
+        if kind == "binary":
+            images, labels = _read_binary_batches(folder, [f + ".bin" for f in files], 1)
+        else:
+            images, labels = _read_python_batches(folder, files, b"labels")
     else:
-        images, labels = _read_python_batches(folder, ["train" if training else "test"], b"fine_labels")
+        split = "train" if training else "test"
+        if kind == "binary":
+            images, labels = _read_binary_batches(folder, [split + ".bin"], 2)
+        else:
+            images, labels = _read_python_batches(folder, [split], b"fine_labels")
+    shard = dict(num_shards=num_shards, shard_id=shard_id) if num_shards else {}
     return ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=shuffle,
-                                 num_parallel_workers=num_parallel_workers, **shard)
+                                 num_parallel_workers=num_parallel_workers or 1, **shard)

@@ -84,7 +84,7 @@ class TrainMonitor(Callback):
             self.overflows += 1
         if self.data_digest is not None and getattr(params, "train_dataset_element", None) is not None:
             images = params.train_dataset_element[0].asnumpy()
-            self.data_digest.update(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=4).hexdigest()
+            self.data_digest.update(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=6).hexdigest()
                                     for img in images)
         self.window_steps += steps_done
         cur = (params.cur_step_num - 1) % self.steps_per_epoch + 1 if not self.sink_mode else self.steps_per_epoch
@@ -167,7 +167,7 @@ class TrainMonitor(Callback):
         self._log(f"rank {rank}: final parameters sha256 {parameter_checksum(self.network)}")
         if self.data_digest is not None:
             samples = sorted(self.data_digest)
-            listed = ",".join(samples) if len(samples) <= 1024 else "(too many to list)"
+            listed = ",".join(samples) if len(samples) <= 4096 else "(too many to list)"
             self._log(f"rank {rank}: data digest {len(samples)} distinct samples: {listed}")
         if self.is_writer:
             png = plot_curves(self.results.path, os.path.join(self.save_dir, "curves.png"), self.model_name)

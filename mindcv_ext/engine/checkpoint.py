@@ -1,5 +1,6 @@
 """Checkpoints that survive crashes: atomic writes, rotation that respects a resumed run, training state."""
 import glob
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -33,23 +34,29 @@ def epoch_checkpoint_name(model: str, epoch: int, step: int) -> str:
 
 
 class CheckpointKeeper:
-    """Keeps at most ``keep_max`` epoch checkpoints: the newest (``latest_k``) or the best (``top_k``).
+    """Keeps epoch checkpoints: the ``keep_max`` newest (``latest_k``), or the ``keep_max`` best by validation
+    top-1 plus always the newest (``top_k``), so a crashed run can always resume from its last epoch.
 
-    Checkpoints already in the directory (from the run being resumed) count too, so a resumed run
-    removes an old file only after it has written a newer one, and never removes the file it resumed
-    from while that is still among the ones to keep.
+    Checkpoints already in the directory (from the run being resumed) count too: a resumed run removes an
+    old file only after it has written a newer one. Their metrics are kept in ``checkpoints.json``.
     """
 
     def __init__(self, directory: str, model: str, keep_max: int, policy: str = "latest_k") -> None:
         if policy not in ("latest_k", "top_k"):
             raise ValueError(f"ckpt_save_policy must be latest_k or top_k, got {policy!r}")
         self.directory, self.model, self.keep_max, self.policy = directory, model, max(1, keep_max), policy
+        self.index = os.path.join(directory, "checkpoints.json")
+        metrics = {}
+        if os.path.isfile(self.index):
+            with open(self.index) as stream:
+                metrics = {entry["file"]: entry["top1"] for entry in json.load(stream)}
         self.entries: List[Tuple[int, float, str]] = []  # (epoch, metric, path)
         pattern = re.compile(re.escape(model) + r"-(\d+)_(\d+)\.ckpt$")
         for path in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(model)}-*_*.ckpt")):
             match = pattern.search(os.path.basename(path))
             if match:
-                self.entries.append((int(match.group(1)), float("-inf"), path))
+                metric = metrics.get(os.path.basename(path))
+                self.entries.append((int(match.group(1)), float("-inf") if metric is None else metric, path))
 
     def save(self, save_obj, epoch: int, step: int, metric: Optional[float] = None,
              append_dict: Optional[Dict] = None) -> str:
@@ -57,19 +64,26 @@ class CheckpointKeeper:
         save_atomic(save_obj, path, append_dict)
         self.entries = [e for e in self.entries if e[2] != path]
         self.entries.append((epoch, float("-inf") if metric is None else float(metric), path))
-        self._prune(path)
+        self._prune()
         return path
 
-    def _prune(self, newest: str) -> None:
+    def _prune(self) -> None:
+        newest = max(self.entries, key=lambda e: e[0])
         if self.policy == "top_k":
-            ranked = sorted(self.entries, key=lambda e: (e[1], e[0]), reverse=True)
+            best = sorted(self.entries, key=lambda e: (e[1], e[0]), reverse=True)[: self.keep_max]
+            keep = best + ([newest] if newest not in best else [])
         else:
-            ranked = sorted(self.entries, key=lambda e: e[0], reverse=True)
-        keep, drop = ranked[: self.keep_max], ranked[self.keep_max:]
-        for _, _, path in drop:
-            if path != newest and os.path.exists(path):
-                os.remove(path)
-        self.entries = keep
+            keep = sorted(self.entries, key=lambda e: e[0], reverse=True)[: self.keep_max]
+        for entry in self.entries:
+            if entry not in keep and os.path.exists(entry[2]):
+                os.remove(entry[2])
+        self.entries = sorted(keep)
+        records = [{"file": os.path.basename(p), "epoch": e, "top1": m if m != float("-inf") else None}
+                   for e, m, p in self.entries]
+        tmp = f"{self.index}.tmp-{os.getpid()}"
+        with open(tmp, "w") as stream:
+            json.dump(records, stream, indent=1)
+        os.replace(tmp, self.index)
 
     @property
     def paths(self) -> List[str]:

@@ -11,7 +11,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-__all__ = ["setup_context", "setup_distributed", "setup_logger", "set_seed", "build_model", "load_weights",
+__all__ = ["setup_context", "setup_distributed", "setup_logger", "attach_log_file", "set_seed", "build_model", "load_weights",
            "is_torch_checkpoint"]
 
 _logger = logging.getLogger("mindcv_ext")
@@ -47,7 +47,7 @@ def setup_distributed(distribute: bool) -> Tuple[Optional[int], int]:
 
 
 def setup_logger(save_dir: Optional[str], rank: Optional[int], filename: str = "train.log") -> logging.Logger:
-    """Console on every rank (msrun keeps one log per worker); a log file from rank 0 only."""
+    """Console on every rank (msrun keeps one log per worker); a log file from rank 0 only, if ``save_dir``."""
     logger = logging.getLogger("mindcv_ext")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -59,12 +59,20 @@ def setup_logger(save_dir: Optional[str], rank: Optional[int], filename: str = "
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     logger.addHandler(console)
-    if save_dir and rank in (None, 0):
-        os.makedirs(save_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(save_dir, filename))
-        file_handler.setFormatter(formatter)
-        logger.addHandler(file_handler)
+    if save_dir:
+        attach_log_file(save_dir, rank, filename)
     return logger
+
+
+def attach_log_file(save_dir: str, rank: Optional[int], filename: str = "train.log") -> None:
+    """Also log to ``save_dir/filename`` (rank 0 only), e.g. once a run has passed its checks."""
+    logger = logging.getLogger("mindcv_ext")
+    if rank not in (None, 0) or not logger.handlers:
+        return
+    os.makedirs(save_dir, exist_ok=True)
+    file_handler = logging.FileHandler(os.path.join(save_dir, filename))
+    file_handler.setFormatter(logger.handlers[0].formatter)
+    logger.addHandler(file_handler)
 
 
 def set_seed(seed: int) -> None:

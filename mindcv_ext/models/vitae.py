@@ -107,17 +107,19 @@ class TokenPerformer(nn.Cell):
     def prm_exp(self, x: ms.Tensor) -> ms.Tensor:
         # exp(w^T x - |x|^2 / 2) / sqrt(m): positive random features of the softmax kernel.
         xd = (x * x).sum(axis=-1, keepdims=True) / 2
-        wtx = ops.matmul(x, self.w.transpose(1, 0))
+        wtx = ops.matmul(x, self.w.astype(x.dtype).transpose(1, 0))
         return ops.exp(wtx - xd) / math.sqrt(self.m)
 
     def attn(self, x: ms.Tensor) -> ms.Tensor:
         k, q, v = ops.split(self.kqv(x), self.emb, axis=-1)
-        # The reference forces the kernel computation to fp32; so do we under AMP.
-        k32, q32, v32 = k.astype(ms.float32), q.astype(ms.float32), v.astype(ms.float32)
-        kp, qp = self.prm_exp(k32), self.prm_exp(q32)  # (B, T, m)
+        # The random features and the normaliser in fp32, as the reference forces them.
+        kp, qp = self.prm_exp(k.astype(ms.float32)), self.prm_exp(q.astype(ms.float32))  # (B, T, m)
         normaliser = ops.bmm(qp, kp.sum(axis=1).expand_dims(2))  # (B, T, 1)
-        kptv = ops.bmm(v32.transpose(0, 2, 1), kp)  # (B, emb, m)
-        y = ops.bmm(qp, kptv.transpose(0, 2, 1)) / (normaliser + self.epsilon)  # (B, T, emb)
+        # The products with v in v's dtype (fp16 under AMP, as the reference's autocast einsums): MindSpore 2.10's
+        # O2 backward feeds an fp16 operand to a BatchMatMul on cast(v) and fails to compile otherwise.
+        kptv = ops.bmm(v.transpose(0, 2, 1), kp.astype(v.dtype))  # (B, emb, m)
+        y = ops.bmm(qp.astype(v.dtype), kptv.transpose(0, 2, 1))  # (B, T, emb)
+        y = y.astype(ms.float32) / (normaliser + self.epsilon)
         return v + self.dp(self.proj(y.astype(v.dtype)))
 
 

@@ -1,0 +1,263 @@
+"""train.py end to end: the quickstart, AMP O2 per family, every config's dry run, crash and resume, bad input."""
+import csv
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mindspore as ms
+
+import train
+from mindcv_ext.engine.runtime import build_model, set_seed
+from tests.utils import REPO_ROOT
+
+QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
+TINY = ["-c", str(QUICKSTART), "--model_kwargs", "{patch_size: 4, num_blocks: 2, embed_dim: 32}", "--log_interval", "1"]
+
+
+def _run(args, timeout=600):
+    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _results(directory):
+    with open(os.path.join(directory, "results.csv"), newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The README's quickstart command (fewer epochs), run as users run it."""
+    directory = tmp_path_factory.mktemp("quickstart")
+    result = _run(["train.py", "-c", QUICKSTART, "--epoch_size", 5, "--ckpt_save_dir", directory])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return directory, result
+
+
+@pytest.mark.slow
+def test_quickstart_trains_to_high_accuracy_and_writes_everything(quickstart):
+    directory, result = quickstart
+    files = set(os.listdir(directory))
+    assert {"gmlp_s16_224_best.ckpt", "results.csv", "curves.png", "gmlp_s16_224.yaml", "classes.json",
+            "train.log", "checkpoints.json"} <= files
+    epochs = sorted(f for f in files if re.fullmatch(r"gmlp_s16_224-\d+_\d+\.ckpt", f))
+    assert epochs == ["gmlp_s16_224-3_66.ckpt", "gmlp_s16_224-4_88.ckpt", "gmlp_s16_224-5_110.ckpt"]  # keep 3
+    rows = _results(directory)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert max(float(r["val_top1"]) for r in rows) >= 0.90
+    with Image.open(directory / "curves.png") as plot:
+        assert plot.size[0] > 500
+    step = re.search(r"Epoch 2/5, step 10/22, loss (\S+), lr (\S+), step time (\S+) ms, (\S+) img/s", result.stdout)
+    assert step and float(step.group(1)) > 0 and float(step.group(3)) > 0 and float(step.group(4)) > 0
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
+def _best_top1(directory):
+    return max(float(r["val_top1"]) for r in _results(directory))
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_best_checkpoint_accuracy(quickstart):
+    directory, _ = quickstart
+    result = _run(["eval.py", "-c", QUICKSTART, "--ckpt_path", directory / "gmlp_s16_224_best.ckpt"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    top1 = float(re.search(r'"top1": ([0-9.]+)', result.stdout).group(1))
+    assert abs(top1 - _best_top1(directory)) < 1e-6
+    assert "top-5" in result.stdout and "on 355 images" in result.stdout
+
+
+@pytest.mark.slow
+def test_infer_names_the_classes(quickstart, dataset_cache, tmp_path):
+    directory, _ = quickstart
+    val = glob.glob(str(dataset_cache / "digits_*" / "val"))[0]
+    images = [os.path.join(val, digit, sorted(os.listdir(os.path.join(val, digit)))[0]) for digit in ("3", "8")]
+    out = tmp_path / "predictions.json"
+    result = _run(["infer.py", "-c", QUICKSTART, "--ckpt_path", directory / "gmlp_s16_224_best.ckpt",
+                   "--images", *images, os.path.join(val, "5"), "--topk", 2, "--json", out])
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    predictions = json.loads(out.read_text())
+    assert len(predictions) == 2 + len(os.listdir(os.path.join(val, "5")))
+    assert all(len(p["top"]) == 2 and abs(sum(t["probability"] for t in p["top"])) <= 1.0 + 1e-6
+               for p in predictions)
+    correct = [p["top"][0]["name"] == os.path.basename(os.path.dirname(p["image"])) for p in predictions]
+    assert np.mean(correct) >= 0.85
+    assert f"{images[0]}: {predictions[0]['top'][0]['name']} " in result.stdout
+
+
+@pytest.mark.slow
+def test_export_mindir_onnx_and_air(quickstart, tmp_path):
+    directory, _ = quickstart
+    ckpt = directory / "gmlp_s16_224_best.ckpt"
+    result = _run(["scripts/export.py", "-c", QUICKSTART, "--ckpt", ckpt, "--format", "MINDIR",
+                   "--output", tmp_path / "net.mindir"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reloaded with nn.GraphCell(ms.load(...)): output matches the Cell" in result.stdout
+    graph = ms.nn.GraphCell(ms.load(str(tmp_path / "net.mindir")))
+    assert graph(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape == (1, 10)
+    result = _run(["scripts/export.py", "-c", QUICKSTART, "--ckpt", ckpt, "--format", "ONNX",
+                   "--output", tmp_path / "net.onnx"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reloaded with onnxruntime" in result.stdout and (tmp_path / "net.onnx").is_file()
+    result = _run(["scripts/export.py", "-c", QUICKSTART, "--ckpt", ckpt, "--format", "AIR",
+                   "--output", tmp_path / "net.air"])
+    assert result.returncode == 2 and "AIR export needs the Ascend backend; this MindSpore runs on CPU" in result.stderr
+    result = _run(["scripts/export.py", "-c", QUICKSTART, "--ckpt", ckpt, "--output", tmp_path / "net.mindir"])
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["net.mindir", "net.onnx"]
+
+
+def test_eval_reads_a_pytorch_checkpoint_directly(capsys):
+    import eval as evaluation
+
+    fixture = REPO_ROOT / "tests" / "data" / "models" / "gmlp_tiny"
+    code = evaluation.main(["--dataset", "digits", "--model", "gmlp_s16_224", "--model_kwargs",
+                            "{patch_size: 4, num_blocks: 2, embed_dim: 64}", "--img_size", "32", "--num_classes", "10",
+                            "--ckpt_path", str(fixture / "model_best.pth.tar"), "--batch_size", "64"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "loaded PyTorch checkpoint" in out or "on 355 images" in out
+
+
+@pytest.mark.parametrize("model,mlp_layer,kwargs", [
+    ("gmlp_s16_224", "monarch", "{patch_size: 4, num_blocks: 2, embed_dim: 32}"),
+    ("gmlp_s16_224", "dense", "{patch_size: 4, num_blocks: 2, embed_dim: 32}"),
+    ("mixer_s16_224", "monarch", "{patch_size: 4, num_blocks: 2, embed_dim: 32}"),
+    ("mixer_s16_224", "dense", "{patch_size: 4, num_blocks: 2, embed_dim: 32}"),
+    ("vitae_basic_tiny", "monarch", "{nc_depth: 1}"),
+    ("vitae_basic_tiny", "dense", "{nc_depth: 1}"),
+])
+def test_amp_o2_training_in_graph_mode(model, mlp_layer, kwargs, tmp_path):
+    code = train.main(["-c", str(QUICKSTART), "--model", model, "--mlp_layer", mlp_layer, "--model_kwargs", kwargs,
+                       "--amp_level", "O2", "--loss_scale_type", "dynamic", "--epoch_size", "1", "--num_samples", "32",
+                       "--batch_size", "16", "--val_while_train", "False", "--ckpt_save_dir", str(tmp_path)])
+    assert code == 0
+    (row,) = _results(tmp_path)
+    assert np.isfinite(float(row["train_loss"]))
+    saved = ms.load_checkpoint(glob.glob(str(tmp_path / f"{model}-1_2.ckpt"))[0])
+    set_seed(42)  # train.py seeds the same way before building the model
+    initial = build_model(model, 10, img_size=32, mlp_layer=mlp_layer, model_kwargs=__import__("yaml").safe_load(kwargs))
+    changed = 0
+    for param in initial.trainable_params():
+        assert saved[param.name].dtype == ms.float32  # master weights stay fp32 under O2
+        changed += not np.array_equal(saved[param.name].asnumpy(), param.asnumpy())
+    assert changed == len(initial.trainable_params())  # every weight was updated: no step was lost to overflow
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(glob.glob(str(REPO_ROOT / "configs" / "*" / "*.yaml"))),
+                         ids=lambda p: os.path.basename(p))
+def test_every_config_builds_in_a_dry_run(config, imagenet_folder, caplog):
+    code = train.main(["-c", config, "--data_dir", str(imagenet_folder), "--distribute", "False", "--dry_run", "True"])
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory):
+    """An ImageNet-style folder of real JPEG files, big enough for one batch of every config."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 64), ("val", 4)):
+        for synset in ("n01440764", "n01443537"):
+            (root / split / synset).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    root / split / synset / f"{i:03d}.JPEG", quality=90)
+    return root
+
+
+def test_bad_inputs_name_the_culprit(tmp_path, imagenet_folder, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: gmlp_s16_224\nwarmup_epoch: 3\n")
+    with pytest.raises(SystemExit) as info:
+        train.main(["-c", str(bad_yaml)])
+    assert info.value.code == 2 and "unknown key 'warmup_epoch'" in capsys.readouterr().err
+
+    cases = [
+        (["--model", "gmlp_s16_244"], "unknown model 'gmlp_s16_244'. Did you mean 'gmlp_s16_224'"),
+        (["--dataset", "folder", "--data_dir", str(tmp_path / "nowhere")], f"data_dir '{tmp_path / 'nowhere'}' does "
+                                                                            f"not exist"),
+        (["--ckpt_path", str(tmp_path / "missing.ckpt")], "missing.ckpt' does not exist"),
+        (["--resume_opt", "True"], "--resume_opt True needs --ckpt_path"),
+        (["--num_classes", "5"], "the data has 10 classes but num_classes is 5"),
+    ]
+    for extra, message in cases:
+        code = train.main(TINY + ["--ckpt_save_dir", str(tmp_path / "run"), "--epoch_size", "1"] + extra)
+        assert code == 2 and message in capsys.readouterr().err, extra
+    assert not (tmp_path / "run").exists()  # nothing was written by the failed runs
+
+
+def test_corrupt_image_is_named(tmp_path, capsys):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / split / cls / f"{i}.png")
+    broken = data / "train" / "dog" / "5.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    code = train.main(TINY + ["--dataset", "folder", "--data_dir", str(data), "--batch_size", "4", "--epoch_size", "1",
+                              "--ckpt_save_dir", str(tmp_path / "run"), "--num_parallel_workers", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "1 unreadable image(s)" in err and str(broken) in err
+
+
+def test_fresh_run_refuses_a_directory_holding_a_run(tmp_path, capsys):
+    (tmp_path / "gmlp_s16_224-3_66.ckpt").write_bytes(b"earlier")
+    code = train.main(TINY + ["--ckpt_save_dir", str(tmp_path), "--epoch_size", "1"])
+    assert code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "gmlp_s16_224-3_66.ckpt").read_bytes() == b"earlier"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_schedule_continuing(tmp_path):
+    """SIGKILL in the middle of epoch 3 of 4, then resume from the epoch-2 checkpoint."""
+    from mindcv.scheduler import create_scheduler
+
+    common = ["train.py"] + TINY + ["--epoch_size", 4, "--batch_size", 32, "--num_samples", 256, "--lr", 0.01,
+                                    "--warmup_epochs", 1, "--decay_epochs", 3, "--val_while_train", "True",
+                                    "--keep_checkpoint_max", 3, "--ckpt_save_dir", tmp_path]
+    process = subprocess.Popen([sys.executable] + [str(a) for a in common], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    first_run = []
+    deadline = time.time() + 300
+    for line in process.stdout:
+        first_run.append(line)
+        if "Epoch 3/4, step 3/8" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+        assert time.time() < deadline, "".join(first_run[-20:])
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    names = sorted(os.listdir(tmp_path))
+    epoch_files = [n for n in names if n.endswith(".ckpt") and "-" in n]
+    assert epoch_files == ["gmlp_s16_224-1_8.ckpt", "gmlp_s16_224-2_16.ckpt"]
+    for name in names:  # every checkpoint under a real name is complete
+        if name.endswith(".ckpt"):
+            assert ms.load_checkpoint(str(tmp_path / name))
+    resumed_from = tmp_path / "gmlp_s16_224-2_16.ckpt"
+    before = resumed_from.read_bytes()
+
+    result = _run(common + ["--ckpt_path", resumed_from, "--resume_opt", "True"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs_run = sorted(set(re.findall(r"Epoch (\d)/4, step", result.stdout)))
+    assert epochs_run == ["3", "4"]  # only the remaining epochs
+    schedule = create_scheduler(8, "cosine_decay", lr=0.01, min_lr=1e-5, warmup_epochs=1, warmup_factor=0.1,
+                                decay_epochs=3, num_epochs=4)
+    first_lr = float(re.search(r"Epoch 3/4, step 1/8, loss \S+, lr (\S+),", result.stdout).group(1))
+    assert first_lr == pytest.approx(schedule[16], rel=1e-5)  # step 17 of 32, where the killed run stopped
+    assert [int(r["epoch"]) for r in _results(tmp_path)] == [1, 2, 3, 4]
+    assert resumed_from.read_bytes() == before  # never overwritten
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".ckpt") and "-" in n) == [
+        "gmlp_s16_224-2_16.ckpt", "gmlp_s16_224-3_24.ckpt", "gmlp_s16_224-4_32.ckpt"]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
