@@ -194,7 +194,8 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--ckpt_save_dir", type=str, default="./ckpt", help="where checkpoints and logs go")
     group.add_argument("--ckpt_save_interval", type=int, default=1, help="save every this many epochs")
     group.add_argument("--ckpt_save_policy", type=str, default="latest_k", choices=["latest_k", "top_k"],
-                       help="which epoch checkpoints to keep (top_k needs val_while_train)")
+                       help="latest_k: the newest keep_checkpoint_max; top_k: the best by validation top-1 "
+                            "(needs val_while_train) plus the newest, so a crash can always resume")
     group.add_argument("--epoch_size", type=int, default=90, help="training epochs")
     group.add_argument("--dataset_sink_mode", default=True, **flag, help="sink data to the device (Ascend/GPU)")
     group.add_argument("--ema", default=False, **flag, help="keep (train) or evaluate (eval) EMA weights")

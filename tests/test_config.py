@@ -1,4 +1,6 @@
 """config.py: YAML gives defaults, the command line wins, and every mistake names the culprit."""
+import re
+
 import pytest
 import yaml
 
@@ -49,7 +51,6 @@ def test_bad_yaml_names_the_key(tmp_path, capsys, text, message):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 2  # one line, and a pointer to --help; no usage dump
-    import re
     assert re.search(message, err), err
 
 

@@ -74,6 +74,30 @@ def test_eval_reproduces_the_best_checkpoint_accuracy(quickstart):
 
 
 @pytest.mark.slow
+def test_eval_real_labels_follow_file_name_order(quickstart, dataset_cache, tmp_path):
+    """ReaL lists are indexed by file name across class folders; a wrong order would score the wrong images."""
+    import json
+
+    directory, _ = quickstart
+    val = glob.glob(str(dataset_cache / "digits_*" / "val"))[0]
+    files = sorted((name, int(digit)) for digit in os.listdir(val) for name in os.listdir(os.path.join(val, digit)))
+    base = ["eval.py", "-c", QUICKSTART, "--ckpt_path", directory / "gmlp_s16_224_best.ckpt", "--real_labels"]
+    (tmp_path / "true.json").write_text(json.dumps([[label] for _, label in files]))
+    result = _run(base + [tmp_path / "true.json"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["real_top1"] == pytest.approx(metrics["top1"], abs=1e-9) and metrics["top1"] > 0.9
+    # Lists naming another class score (almost) nothing; empty lists are left out of the mean.
+    shifted = [[(label + 1) % 10] if i % 2 else [] for i, (_, label) in enumerate(files)]
+    (tmp_path / "shifted.json").write_text(json.dumps(shifted))
+    result = _run(base + [tmp_path / "shifted.json"])
+    assert json.loads(result.stdout.strip().splitlines()[-1])["real_top1"] < 0.05
+    (tmp_path / "short.json").write_text(json.dumps([[0]] * 10))
+    result = _run(base + [tmp_path / "short.json"])
+    assert result.returncode == 2 and "has 10 label lists, but the validation folder has 355 images" in result.stderr
+
+
+@pytest.mark.slow
 def test_infer_names_the_classes(quickstart, dataset_cache, tmp_path):
     directory, _ = quickstart
     val = glob.glob(str(dataset_cache / "digits_*" / "val"))[0]
