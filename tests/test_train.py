@@ -285,3 +285,20 @@ def test_killed_run_resumes_with_the_schedule_continuing(tmp_path):
     assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".ckpt") and "-" in n) == [
         "gmlp_s16_224-2_16.ckpt", "gmlp_s16_224-3_24.ckpt", "gmlp_s16_224-4_32.ckpt"]
     assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_ema_with_validation_and_sink_mode(tmp_path):
+    """mindcv 0.3.0 crashes on both: EMA weights swapped in for validation, and a custom train step in sink mode."""
+    code = train.main(TINY + ["--ema", "True", "--ema_decay", "0.5", "--epoch_size", "2", "--num_samples", "64",
+                              "--batch_size", "16", "--dataset_sink_mode", "True", "--ckpt_save_dir", str(tmp_path)])
+    assert code == 0
+    rows = _results(tmp_path)
+    assert len(rows) == 2 and all(r["val_top1"] for r in rows)
+    best_epoch = max(rows, key=lambda r: float(r["val_top1"]))["epoch"]
+    state = ms.load_checkpoint(str(tmp_path / f"gmlp_s16_224-{best_epoch}_{4 * int(best_epoch)}.ckpt"))
+    best = ms.load_checkpoint(str(tmp_path / "gmlp_s16_224_best.ckpt"))
+    weights = [name for name in best if f"ema.{name}" in state]
+    assert weights and len(weights) == len([k for k in state if k.startswith("ema.")])
+    for name in weights:  # the best checkpoint holds the EMA weights that were validated
+        np.testing.assert_array_equal(best[name].asnumpy(), state[f"ema.{name}"].asnumpy())
+    assert any(not np.array_equal(state[name].asnumpy(), state[f"ema.{name}"].asnumpy()) for name in weights)
