@@ -84,11 +84,11 @@ def export_model(args) -> dict:
     report = {"format": args.format, "output": output, "input_shape": list(sample.shape)}
     try:
         if args.format == "ONNX":
-            from mindcv_ext.layers import ErfFreeGELU, replace_cells
+            from mindcv_ext.layers import GELU, ErfFreeGELU, replace_cells
 
             # MindSpore's ONNX exporter has no Erf; an erf-free exact GELU keeps the numerics (< 1.5e-7).
-            swapped = replace_cells(network, lambda _, cell: isinstance(cell, nn.GELU) and cell.approximate == "none",
-                                    lambda _: ErfFreeGELU())
+            exact = lambda _, cell: isinstance(cell, GELU) or (isinstance(cell, nn.GELU) and cell.approximate == "none")
+            swapped = replace_cells(network, exact, lambda _: ErfFreeGELU())
             report["gelu_replaced"] = swapped
             ms.onnx.export(network, sample, file_name=produced, input_names=["image"], output_names=["logits"])
         else:

@@ -1,11 +1,13 @@
 """Reusable layers of mindcv_ext."""
 from .drop_path import DropPath
-from .helpers import ErfFreeGELU, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
+from .helpers import GELU, ErfFreeGELU, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
 from .monarch import (
     BlockdiagLinear,
     MonarchLinear,
     blockdiag_butterfly_multiply,
     monarch_factor_shapes,
+    monarch_mlp,
+    monarch_pair_fusable,
     monarch_to_dense,
     project_to_monarch,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "gelu",
     "layer_norm",
     "to_2tuple",
+    "GELU",
     "ErfFreeGELU",
     "replace_cell",
     "replace_cells",
@@ -30,6 +33,8 @@ __all__ = [
     "BlockdiagLinear",
     "blockdiag_butterfly_multiply",
     "monarch_factor_shapes",
+    "monarch_mlp",
+    "monarch_pair_fusable",
     "monarch_to_dense",
     "project_to_monarch",
     "monarchize",

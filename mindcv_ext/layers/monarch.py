@@ -31,6 +31,8 @@ __all__ = [
     "MonarchLinear",
     "BlockdiagLinear",
     "blockdiag_butterfly_multiply",
+    "monarch_mlp",
+    "monarch_pair_fusable",
     "monarch_factor_shapes",
     "monarch_to_dense",
     "project_to_monarch",
@@ -73,21 +75,81 @@ def monarch_factor_shapes(in_features: int, out_features: int, nblocks: int) -> 
     return (nblocks, out_blk, in_blk), (nblocks, out_blk, out_blk)
 
 
+# Weights enter the batched matmuls transposed by the kernel (transpose_b) rather than by a Transpose op.
+_bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+
+def _monarch_hidden(x: ms.Tensor, blkdiag1: ms.Tensor, l: int) -> ms.Tensor:
+    """Stage 1 of the multiply for ``x`` of shape ``(B, k*p)``: returns block ll's inputs, ``(l, B, r)``."""
+    k, q, p = blkdiag1.shape
+    batch = x.shape[0]
+    h = _bmm_nt(x.reshape(batch, k, p).transpose(1, 0, 2), blkdiag1)  # (k, B, q)
+    # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
+    return h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)  # (l, B, r)
+
+
+def _from_blocks(y: ms.Tensor) -> ms.Tensor:
+    """``(l, B, s)`` stage-2 output to ``(B, s*l)``: output index ss*l + ll."""
+    l, batch, s = y.shape
+    return y.transpose(1, 2, 0).reshape(batch, s * l)
+
+
 def blockdiag_butterfly_multiply(x: ms.Tensor, blkdiag1: ms.Tensor, blkdiag2: ms.Tensor) -> ms.Tensor:
     """Monarch product of a 2-D input ``x`` of shape ``(B, k*p)``; returns ``(B, s*l)``.
 
     Two batched matmuls over the blocks, with fly's permutation between them, built from
     reshape, transpose and ``BatchMatMul`` only (``einsum`` has no CPU kernel).
     """
-    k, q, p = blkdiag1.shape
-    l, s, r = blkdiag2.shape
+    h = _monarch_hidden(x, blkdiag1, blkdiag2.shape[0])
+    return _from_blocks(_bmm_nt(h, blkdiag2))
+
+
+def monarch_pair_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
+    """Whether ``fc2(act(fc1(x)))`` can skip fc1's output permutation (see ``monarch_mlp``)."""
+    l1, s1, _ = fc1.blkdiag2.shape
+    k2, _, p2 = fc2.blkdiag1.shape
+    return (fc1.out_features == l1 * s1 == fc2.in_features == k2 * p2) and p2 % l1 == 0
+
+
+def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear") -> ms.Tensor:
+    """``fc2(drop(act(fc1(x))))`` for two Monarch layers, with fc1's output left block-major.
+
+    fc1's second matmul yields ``(l, B, s)``, feature ss*l + ll. Its standard order would cost a transpose
+    whose innermost dimension is l (slow), and fc2 would then gather its input blocks with another one.
+    Instead, fc2's block kk reads features ss*l + ll for ss in [kk*c, (kk+1)*c), c = p/l: a slab of the
+    block-major tensor, taken with one transpose of c-long rows, with blkdiag1's columns reordered to
+    match. fc1's bias rides in its matmul as an extra input column of ones: a broadcast add over the middle
+    axis would cost a strided reduction in the backward pass. The elementwise activation and dropout do
+    not care about the order. Results equal the unfused layers (a permutation of the same sums).
+    """
+    lead_shape = x.shape[:-1]
+    x = x.reshape(-1, fc1.in_features)
+    if fc1.in_features_extended > fc1.in_features:
+        x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
     batch = x.shape[0]
-    x_blocks = x.reshape(batch, k, p).transpose(1, 0, 2)  # (k, B, p)
-    h = ops.bmm(x_blocks, blkdiag1.transpose(0, 2, 1))  # (k, B, q)
-    # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
-    h = h.transpose(1, 0, 2).reshape(batch, r, l).transpose(2, 0, 1)  # (l, B, r)
-    y = ops.bmm(h, blkdiag2.transpose(0, 2, 1))  # (l, B, s)
-    return y.transpose(1, 2, 0).reshape(batch, s * l)  # output index ss*l + ll
+    w2 = ops.cast(fc1.blkdiag2, x.dtype)
+    l, s, _ = w2.shape
+    h = _monarch_hidden(x, ops.cast(fc1.blkdiag1, x.dtype), l)  # (l, B, r)
+    if fc1.has_bias:
+        bias = ops.cast(fc1.bias, x.dtype).reshape(s, l).transpose(1, 0).reshape(l, s, 1)
+        h = ops.concat((h, ops.ones((l, batch, 1), h.dtype)), axis=2)
+        w2 = ops.concat((w2, bias), axis=2)
+    y = drop(act(_bmm_nt(h, w2)))  # (l, B, s)
+
+    u1 = ops.cast(fc2.blkdiag1, y.dtype)
+    k2, q2, p2 = u1.shape
+    c = p2 // l
+    z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)  # block kk2 in (ll, ss) order
+    u1 = u1.reshape(k2, q2, c, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in the same order
+    u2 = ops.cast(fc2.blkdiag2, y.dtype)
+    h2 = _bmm_nt(z, u1)  # (k2, B, q2)
+    h2 = h2.transpose(1, 0, 2).reshape(batch, -1, u2.shape[0]).transpose(2, 0, 1)
+    out = _from_blocks(_bmm_nt(h2, u2))
+    if fc2.out_features_extended > fc2.out_features:
+        out = out[:, :fc2.out_features]
+    if fc2.has_bias:
+        out = out + ops.cast(fc2.bias, out.dtype)
+    return out.reshape(lead_shape + (fc2.out_features,))
 
 
 def _block_diag(blocks: np.ndarray) -> np.ndarray:
@@ -316,7 +378,7 @@ class BlockdiagLinear(nn.Cell):
         batch = x.shape[0]
         w = ops.cast(self.weight, x.dtype)
         x_blocks = x.reshape(batch, nb, in_blk).transpose(1, 0, 2)  # (nb, B, in_blk)
-        out = ops.bmm(x_blocks, w.transpose(0, 2, 1))  # (nb, B, out_blk)
+        out = _bmm_nt(x_blocks, w)  # (nb, B, out_blk)
         out = out.transpose(1, 0, 2).reshape(batch, nb * out_blk)
         if self.out_features_extended > self.out_features:
             out = out[:, :self.out_features]

@@ -1,0 +1,485 @@
+"""Does Monarch pay off on this machine? Dense against Monarch layers, MLPs and models, in one run.
+
+    python scripts/benchmark.py --suite mlp                  # the 768->3072->768 MLP on 1,568 tokens
+    python scripts/benchmark.py --suite layers --compare-torch
+    python scripts/benchmark.py --suite models --models "mixer_b16_224*" --batch_size 8
+    python scripts/benchmark.py --suite all --out bench/      # everything, CSV and PNG into bench/
+
+Timings are medians over ``--repeats`` calls after ``--warmup`` calls, in graph mode. Within a comparison the
+implementations are called in alternating order, so a machine that speeds up or slows down over time (shared
+CPUs do) affects them alike. ``--compare-torch`` adds ``torch.nn.Linear`` and a PyTorch Monarch layer written from
+the same formula, timed in the same process (PyTorch is optional and never needed by mindcv_ext itself).
+"""
+import argparse
+import csv
+import fnmatch
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+LAYER_FIELDS = ["kind", "framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms",
+                "gflop", "gflops_per_s", "speedup_vs_dense"]
+MODEL_FIELDS = ["model", "variant", "params", "macs_g", "batch_size", "img_size", "train_step_ms", "train_img_s",
+                "infer_ms", "infer_img_s", "peak_rss_mb", "train_speedup_vs_dense", "infer_speedup_vs_dense"]
+
+
+# ----------------------------------------------------------------------------------------------- machine
+def describe_machine(device_target: str) -> Dict[str, object]:
+    import mindspore as ms
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or "",
+            "logical_cpus": os.cpu_count(), "mindspore": ms.__version__, "numpy": np.__version__,
+            "device_target": device_target}
+    try:
+        with open("/proc/cpuinfo") as stream:
+            names = [line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+        flags = open("/proc/cpuinfo").read()
+        info["simd"] = [f for f in ("avx512f", "avx2", "fma") if f" {f}" in flags]
+        with open("/proc/meminfo") as stream:
+            info["memory_gb"] = round(int(stream.readline().split()[1]) / 2 ** 20, 1)
+    except OSError:
+        pass
+    try:
+        import mindcv
+
+        info["mindcv"] = mindcv.__version__
+    except (ImportError, AttributeError):
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def _sync(output) -> None:
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            _sync(item)
+    elif hasattr(output, "asnumpy"):
+        output.asnumpy()
+
+
+def time_alternating(calls: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Dict[str, float]:
+    """Median wall time (ms) of each call, with the calls interleaved round by round."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    names = list(calls)
+    samples = {name: [] for name in names}
+    for round_index in range(repeats):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * float(np.median(values)) for name, values in samples.items()}
+
+
+# ----------------------------------------------------------------------------------------------- MindSpore cells
+def _mindspore_layers(in_features: int, out_features: int, nblocks: int):
+    from mindspore import nn
+
+    from mindcv_ext.layers import MonarchLinear
+
+    return {"dense": nn.Dense(in_features, out_features), "monarch": MonarchLinear(in_features, out_features, nblocks)}
+
+
+def _mindspore_mlps(in_features: int, hidden: int, nblocks: int):
+    from mindcv_ext.layers import Mlp
+
+    return {"dense": Mlp(in_features, hidden, mlp_layer="dense"),
+            "monarch": Mlp(in_features, hidden, mlp_layer="monarch", nblocks=nblocks)}
+
+
+def _mindspore_calls(cells, tokens: int, in_features: int) -> Dict[str, Dict[str, Callable]]:
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class Backward(nn.Cell):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.weights = ms.ParameterTuple(net.trainable_params())
+            self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+
+        def construct(self, x):
+            return self.grad(self.net, self.weights)(x)
+
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((tokens, in_features)).astype(np.float32))
+    calls = {"fwd": {}, "fwd+bwd": {}}
+    for name, cell in cells.items():
+        backward = Backward(cell)
+        calls["fwd"][name] = lambda cell=cell: _sync(cell(x))
+        calls["fwd+bwd"][name] = lambda backward=backward: _sync(backward(x))
+    return calls
+
+
+# ----------------------------------------------------------------------------------------------- PyTorch cells
+def _torch_modules(in_features: int, out_features: int, nblocks: int, mlp_hidden: Optional[int] = None):
+    """torch.nn.Linear and a PyTorch Monarch layer with the same formula and layout as mindcv_ext's."""
+    import torch
+
+    class TorchMonarch(torch.nn.Module):
+        def __init__(self, in_f, out_f, nb):
+            super().__init__()
+            in_blk, out_blk = math.ceil(in_f / nb), math.ceil(out_f / nb)
+            self.in_features, self.out_features = in_f, out_f
+            if in_blk < out_blk:
+                shape1, shape2 = (nb, in_blk, in_blk), (nb, out_blk, in_blk)
+            else:
+                shape1, shape2 = (nb, out_blk, in_blk), (nb, out_blk, out_blk)
+            self.blkdiag1 = torch.nn.Parameter(torch.randn(*shape1) / math.sqrt(shape1[-1]))
+            self.blkdiag2 = torch.nn.Parameter(torch.randn(*shape2) / math.sqrt(shape2[-1]))
+            self.bias = torch.nn.Parameter(torch.zeros(out_f))
+
+        def forward(self, x):
+            k, q, p = self.blkdiag1.shape
+            l, s, r = self.blkdiag2.shape
+            batch = x.shape[0]
+            x = torch.nn.functional.pad(x, (0, k * p - x.shape[-1]))
+            h = torch.bmm(x.reshape(batch, k, p).transpose(0, 1), self.blkdiag1.transpose(-1, -2))
+            h = h.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1)
+            y = torch.bmm(h, self.blkdiag2.transpose(-1, -2))
+            return y.permute(1, 2, 0).reshape(batch, s * l)[:, :self.out_features] + self.bias
+
+    if mlp_hidden is None:
+        return {"dense": torch.nn.Linear(in_features, out_features),
+                "monarch": TorchMonarch(in_features, out_features, nblocks)}
+    return {"dense": torch.nn.Sequential(torch.nn.Linear(in_features, mlp_hidden), torch.nn.GELU(),
+                                         torch.nn.Linear(mlp_hidden, in_features)),
+            "monarch": torch.nn.Sequential(TorchMonarch(in_features, mlp_hidden, nblocks), torch.nn.GELU(),
+                                           TorchMonarch(mlp_hidden, in_features, nblocks))}
+
+
+def _torch_calls(modules, tokens: int, in_features: int) -> Dict[str, Dict[str, Callable]]:
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((tokens, in_features)).astype(np.float32))
+    calls = {"fwd": {}, "fwd+bwd": {}}
+    for name, module in modules.items():
+        def forward(module=module):
+            with torch.no_grad():
+                module(x)
+
+        def forward_backward(module=module):
+            inputs = x.clone().requires_grad_(True)
+            module.zero_grad(set_to_none=True)
+            module(inputs).sum().backward()
+
+        calls["fwd"][name], calls["fwd+bwd"][name] = forward, forward_backward
+    return calls
+
+
+# ----------------------------------------------------------------------------------------------- suites
+def _flops(kind: str, impl: str, in_f: int, out_f: int, nblocks: int, tokens: int, hidden: Optional[int]) -> float:
+    from mindcv_ext.layers import monarch_factor_shapes
+
+    def linear_macs(i, o):
+        if impl == "dense":
+            return i * o
+        shape1, shape2 = monarch_factor_shapes(i, o, nblocks)
+        return math.prod(shape1) + math.prod(shape2)
+
+    macs = linear_macs(in_f, out_f) if kind == "layer" else linear_macs(in_f, hidden) + linear_macs(hidden, in_f)
+    return 2.0 * tokens * macs
+
+
+def _compare(kind, in_f, out_f, nblocks, tokens, args, hidden=None) -> List[dict]:
+    cells = _mindspore_mlps(in_f, hidden, nblocks) if kind == "mlp" else _mindspore_layers(in_f, out_f, nblocks)
+    frameworks = {"mindspore": _mindspore_calls(cells, tokens, in_f)}
+    if args.compare_torch:
+        frameworks["torch"] = _torch_calls(_torch_modules(in_f, out_f, nblocks, hidden), tokens, in_f)
+    rows = []
+    for pass_name in ("fwd", "fwd+bwd"):
+        calls = {(fw, impl): call for fw, by_pass in frameworks.items() for impl, call in by_pass[pass_name].items()}
+        times = time_alternating({f"{fw}/{impl}": c for (fw, impl), c in calls.items()}, args.repeats, args.warmup)
+        for (fw, impl) in calls:
+            ms_time = times[f"{fw}/{impl}"]
+            flops = _flops(kind, impl, in_f, out_f, nblocks, tokens, hidden) * (3.0 if pass_name == "fwd+bwd" else 1.0)
+            rows.append({"kind": kind, "framework": fw, "impl": impl, "in_features": in_f,
+                         "out_features": out_f if kind == "layer" else in_f, "nblocks": nblocks, "tokens": tokens,
+                         "pass": pass_name, "ms": round(ms_time, 2), "gflop": round(flops / 1e9, 6),
+                         "gflops_per_s": round(flops / 1e6 / ms_time, 1),
+                         "speedup_vs_dense": round(times[f"{fw}/dense"] / ms_time, 2)})
+    return rows
+
+
+def layer_grid(grid: str):
+    if grid == "full":
+        sizes = [256, 512, 1024, 2048, 4096]
+        return [(i, o, nb, t) for i in sizes for o in sizes for nb in (2, 4, 8, 16) for t in (196, 784, 1568, 3136)]
+    cases = [(i, o, 4, 1568) for i, o in ((256, 1024), (512, 2048), (768, 3072), (1024, 4096), (3072, 768),
+                                           (2048, 2048), (4096, 1024))]
+    cases += [(768, 3072, nb, 1568) for nb in (2, 8, 16)]
+    cases += [(768, 3072, 4, t) for t in (196, 784, 3136)]
+    return cases
+
+
+def run_layers(args, progress) -> List[dict]:
+    rows = []
+    for in_f, out_f, nblocks, tokens in progress(layer_grid(args.grid), desc="layers"):
+        rows += _compare("layer", in_f, out_f, nblocks, tokens, args)
+    return rows
+
+
+def run_mlp(args) -> List[dict]:
+    return _compare("mlp", args.mlp_dim, None, args.mlp_nblocks, args.mlp_tokens, args, hidden=args.mlp_hidden)
+
+
+def _model_worker(args) -> dict:
+    """Measures one model in this process (started by run_models)."""
+    import resource
+
+    import mindspore as ms
+    from mindspore import nn
+
+    import mindcv_ext
+    from mindcv_ext.engine import NetWithLoss, TrainStep
+    from mindcv_ext.layers import MonarchLinear, PatchEmbed
+    from mindcv_ext.models import count_params
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    name, batch, size = args._worker_model, args.batch_size, args.img_size
+    net = mindcv_ext.create_model(name, img_size=size)
+    macs = [0]
+
+    def count(cell, inputs, output):  # multiply-accumulates of linear, Monarch, patch and convolution layers
+        tokens = math.prod(inputs[0].shape[:-1])
+        if isinstance(cell, nn.Dense):
+            macs[0] += tokens * cell.in_channels * cell.out_channels
+        elif isinstance(cell, MonarchLinear):
+            macs[0] += tokens * (cell.blkdiag1.size + cell.blkdiag2.size)
+        elif isinstance(cell, PatchEmbed):
+            macs[0] += math.prod(output.shape[:-1]) * cell.proj.weight.size
+        elif isinstance(cell, nn.Conv2d):
+            macs[0] += output.size * cell.weight.size // cell.weight.shape[0]
+
+    handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names()
+               if isinstance(cell, (nn.Dense, MonarchLinear, PatchEmbed, nn.Conv2d))]
+    net.set_train(False)
+    net(ms.Tensor(np.zeros((1, 3, size, size), np.float32)))
+    for handle in handles:
+        handle.remove()
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    images = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
+    labels = ms.Tensor(np.arange(batch) % 1000, ms.int32)
+    step = TrainStep(NetWithLoss(net, nn.CrossEntropyLoss()), nn.AdamWeightDecay(net.trainable_params(), 1e-4))
+    step.set_train()
+    train = time_alternating({"train": lambda: _sync(step(images, labels)[0])}, args.model_repeats, 2)["train"]
+    net.set_train(False)
+    infer = time_alternating({"infer": lambda: _sync(net(images))}, args.model_repeats, 2)["infer"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"model": name, "params": count_params(net), "macs_g": round(macs[0] / 1e9, 3), "batch_size": batch,
+            "img_size": size, "train_step_ms": round(train, 1), "train_img_s": round(1000 * batch / train, 2),
+            "infer_ms": round(infer, 1), "infer_img_s": round(1000 * batch / infer, 2), "peak_rss_mb": round(peak)}
+
+
+def run_models(args, progress) -> List[dict]:
+    import mindcv_ext
+
+    bases = sorted(n for n in mindcv_ext.list_ext_models() if not n.endswith("_monarch"))
+    if args.models:
+        bases = [b for b in bases if any(fnmatch.fnmatch(b, pattern) or fnmatch.fnmatch(b + "_monarch", pattern)
+                                         for pattern in args.models)]
+    if not bases:
+        raise ValueError(f"no registered model matches --models {args.models}")
+    rows = []
+    for base in progress(bases, desc="models"):
+        pair = {}
+        for variant, name in (("dense", base), ("monarch", base + "_monarch")):
+            command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
+                       str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
+                       str(args.model_repeats), "--device_target", args.device_target]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"benchmark worker for {name} failed:\n{result.stderr[-3000:]}")
+            pair[variant] = dict(json.loads(result.stdout.strip().splitlines()[-1]), variant=variant)
+        for variant in ("dense", "monarch"):
+            row = pair[variant]
+            row["train_speedup_vs_dense"] = round(pair["dense"]["train_step_ms"] / row["train_step_ms"], 2)
+            row["infer_speedup_vs_dense"] = round(pair["dense"]["infer_ms"] / row["infer_ms"], 2)
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- output
+def write_csv(path: str, fields: List[str], rows: List[dict]) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(rows: List[dict], fields: List[str]) -> str:
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(str(r.get(f, "")) for f in fields) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_layers(rows: List[dict], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    monarch = [r for r in rows if r["impl"] == "monarch" and r["kind"] == "layer"]
+    sweeps = [("size (in->out), nblocks 4, 1568 tokens", lambda r: r["nblocks"] == 4 and r["tokens"] == 1568,
+               lambda r: f"{r['in_features']}->{r['out_features']}"),
+              ("nblocks, 768->3072, 1568 tokens", lambda r: (r["in_features"], r["out_features"], r["tokens"]) ==
+               (768, 3072, 1568), lambda r: str(r["nblocks"])),
+              ("tokens, 768->3072, nblocks 4", lambda r: (r["in_features"], r["out_features"], r["nblocks"]) ==
+               (768, 3072, 4), lambda r: str(r["tokens"]))]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for axis, (title, keep, label) in zip(axes, sweeps):
+        series = {}
+        for r in monarch:
+            if keep(r):
+                series.setdefault((r["framework"], r["pass"]), []).append((label(r), r["speedup_vs_dense"]))
+        for (framework, pass_name), points in sorted(series.items()):
+            labels = list(dict.fromkeys(p[0] for p in points))
+            values = [dict(points)[x] for x in labels]
+            axis.plot(labels, values, marker="o", label=f"{framework} {pass_name}")
+        axis.axhline(1.0, color="grey", lw=0.8)
+        axis.set(title=title, ylabel="Monarch speed-up over dense (x)")
+        axis.tick_params(axis="x", rotation=30)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_models(rows: List[dict], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    models = list(dict.fromkeys(r["model"].replace("_monarch", "") for r in rows))
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(models)), 4.5))
+    width = 0.38
+    for offset, variant in ((-width / 2, "dense"), (width / 2, "monarch")):
+        values = [next(r["train_step_ms"] for r in rows if r["variant"] == variant and
+                       r["model"].replace("_monarch", "") == m) for m in models]
+        axis.bar([i + offset for i in range(len(models))], values, width, label=variant)
+    axis.set_xticks(range(len(models)))
+    axis.set_xticklabels(models, rotation=30, ha="right")
+    axis.set(ylabel="training step (ms)", title=f"training step, batch {rows[0]['batch_size']}, {rows[0]['img_size']} px")
+    axis.legend()
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     epilog="Example: python scripts/benchmark.py --suite all --compare-torch --out bench")
+    parser.add_argument("--suite", choices=["mlp", "layers", "models", "all"], default="mlp", help="what to measure")
+    parser.add_argument("--device_target", choices=["CPU", "GPU", "Ascend", "auto"], default="auto",
+                        help="backend; auto uses the installed MindSpore's")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer/MLP case (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, caches)")
+    parser.add_argument("--compare-torch", dest="compare_torch", action="store_true",
+                        help="also time torch.nn.Linear and a PyTorch Monarch layer (needs torch)")
+    parser.add_argument("--grid", choices=["sweep", "full"], default="sweep",
+                        help="layer cases: one-dimensional sweeps around 768->3072, or the full product")
+    parser.add_argument("--mlp_dim", type=int, default=768, help="MLP width")
+    parser.add_argument("--mlp_hidden", type=int, default=3072, help="MLP hidden width")
+    parser.add_argument("--mlp_tokens", type=int, default=1568, help="tokens (rows) per MLP call")
+    parser.add_argument("--mlp_nblocks", type=int, default=4, help="Monarch blocks")
+    parser.add_argument("--models", nargs="*", default=[], help="fnmatch patterns of models (default: all)")
+    parser.add_argument("--batch_size", type=int, default=8, help="model batch size")
+    parser.add_argument("--img_size", type=int, default=224, help="model input size")
+    parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model (median reported)")
+    parser.add_argument("--out", type=str, default="", help="directory for CSV, JSON and PNG results")
+    parser.add_argument("--_worker_model", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.model_repeats < 1 or args.warmup < 0:
+        parser.error("--repeats and --model_repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if args.device_target != "auto":
+        ms.set_device(args.device_target)
+    if args._worker_model:
+        print(json.dumps(_model_worker(args)))
+        return 0
+    if args.compare_torch:
+        # Spinning OpenMP workers of one runtime would steal both cores from the other between calls.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            import torch
+
+            torch.set_num_threads(os.cpu_count() or 1)
+        except ImportError:
+            print("error: --compare-torch needs PyTorch (pip install torch); mindcv_ext itself does not",
+                  file=sys.stderr)
+            return 2
+    from tqdm import tqdm
+
+    def progress(items, desc):
+        return tqdm(items, desc=desc, unit="case", file=sys.stderr)
+
+    machine = describe_machine(ms.get_context("device_target"))
+    print("machine: " + json.dumps(machine))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "machine.json"), "w") as stream:
+            json.dump(machine, stream, indent=1)
+    shown = ["framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms", "gflops_per_s",
+             "speedup_vs_dense"]
+    if args.suite in ("mlp", "all"):
+        rows = run_mlp(args)
+        print(f"\n### MLP {args.mlp_dim}->{args.mlp_hidden}->{args.mlp_dim}, {args.mlp_tokens} tokens, fp32, graph "
+              f"mode (medians of {args.repeats})\n" + markdown_table(rows, shown))
+        if args.out:
+            write_csv(os.path.join(args.out, "mlp.csv"), LAYER_FIELDS, rows)
+    if args.suite in ("layers", "all"):
+        rows = run_layers(args, progress)
+        print(f"\n### Linear layers, fp32, graph mode (medians of {args.repeats})\n" + markdown_table(rows, shown))
+        if args.out:
+            write_csv(os.path.join(args.out, "layers.csv"), LAYER_FIELDS, rows)
+            plot_layers(rows, os.path.join(args.out, "layers.png"))
+    if args.suite in ("models", "all"):
+        rows = run_models(args, progress)
+        print(f"\n### Models, batch {args.batch_size}, {args.img_size} px, fp32, graph mode (medians of "
+              f"{args.model_repeats} steps)\n" + markdown_table(rows, MODEL_FIELDS))
+        if args.out:
+            write_csv(os.path.join(args.out, "models.csv"), MODEL_FIELDS, rows)
+            plot_models(rows, os.path.join(args.out, "models.png"))
+    if args.out:
+        print(f"\nwrote {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

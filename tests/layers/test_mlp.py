@@ -1,0 +1,69 @@
+"""The shared MLP: the fused Monarch path equals the two layers applied one after the other; exact GELU."""
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from mindcv_ext.layers import GELU, MonarchLinear, Mlp, monarch_pair_fusable
+from tests.utils import rel_err
+
+
+class _Grads(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.weights = ms.ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
+
+    def construct(self, x, sens):
+        return self.grad(self.net, self.weights)(x, sens)
+
+
+class _Unfused(nn.Cell):
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+
+    def construct(self, x):
+        return self.mlp.fc2(self.mlp.act(self.mlp.fc1(x)))
+
+
+@pytest.mark.parametrize("dim,hidden,nblocks,fused", [
+    (64, 256, 4, True), (768, 3072, 4, True), (96, 192, 2, True), (100, 300, 4, False), (64, 128, 16, False),
+])
+def test_fused_monarch_mlp_equals_the_layers(dim, hidden, nblocks, fused, ms_mode):
+    mlp = Mlp(dim, hidden, mlp_layer="monarch", nblocks=nblocks)
+    assert mlp.fused is fused and monarch_pair_fusable(mlp.fc1, mlp.fc2) is fused
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((2, 7, dim)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((2, 7, dim)).astype(np.float32))
+    reference = _Unfused(mlp)
+    assert rel_err(mlp(x).asnumpy(), reference(x).asnumpy()) < 1e-5
+    (dx_fused,), grads_fused = _Grads(mlp)(x, sens)
+    (dx_ref,), grads_ref = _Grads(reference)(x, sens)
+    assert rel_err(dx_fused.asnumpy(), dx_ref.asnumpy()) < 1e-5
+    for fused_grad, ref_grad in zip(grads_fused, grads_ref):
+        assert rel_err(fused_grad.asnumpy(), ref_grad.asnumpy()) < 1e-5
+
+
+def test_dense_mlp_is_never_fused():
+    assert not Mlp(64, 256, mlp_layer="dense").fused
+
+
+def test_gelu_is_exact(graph_mode):
+    x = np.linspace(-8, 8, 100001).astype(np.float32)
+    xd = x.astype(np.float64)
+    exact = 0.5 * xd * (1 + erf(xd / math.sqrt(2)))
+    exact_grad = 0.5 * (1 + erf(xd / math.sqrt(2))) + xd * np.exp(-xd * xd / 2) / math.sqrt(2 * math.pi)
+    ours = GELU()(ms.Tensor(x)).asnumpy()
+    assert np.abs(ours - exact).max() < 1e-6
+    assert np.abs(ours - nn.GELU(approximate=False)(ms.Tensor(x)).asnumpy()).max() < 5e-7
+    # dGELU/dx via the network's own backward (ms.grad would cache the Cell beyond the test).
+    (grad,), _ = _Grads(GELU())(ms.Tensor(x), ms.Tensor(np.ones_like(x)))
+    assert np.abs(grad.asnumpy() - exact_grad).max() < 2e-6
+    half = GELU()(ms.Tensor(x, ms.float16)).asnumpy()  # AMP: fp16 in, fp16 out
+    assert half.dtype == np.float16 and np.abs(half - exact).max() < 1e-2
