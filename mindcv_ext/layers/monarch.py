@@ -79,13 +79,17 @@ def monarch_factor_shapes(in_features: int, out_features: int, nblocks: int) -> 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
-def _monarch_hidden(x: ms.Tensor, blkdiag1: ms.Tensor, l: int) -> ms.Tensor:
-    """Stage 1 of the multiply for ``x`` of shape ``(B, k*p)``: returns block ll's inputs, ``(l, B, r)``."""
-    k, q, p = blkdiag1.shape
-    batch = x.shape[0]
-    h = _bmm_nt(x.reshape(batch, k, p).transpose(1, 0, 2), blkdiag1)  # (k, B, q)
+def _to_blocks(x: ms.Tensor, k: int, p: int) -> ms.Tensor:
+    """``(B, k*p)`` to the first factor's input blocks ``(k, B, p)``."""
+    return x.reshape(x.shape[0], k, p).transpose(1, 0, 2)
+
+
+def _stage1(x_blocks: ms.Tensor, blkdiag1: ms.Tensor, l: int) -> ms.Tensor:
+    """First factor on input blocks ``(k, B, p)``; returns the second factor's input blocks ``(l, B, r)``."""
+    h = _bmm_nt(x_blocks, blkdiag1)  # (k, B, q)
+    batch = h.shape[1]
     # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
-    return h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)  # (l, B, r)
+    return h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)
 
 
 def _from_blocks(y: ms.Tensor) -> ms.Tensor:
@@ -100,7 +104,8 @@ def blockdiag_butterfly_multiply(x: ms.Tensor, blkdiag1: ms.Tensor, blkdiag2: ms
     Two batched matmuls over the blocks, with fly's permutation between them, built from
     reshape, transpose and ``BatchMatMul`` only (``einsum`` has no CPU kernel).
     """
-    h = _monarch_hidden(x, blkdiag1, blkdiag2.shape[0])
+    k, _, p = blkdiag1.shape
+    h = _stage1(_to_blocks(x, k, p), blkdiag1, blkdiag2.shape[0])
     return _from_blocks(_bmm_nt(h, blkdiag2))
 
 
@@ -127,9 +132,9 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
     if fc1.in_features_extended > fc1.in_features:
         x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
     batch = x.shape[0]
-    w2 = ops.cast(fc1.blkdiag2, x.dtype)
+    w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
     l, s, _ = w2.shape
-    h = _monarch_hidden(x, ops.cast(fc1.blkdiag1, x.dtype), l)  # (l, B, r)
+    h = _stage1(_to_blocks(x, w1.shape[0], w1.shape[2]), w1, l)  # (l, B, r)
     if fc1.has_bias:
         bias = ops.cast(fc1.bias, x.dtype).reshape(s, l).transpose(1, 0).reshape(l, s, 1)
         h = ops.concat((h, ops.ones((l, batch, 1), h.dtype)), axis=2)
@@ -142,9 +147,7 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
     z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)  # block kk2 in (ll, ss) order
     u1 = u1.reshape(k2, q2, c, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in the same order
     u2 = ops.cast(fc2.blkdiag2, y.dtype)
-    h2 = _bmm_nt(z, u1)  # (k2, B, q2)
-    h2 = h2.transpose(1, 0, 2).reshape(batch, -1, u2.shape[0]).transpose(2, 0, 1)
-    out = _from_blocks(_bmm_nt(h2, u2))
+    out = _from_blocks(_bmm_nt(_stage1(z, u1, u2.shape[0]), u2))
     if fc2.out_features_extended > fc2.out_features:
         out = out[:, :fc2.out_features]
     if fc2.has_bias:
@@ -162,8 +165,7 @@ def _block_diag(blocks: np.ndarray) -> np.ndarray:
 
 def _monarch_permutations(w1_shape: Shape3, w2_shape: Shape3) -> Tuple[np.ndarray, np.ndarray]:
     """Row orders of the two permutation matrices P1 (between factors) and P2 (output)."""
-    _, _, r = w2_shape
-    l, s, _ = w2_shape
+    l, s, r = w2_shape
     # P1 sends index rr*l + ll to ll*r + rr; P2 sends ll*s + ss to ss*l + ll.
     p1 = np.arange(l * r).reshape(r, l).T.reshape(-1)
     p2 = np.arange(l * s).reshape(l, s).T.reshape(-1)
