@@ -1,4 +1,15 @@
 """Reusable layers of mindcv_ext."""
+from .attention import (
+    ATTENTION_TYPES,
+    FullAttention,
+    LocalAttention,
+    MultiHeadAttention,
+    PerformerAttention,
+    SBLocalAttention,
+    TokenPerformer,
+    create_attention,
+    gaussian_orthogonal_random_matrix,
+)
 from .drop_path import DropPath
 from .helpers import GELU, ErfFreeGELU, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
 from .monarch import (
@@ -16,6 +27,15 @@ from .monarchize import LayerSwap, MonarchizeReport, monarchize
 from .patch_embed import PatchEmbed
 
 __all__ = [
+    "ATTENTION_TYPES",
+    "FullAttention",
+    "LocalAttention",
+    "MultiHeadAttention",
+    "PerformerAttention",
+    "SBLocalAttention",
+    "TokenPerformer",
+    "create_attention",
+    "gaussian_orthogonal_random_matrix",
     "DropPath",
     "PatchEmbed",
     "Mlp",

@@ -13,7 +13,7 @@ cells use LayerNorm epsilon 1e-6; features are mean-pooled with no final norm. W
 ``mlp_layer="monarch"`` the normal cells' MLP fc1/fc2 become Monarch; reduction cells stay dense.
 """
 import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
@@ -23,8 +23,9 @@ from mindspore import nn, ops
 from mindcv.models.registry import register_model
 
 from ..layers import DropPath, Mlp, gelu, layer_norm
+from ..layers.attention import MultiHeadAttention, TokenPerformer
 from ..layers.mlp import check_mlp_layer
-from ..layers.weight_init import constant_, orthogonal_, trunc_normal_
+from ..layers.weight_init import constant_, trunc_normal_
 from .helpers import build_model, make_cfg
 
 __all__ = ["ViTAE"]
@@ -85,44 +86,6 @@ class PRM(nn.Cell):
         return y.reshape(batch, self.out_chans, -1).transpose(0, 2, 1)
 
 
-class TokenPerformer(nn.Cell):
-    """The reduction cell's Performer (FAVOR+ positive random features, one head), v as the skip."""
-
-    def __init__(self, dim: int, in_dim: int, kernel_ratio: float = 0.5, dp1: float = 0.1, dp2: float = 0.1) -> None:
-        super().__init__()
-        self.emb = in_dim
-        self.kqv = nn.Dense(dim, 3 * self.emb)
-        self.dp = nn.Dropout(p=dp1)
-        self.proj = nn.Dense(self.emb, self.emb)
-        self.norm1 = layer_norm(dim, eps=1e-5)
-        self.norm2 = layer_norm(self.emb, eps=1e-5)
-        self.epsilon = 1e-8
-        self.mlp = nn.SequentialCell([nn.Dense(self.emb, self.emb), gelu(), nn.Dense(self.emb, self.emb),
-                                      nn.Dropout(p=dp2)])
-        self.m = int(self.emb * kernel_ratio)
-        # Fixed random features: drawn once, saved with the model, never trained.
-        self.w = ms.Parameter(ms.Tensor(np.zeros((self.m, self.emb), np.float32)), name="w", requires_grad=False)
-        orthogonal_(self.w, gain=math.sqrt(self.m))
-
-    def prm_exp(self, x: ms.Tensor) -> ms.Tensor:
-        # exp(w^T x - |x|^2 / 2) / sqrt(m): positive random features of the softmax kernel.
-        xd = (x * x).sum(axis=-1, keepdims=True) / 2
-        wtx = ops.matmul(x, self.w.astype(x.dtype).transpose(1, 0))
-        return ops.exp(wtx - xd) / math.sqrt(self.m)
-
-    def attn(self, x: ms.Tensor) -> ms.Tensor:
-        k, q, v = ops.split(self.kqv(x), self.emb, axis=-1)
-        # The random features and the normaliser in fp32, as the reference forces them.
-        kp, qp = self.prm_exp(k.astype(ms.float32)), self.prm_exp(q.astype(ms.float32))  # (B, T, m)
-        normaliser = ops.bmm(qp, kp.sum(axis=1).expand_dims(2))  # (B, T, 1)
-        # The products with v in v's dtype (fp16 under AMP, as the reference's autocast einsums): MindSpore 2.10's
-        # O2 backward feeds an fp16 operand to a BatchMatMul on cast(v) and fails to compile otherwise.
-        kptv = ops.bmm(v.transpose(0, 2, 1), kp.astype(v.dtype))  # (B, emb, m)
-        y = ops.bmm(qp.astype(v.dtype), kptv.transpose(0, 2, 1))  # (B, T, emb)
-        y = y.astype(ms.float32) / (normaliser + self.epsilon)
-        return v + self.dp(self.proj(y.astype(v.dtype)))
-
-
 class ReductionCell(nn.Cell):
     """PRM tokens, refined by a Performer and a parallel convolution branch (PCM) when present."""
 
@@ -163,30 +126,6 @@ class ReductionCell(nn.Cell):
         return x + self.attn.mlp(self.attn.norm2(x))
 
 
-class Attention(nn.Cell):
-    """Multi-head self-attention (timm's), scale head_dim**-0.5."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
-        self.attn_drop = nn.Dropout(p=attn_drop)
-        self.proj = nn.Dense(dim, dim)
-        self.proj_drop = nn.Dropout(p=proj_drop)
-
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        batch, tokens, channels = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = ops.matmul(q, k.swapaxes(-2, -1)) * self.scale
-        attn = self.attn_drop(ops.softmax(attn, axis=-1))
-        x = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(batch, tokens, channels)
-        return self.proj_drop(self.proj(x))
-
-
 class NormalCell(nn.Cell):
     """Transformer block with a parallel grouped-convolution branch (PCM) over the token grid."""
 
@@ -197,7 +136,7 @@ class NormalCell(nn.Cell):
         self.grid_size = grid_size
         hidden = int(dim * mlp_ratio)
         self.norm1 = layer_norm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-6)
         self.mlp = Mlp(dim, hidden, drop=drop, mlp_layer=mlp_layer, nblocks=nblocks)
