@@ -9,7 +9,8 @@ The YAML file (``-c/--config``) gives defaults and the command line wins. Compar
 - ``device_target`` defaults to ``auto`` (the backend of the installed MindSpore), so a CPU-only
   machine works out of the box;
 - the model keys ``img_size``, ``mlp_layer``, ``nblocks`` and ``model_kwargs`` (any other entrypoint
-  argument, e.g. ``{patch_size: 4, num_blocks: 4}``) are added;
+  argument, e.g. ``{patch_size: 4, num_blocks: 4}``) are added, and T2T-ViT's attention keys
+  ``t2t_attn``, ``local_context``, ``nb_features``, ``softmax_eps``, ``normalization_eps``, ``feature_seed``;
 - ``image_resize``, ``crop_pct``, ``interpolation``, ``mean`` and ``std`` default to the model's own
   ``default_cfg`` instead of fixed ImageNet values.
 """
@@ -23,7 +24,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-__all__ = ["create_parser", "parse_args", "save_args", "ConfigError"]
+__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "ConfigError"]
+
+# Model keys passed to the entrypoint only when set, for the models that take them.
+MODEL_ARGUMENTS = ("t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed")
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
 
@@ -67,6 +71,8 @@ def _number_list(element):
             else:
                 items = [t for t in text.replace(",", " ").split() if t]
         try:
+            if element is int and any(isinstance(i, float) and not i.is_integer() for i in items):
+                raise ValueError("not whole numbers")
             return [element(item) for item in items]
         except (TypeError, ValueError) as exc:
             raise argparse.ArgumentTypeError(f"expected a list of {element.__name__}s, got {value!r}") from exc
@@ -95,6 +101,7 @@ optional_int = _none_or(int)
 optional_float = _none_or(float)
 optional_str = _none_or(str)
 optional_float_list = _none_or(float_list)
+optional_int_list = _none_or(int_list)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,6 +192,19 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
     group.add_argument("--model_kwargs", type=_mapping, default={},
                        help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")
+    group.add_argument("--t2t_attn", type=optional_str, default=None,
+                       choices=[None, "full", "local", "performer", "sblocal"],
+                       help="T2T-ViT_t: the Tokens-to-Token attention (default: full)")
+    group.add_argument("--local_context", type=optional_int_list, default=None,
+                       help="T2T attention window (local, sblocal), one value or attention1,attention2")
+    group.add_argument("--nb_features", type=optional_int_list, default=None,
+                       help="T2T attention random features (performer, sblocal), one value or two")
+    group.add_argument("--softmax_eps", type=optional_float_list, default=None,
+                       help="Performer feature epsilon, one value or two (default: fly's setting)")
+    group.add_argument("--normalization_eps", type=optional_float_list, default=None,
+                       help="Performer normaliser epsilon, one value or two (default: fly's setting)")
+    group.add_argument("--feature_seed", type=optional_int, default=None,
+                       help="seed of random features a checkpoint does not provide")
     group.add_argument("--pretrained", default=False, **flag, help="load published weights")
     group.add_argument("--ckpt_path", type=str, default="",
                        help="checkpoint to start from (train: weights, and all training state with resume_opt)")
@@ -318,6 +338,11 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
         except ConfigError as exc:
             parser.error(str(exc))
     return parser.parse_args(argv)
+
+
+def model_arguments(args: argparse.Namespace) -> Dict[str, Any]:
+    """The optional model keys that are set (e.g. ``t2t_attn``), as entrypoint keywords."""
+    return {key: getattr(args, key) for key in MODEL_ARGUMENTS if getattr(args, key, None) is not None}
 
 
 def save_args(args: argparse.Namespace, path: str) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from config import parse_args
+from config import model_arguments, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -47,7 +47,8 @@ def evaluate_checkpoint(args) -> dict:
     setup_logger(None, rank)
     info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir)
     network = build_model(args.model, args.num_classes or info.num_classes, args.in_channels, args.pretrained,
-                          None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs)
+                          None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
+                          **model_arguments(args))
     if args.ckpt_path:
         _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from config import create_parser, parse_args
+from config import create_parser, model_arguments, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -105,7 +105,7 @@ def predict(args) -> list:
         classes_file = Path(args.ckpt_path).parent / "classes.json" if args.ckpt_path else None
         num_classes = len(json.loads(classes_file.read_text())) if classes_file and classes_file.is_file() else 1000
     network = build_model(args.model, num_classes, args.in_channels, args.pretrained, None, None, args.img_size,
-                          args.mlp_layer, args.nblocks, args.model_kwargs)
+                          args.mlp_layer, args.nblocks, args.model_kwargs, **model_arguments(args))
     if args.ckpt_path:
         _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 
-from config import parse_args, save_args
+from config import model_arguments, parse_args, save_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -82,7 +82,8 @@ def train(args) -> int:
     if info.num_classes < num_classes:
         _logger.warning(f"the data has {info.num_classes} classes, the model {num_classes} outputs")
     network = build_model(args.model, num_classes, args.in_channels, args.pretrained, args.drop_rate,
-                          args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs)
+                          args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
+                          **model_arguments(args))
     cfg = getattr(network, "default_cfg", {}) or {}
     transforms = transform_settings(cfg, args.image_resize or args.img_size, args.crop_pct, args.interpolation,
                                     args.mean, args.std)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from config import create_parser, parse_args  # noqa: E402
+from config import create_parser, model_arguments, parse_args  # noqa: E402
 
 _logger = logging.getLogger("mindcv_ext")
 _EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -68,7 +68,7 @@ def export_model(args) -> dict:
     if num_classes is None:
         num_classes = len(json.loads(classes_file.read_text())) if classes_file.is_file() else 1000
     network = build_model(args.model, num_classes, args.in_channels, False, None, None, args.img_size,
-                          args.mlp_layer, args.nblocks, args.model_kwargs)
+                          args.mlp_layer, args.nblocks, args.model_kwargs, **model_arguments(args))
     _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)
     size = args.image_resize or args.img_size or (getattr(network, "default_cfg", {}) or {}).get(

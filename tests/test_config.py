@@ -24,6 +24,14 @@ def test_yaml_defaults_and_command_line_precedence(tmp_path):
     assert args.scale == [0.3, 1.0] and args.model_kwargs == {"embed_dim": 64} and args.lr == 1e-3 and args.ema
 
 
+def test_t2t_attention_keys_reach_the_entrypoint_only_when_set(tmp_path):
+    path = _yaml(tmp_path, "model: t2t_vit_t_14\nt2t_attn: sblocal\nlocal_context: [49, 12]\nnb_features: 24\n")
+    args = config.parse_args(["-c", path, "--feature_seed", "3"])
+    assert config.model_arguments(args) == {"t2t_attn": "sblocal", "local_context": [49, 12], "nb_features": [24],
+                                            "feature_seed": 3}
+    assert config.model_arguments(config.parse_args([])) == {}
+
+
 def test_defaults_work_on_a_cpu_machine():
     args = config.parse_args([])
     assert args.device_target == "auto" and args.mode == 0
@@ -38,6 +46,9 @@ def test_defaults_work_on_a_cpu_machine():
     ("mlp_layer: butterfly\n", "key 'mlp_layer' is 'butterfly'; choose one of"),
     ("ema: maybe\n", "key 'ema': expected a boolean"),
     ("batch_size: many\n", "key 'batch_size': invalid literal"),
+    ("t2t_attn: linformer\n", "key 't2t_attn' is 'linformer'; choose one of None, 'full', 'local'"),
+    ("local_context: [98, wide]\n", "key 'local_context': expected a list of ints, got \\[98, 'wide'\\]"),
+    ("nb_features: [24.5, 6]\n", "key 'nb_features': expected a list of ints"),
     ("scale: 0.5\n", None),  # a single number is a one-element list: allowed
     ("- just\n- a list\n", "must hold a mapping"),
 ])

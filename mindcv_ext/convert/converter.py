@@ -1,5 +1,6 @@
 """Convert a PyTorch state_dict (timm, ViTAE, fly, Lightning, DDP layouts) into a MindSpore checkpoint."""
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -20,6 +21,8 @@ __all__ = ["ConversionError", "ConversionReport", "extract_state_dict", "torch_n
 _CONTAINER_KEYS = ("state_dict_ema", "model_ema", "model_state_dict", "state_dict", "model", "module")
 # Prefixes of wrapped models: DistributedDataParallel ("module.") and Lightning's LightningModule ("model.").
 _WRAPPER_PREFIXES = ("module.", "model.")
+_NUMPY_DTYPES = {ms.float32: np.float32, ms.float16: np.float16, ms.float64: np.float64, ms.int32: np.int32,
+                 ms.int64: np.int64, ms.bool_: np.bool_}
 _NORM_RENAMES = {"gamma": "weight", "beta": "bias"}
 _BN_RENAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
@@ -36,6 +39,8 @@ class ConversionReport:
     projected: List[Tuple[str, float]] = field(default_factory=list)  # (layer, relative Frobenius error)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (torch key, reason)
     reinitialised: List[str] = field(default_factory=list)
+    kept: List[str] = field(default_factory=list)  # optional parameters the checkpoint lacks
+    renamed: int = 0
     written: int = 0
     notes: List[str] = field(default_factory=list)
 
@@ -43,8 +48,12 @@ class ConversionReport:
         lines = [f"source: {self.source}"] + [f"note: {n}" for n in self.notes]
         for layer, err in self.projected:
             lines.append(f"projected {layer} onto Monarch: relative error {err:.4g}")
+        if self.renamed:
+            lines.append(f"renamed {self.renamed} key(s) from the model's alternative layout")
         for name in self.reinitialised:
             lines.append(f"kept the model's initialisation for {name} (--drop-head)")
+        for name in self.kept:
+            lines.append(f"kept the model's own {name} (the checkpoint has none; it is fixed and seeded)")
         skipped_reasons: Dict[str, int] = {}
         for _, reason in self.skipped:
             skipped_reasons[reason] = skipped_reasons.get(reason, 0) + 1
@@ -105,6 +114,25 @@ def torch_names(net: nn.Cell) -> Dict[str, str]:
     return mapping
 
 
+def _apply_renames(net: nn.Cell, state_dict: Dict[str, np.ndarray],
+                   report: ConversionReport) -> Dict[str, np.ndarray]:
+    """Map a model's alternative key layout (``net.checkpoint_renames``: regex, replacement) onto its own."""
+    renames = [(re.compile(pattern), replacement) for pattern, replacement in getattr(net, "checkpoint_renames", ())]
+    if not renames:
+        return state_dict
+    renamed = {}
+    for key, array in state_dict.items():
+        new_key = key
+        for pattern, replacement in renames:
+            new_key = pattern.sub(replacement, new_key)
+        if new_key != key:
+            report.renamed += 1
+        if new_key in renamed:
+            raise ConversionError(f"the checkpoint holds '{new_key}' twice (once as '{key}')")
+        renamed[new_key] = array
+    return renamed
+
+
 def _classifier_prefix(net: nn.Cell) -> str:
     cfg = getattr(net, "default_cfg", None) or {}
     return cfg.get("classifier", "head")
@@ -125,6 +153,13 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
 
     report = report if report is not None else ConversionReport()
     report.tensors_read = len(state_dict)
+    state_dict = _apply_renames(net, state_dict, report)
+    # Fixed, seeded parameters a checkpoint may lack (e.g. the random features of an attention swapped in
+    # after training); present, they must fit, and tensors for ones the model does not have are skipped.
+    optional = [re.compile(pattern) for pattern in getattr(net, "checkpoint_optional", ())]
+
+    def is_optional(name: str) -> bool:
+        return any(pattern.search(name) for pattern in optional)
     names = torch_names(net)
     monarch_layers = {name: cell for name, cell in net.cells_and_names() if isinstance(cell, MonarchLinear)}
     head = _classifier_prefix(net) + "."
@@ -167,6 +202,8 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
             report.projected.append((layer, float(np.linalg.norm(dense - approx) / norm) if norm else 0.0))
         elif drop_head and ms_name.startswith(head):
             report.reinitialised.append(ms_name)
+        elif is_optional(torch_name):
+            report.kept.append(ms_name)
         else:
             missing.append(f"{ms_name} (expected checkpoint key '{torch_name}', shape {shape})")
 
@@ -178,6 +215,8 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
             report.skipped.append((key, "num_batches_tracked"))
         elif drop_head and key.startswith(head):
             report.skipped.append((key, "classifier dropped"))
+        elif is_optional(key):
+            report.skipped.append((key, "random features of an attention the model does not use"))
         else:
             unexpected.append(f"{key} {tuple(array.shape)}")
 
@@ -198,7 +237,8 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
 
     for param in params:
         if param.name in converted:
-            converted[param.name] = np.ascontiguousarray(converted[param.name], dtype=ms.dtype_to_nptype(param.dtype))
+            dtype = _NUMPY_DTYPES.get(param.dtype, np.float32)
+            converted[param.name] = np.ascontiguousarray(converted[param.name], dtype=dtype)
     return converted
 
 

@@ -84,13 +84,16 @@ def set_seed(seed: int) -> None:
 def build_model(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
                 drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
                 img_size: Optional[int] = None, mlp_layer: Optional[str] = None, nblocks: Optional[int] = None,
-                model_kwargs: Optional[dict] = None) -> nn.Cell:
-    """A registered model (aliases accepted); unset arguments keep the entrypoint's defaults."""
+                model_kwargs: Optional[dict] = None, **arguments) -> nn.Cell:
+    """A registered model (aliases accepted); unset (None) arguments keep the entrypoint's defaults.
+
+    ``arguments`` are further entrypoint keywords from the configuration (e.g. ``t2t_attn``).
+    """
     from ..models import create_model
 
     kwargs = dict(model_kwargs or {})
     for key, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate), ("img_size", img_size),
-                       ("mlp_layer", mlp_layer), ("nblocks", nblocks)):
+                       ("mlp_layer", mlp_layer), ("nblocks", nblocks), *arguments.items()):
         if value is not None:
             kwargs[key] = value
     try:
@@ -115,16 +118,20 @@ def load_weights(net: nn.Cell, path: str, ema: bool = False) -> str:
 
     Returns a one-line description of what was loaded.
     """
-    from ..convert import convert_state_dict, extract_state_dict, read_checkpoint
+    from ..convert import ConversionReport, convert_state_dict, extract_state_dict, read_checkpoint
     from ..models import load_checkpoint
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if is_torch_checkpoint(path):
         state, notes = extract_state_dict(read_checkpoint(path))
-        arrays = convert_state_dict(net, state)
+        report = ConversionReport()
+        arrays = convert_state_dict(net, state, report=report)
         for param in net.get_parameters():
-            param.set_data(ms.Tensor(arrays[param.name]))
+            if param.name in arrays:  # the rest are optional fixed parameters the checkpoint lacks
+                param.set_data(ms.Tensor(arrays[param.name]))
+        if report.kept:
+            notes.append(f"kept the model's own seeded {', '.join(report.kept)} (not in the checkpoint)")
         return f"PyTorch checkpoint {path} ({'; '.join(notes) or 'plain state_dict'})"
     load_checkpoint(net, path)
     if not ema:

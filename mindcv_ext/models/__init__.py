@@ -1,5 +1,5 @@
 """Model families; importing this package registers them in mindcv's model registry."""
-from . import gmlp, mlp_mixer, vitae
+from . import gmlp, mlp_mixer, t2t_vit, vitae
 from .factory import (
     MODEL_ALIASES,
     count_params,
@@ -10,11 +10,13 @@ from .factory import (
 )
 from .gmlp import GMLP
 from .mlp_mixer import MlpMixer
+from .t2t_vit import T2T_ViT
 from .vitae import ViTAE
 
 __all__ = [
     "GMLP",
     "MlpMixer",
+    "T2T_ViT",
     "ViTAE",
     "MODEL_ALIASES",
     "count_params",

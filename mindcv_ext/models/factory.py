@@ -1,6 +1,7 @@
 """Model lookup and creation on top of mindcv's registry: aliases, clear errors, strict loading."""
 import difflib
 import os
+import re
 from typing import Dict, List, Optional
 
 import mindspore as ms
@@ -15,7 +16,7 @@ __all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params"
            "list_ext_models"]
 
 MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES}
-_EXT_MODULES = ("gmlp", "mlp_mixer", "vitae")
+_EXT_MODULES = ("gmlp", "mlp_mixer", "t2t_vit", "vitae")
 
 
 def list_ext_models() -> List[str]:
@@ -39,12 +40,18 @@ def resolve_model_name(name: str) -> str:
 
 
 def _buffer_names(net: nn.Cell) -> set:
-    """Names of parameters that PyTorch keeps as buffers: BatchNorm running statistics."""
+    """Names of parameters that PyTorch keeps as buffers.
+
+    BatchNorm running statistics, and whatever a cell lists in ``torch_buffers`` (e.g. fly's attention
+    random features, which are buffers in PyTorch and fixed parameters here so that checkpoints carry them).
+    """
     names = set()
-    for prefix, cell in net.cells_and_names():
+    for _, cell in net.cells_and_names():
         if isinstance(cell, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             names.add(cell.moving_mean.name)
             names.add(cell.moving_variance.name)
+        for attribute in getattr(cell, "torch_buffers", ()):
+            names.add(getattr(cell, attribute).name)
     return names
 
 
@@ -73,6 +80,10 @@ def load_checkpoint(net: nn.Cell, path: str, strict: bool = True) -> List[str]:
     if mismatched:
         raise ValueError(f"checkpoint {path!r} does not fit the model; shape mismatches: " + "; ".join(mismatched))
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=False)
+    # Fixed, seeded parameters a checkpoint may lack (random features of an attention swapped in after
+    # training) keep the model's own values.
+    optional = [re.compile(pattern) for pattern in getattr(net, "checkpoint_optional", ())]
+    not_loaded = [name for name in not_loaded if not any(pattern.search(name) for pattern in optional)]
     if not_loaded and strict:
         raise ValueError(f"checkpoint {path!r} is missing {len(not_loaded)} parameter(s) of the model, e.g. "
                          f"{', '.join(not_loaded[:5])}. Is it for another model or configuration?")

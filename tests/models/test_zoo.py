@@ -14,16 +14,18 @@ from mindcv_ext.models import count_params, resolve_model_name
 
 BASES = ["gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224",
          "mixer_s32_224", "mixer_s16_224", "mixer_b32_224", "mixer_b16_224", "mixer_l32_224", "mixer_l16_224",
-         "vitae_basic_tiny", "vitae_basic_6m", "vitae_basic_13m", "vitae_basic_small"]
+         "vitae_basic_tiny", "vitae_basic_6m", "vitae_basic_13m", "vitae_basic_small",
+         "t2t_vit_12", "t2t_vit_14", "t2t_vit_t_14"]
 ALL = sorted(BASES + [b + "_monarch" for b in BASES])
 
-# Reference counts (timm 0.4.12 / ViTAE-Transformer, all parameters incl. fixed ones, 224 px, 1000 classes).
+# Reference counts (timm 0.4.12 / ViTAE-Transformer / T2T-ViT, all parameters incl. fixed ones, 224 px, 1000 classes).
 DENSE = {
     "gmlp_ti16_224": 5_867_328, "gmlp_s16_224": 19_422_656, "gmlp_b16_224": 73_075_392,
     "mixer_s32_224": 19_104_624, "mixer_s16_224": 18_528_264, "mixer_b32_224": 60_293_428,
     "mixer_b16_224": 59_880_472, "mixer_l32_224": 206_939_264, "mixer_l16_224": 208_196_168,
     "vitae_basic_tiny": 4_886_888, "vitae_basic_6m": 6_614_120, "vitae_basic_13m": 10_834_728,
     "vitae_basic_small": 24_032_136,
+    "t2t_vit_12": 6_941_902, "t2t_vit_14": 21_545_550, "t2t_vit_t_14": 21_541_070,
 }
 # The table (fly's MonarchLinear, nblocks 4).
 MONARCH_PUBLISHED = {
@@ -46,6 +48,9 @@ MONARCH_MLPS = {
     "vitae_basic_6m": [(10, 256, 512), (10, 512, 256)],
     "vitae_basic_13m": [(11, 320, 640), (11, 640, 320)],
     "vitae_basic_small": [(14, 384, 1152), (14, 1152, 384)],
+    "t2t_vit_12": [(12, 256, 512), (12, 512, 256)],
+    "t2t_vit_14": [(14, 384, 1152), (14, 1152, 384)],
+    "t2t_vit_t_14": [(14, 384, 1152), (14, 1152, 384)],
 }
 
 
@@ -75,7 +80,7 @@ def test_mindcv_registry_sees_every_model():
     assert set(ALL) <= registered
     assert sorted(mindcv_ext.list_ext_models()) == ALL
     assert all(is_model(name) for name in ALL)
-    assert {"gmlp", "mlp_mixer", "vitae"} <= set(list_modules())
+    assert {"gmlp", "mlp_mixer", "t2t_vit", "vitae"} <= set(list_modules())
     assert sorted(list_models(module="vitae")) == sorted(n for n in ALL if n.startswith("vitae"))
     assert set(list_models("mixer_*_monarch")) == {n for n in ALL if n.startswith("mixer") and "monarch" in n}
 
@@ -84,7 +89,7 @@ def test_mindcv_registry_sees_every_model():
 def test_default_cfg_carries_the_eval_transform(name):
     cfg = get_pretrained_cfg(name)
     assert cfg["input_size"] == (3, 224, 224) and cfg["classifier"] == "head" and cfg["interpolation"] == "bicubic"
-    if name.startswith("vitae"):
+    if name.startswith(("vitae", "t2t_vit")):
         assert cfg["crop_pct"] == 0.9 and cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
     else:
         assert cfg["crop_pct"] == 0.875 and cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
