@@ -3,6 +3,7 @@
     python scripts/benchmark.py --suite mlp                  # the 768->3072->768 MLP on 1,568 tokens
     python scripts/benchmark.py --suite layers --compare-torch
     python scripts/benchmark.py --suite models --models "mixer_b16_224*" --batch_size 8
+    python scripts/benchmark.py --suite attention            # T2T attention cores: time and memory vs length
     python scripts/benchmark.py --suite all --out bench/      # everything, CSV and PNG into bench/
 
 Timings are medians over ``--repeats`` calls after ``--warmup`` calls, in graph mode. Within a comparison the
@@ -28,6 +29,11 @@ import numpy as np  # noqa: E402
 
 LAYER_FIELDS = ["kind", "framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms",
                 "gflop", "gflops_per_s", "speedup_vs_dense"]
+ATTENTION_FIELDS = ["attention", "settings", "batch_heads", "tokens", "head_dim", "fwd_ms", "peak_extra_mb",
+                    "working_mb", "working_mb_growth"]
+# fly's settings for T2T-ViT_t-14's first T2T attention (3,136 tokens at 224 px).
+ATTENTION_SETTINGS = {"full": {}, "local": {"local_context": 98}, "performer": {"nb_features": 49},
+                      "sblocal": {"local_context": 49, "nb_features": 24}}
 MODEL_FIELDS = ["model", "variant", "params", "macs_g", "batch_size", "img_size", "train_step_ms", "train_img_s",
                 "infer_ms", "infer_img_s", "peak_rss_mb", "train_speedup_vs_dense", "infer_speedup_vs_dense"]
 
@@ -290,6 +296,68 @@ def _model_worker(args) -> dict:
             "infer_ms": round(infer, 1), "infer_img_s": round(1000 * batch / infer, 2), "peak_rss_mb": round(peak)}
 
 
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _attention_worker(args) -> dict:
+    """Forward time and peak memory of one attention core at one length (started by run_attention)."""
+    import resource
+
+    import mindspore as ms
+
+    from mindcv_ext.layers import create_attention
+
+    kind, tokens = args._worker_attention.split(":")
+    tokens, heads, dim = int(tokens), args.attn_batch_heads, 64
+    core = create_attention(kind, dim, dim ** -0.5, **ATTENTION_SETTINGS[kind])
+    core.set_train(False)
+    # Peak resident memory above what the process held before the inputs existed: inputs, compilation and the
+    # forward's working memory.
+    base = _current_rss_mb()
+    rng = np.random.default_rng(0)
+    q, k, v = (ms.Tensor(rng.standard_normal((heads, tokens, dim), dtype=np.float32)) for _ in range(3))
+    fwd = time_alternating({"fwd": lambda: _sync(core(q, k, v))}, args.repeats, 1)["fwd"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"attention": kind, "settings": json.dumps(ATTENTION_SETTINGS[kind]), "batch_heads": heads,
+            "tokens": tokens, "head_dim": dim, "fwd_ms": round(fwd, 2), "peak_extra_mb": round(max(peak - base, 0.0), 1)}
+
+
+def run_attention(args, progress) -> List[dict]:
+    """Each attention core at each length, every case in a fresh process so peak memory is its own.
+
+    ``working_mb`` is the peak above the same core's at ``--attn_baseline_tokens`` (compilation and runtime
+    buffers, the same at every length); its growth from one length to the next is ~ the length ratio when memory
+    is linear in the length and ~ its square when an N x N matrix is materialised.
+    """
+    def measure(kind, tokens):
+        command = [sys.executable, os.path.abspath(__file__), "--_worker_attention", f"{kind}:{tokens}",
+                   "--attn_batch_heads", str(args.attn_batch_heads), "--repeats", str(args.repeats),
+                   "--device_target", args.device_target]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"benchmark worker for {kind} attention at {tokens} tokens failed:\n"
+                               f"{result.stderr[-3000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    rows = []
+    cases = [(kind, tokens) for kind in args.attentions for tokens in [None] + sorted(args.attn_lengths)
+             if tokens is None or not (kind == "full" and args.full_max_tokens and tokens > args.full_max_tokens)]
+    baseline = {}
+    for kind, tokens in progress(cases, desc="attention"):
+        if tokens is None:
+            baseline[kind] = measure(kind, args.attn_baseline_tokens)["peak_extra_mb"]
+            continue
+        row = measure(kind, tokens)
+        row["working_mb"] = round(max(row["peak_extra_mb"] - baseline[kind], 0.0), 1)
+        previous = next((r for r in reversed(rows) if r["attention"] == kind), None)
+        row["working_mb_growth"] = round(row["working_mb"] / previous["working_mb"], 2) \
+            if previous and previous["working_mb"] > 0 else ""
+        rows.append(row)
+    return rows
+
+
 def run_models(args, progress) -> List[dict]:
     import mindcv_ext
 
@@ -398,7 +466,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Example: python scripts/benchmark.py --suite all --compare-torch --out bench")
-    parser.add_argument("--suite", choices=["mlp", "layers", "models", "all"], default="mlp", help="what to measure")
+    parser.add_argument("--suite", choices=["mlp", "layers", "models", "attention", "all"], default="mlp",
+                        help="what to measure")
     parser.add_argument("--device_target", choices=["CPU", "GPU", "Ascend", "auto"], default="auto",
                         help="backend; auto uses the installed MindSpore's")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer/MLP case (median reported)")
@@ -415,8 +484,18 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=8, help="model batch size")
     parser.add_argument("--img_size", type=int, default=224, help="model input size")
     parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model (median reported)")
+    parser.add_argument("--attentions", nargs="*", default=list(ATTENTION_SETTINGS),
+                        choices=list(ATTENTION_SETTINGS), help="attention cores for the attention suite")
+    parser.add_argument("--attn_lengths", type=int, nargs="*", default=[1568, 3136, 6272],
+                        help="sequence lengths for the attention suite")
+    parser.add_argument("--attn_batch_heads", type=int, default=16, help="batch x heads for the attention suite")
+    parser.add_argument("--attn_baseline_tokens", type=int, default=64,
+                        help="length whose peak memory is subtracted as the fixed cost (compilation, runtime)")
+    parser.add_argument("--full_max_tokens", type=int, default=3136,
+                        help="skip full attention above this length (its N x N scores grow quadratically; 0: no cap)")
     parser.add_argument("--out", type=str, default="", help="directory for CSV, JSON and PNG results")
     parser.add_argument("--_worker_model", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--_worker_attention", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.model_repeats < 1 or args.warmup < 0:
         parser.error("--repeats and --model_repeats must be >= 1 and --warmup >= 0")
@@ -432,6 +511,9 @@ def main(argv=None) -> int:
         ms.set_device(args.device_target)
     if args._worker_model:
         print(json.dumps(_model_worker(args)))
+        return 0
+    if args._worker_attention:
+        print(json.dumps(_attention_worker(args)))
         return 0
     if args.compare_torch:
         # Spinning OpenMP workers of one runtime would steal both cores from the other between calls.
@@ -476,6 +558,12 @@ def main(argv=None) -> int:
         if args.out:
             write_csv(os.path.join(args.out, "models.csv"), MODEL_FIELDS, rows)
             plot_models(rows, os.path.join(args.out, "models.png"))
+    if args.suite in ("attention", "all"):
+        rows = run_attention(args, progress)
+        print(f"\n### Attention cores, forward, fp32, graph mode (medians of {args.repeats}; peak memory above the "
+              f"process's before the inputs)\n" + markdown_table(rows, ATTENTION_FIELDS))
+        if args.out:
+            write_csv(os.path.join(args.out, "attention.csv"), ATTENTION_FIELDS, rows)
     if args.out:
         print(f"\nwrote {args.out}/")
     return 0

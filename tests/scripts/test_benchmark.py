@@ -53,3 +53,19 @@ def test_bad_arguments(capsys):
     assert "--repeats and --model_repeats must be >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no registered model matches"):
         benchmark.main(["--suite", "models", "--models", "resnet50"])
+
+
+@pytest.mark.slow
+def test_local_and_performer_memory_grows_linearly_with_length(tmp_path, capsys):
+    """Doubling the sequence doubles their working memory (an N x N score matrix would quadruple it)."""
+    code = benchmark.main(["--suite", "attention", "--attentions", "local", "performer", "--attn_lengths", "6272",
+                           "12544", "--attn_batch_heads", "16", "--repeats", "1", "--out", str(tmp_path)])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "attention.csv")))
+    assert [(r["attention"], int(r["tokens"])) for r in rows] == [("local", 6272), ("local", 12544),
+                                                                  ("performer", 6272), ("performer", 12544)]
+    for row in rows[1::2]:
+        # Above ~300 MB the allocator's granularity is small against the growth.
+        assert float(row["working_mb"]) > 300, row
+        assert 1.5 < float(row["working_mb_growth"]) < 3.0, row
+    assert "| local |" in capsys.readouterr().out
