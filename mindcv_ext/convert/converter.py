@@ -220,6 +220,14 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
         else:
             unexpected.append(f"{key} {tuple(array.shape)}")
 
+    # Fixed structure a model derives from its settings (e.g. Pixelfly's block layout) must equal the checkpoint's.
+    for prefix, cell in net.cells_and_names():
+        for attribute in getattr(cell, "checkpoint_must_match", ()):
+            param = getattr(cell, attribute)
+            if param.name in converted and not np.array_equal(converted[param.name], param.asnumpy()):
+                mismatched.append(f"{param.name}: the checkpoint's values differ from the ones this model computes "
+                                  f"from its settings (e.g. Pixelfly's butterfly_size, n_factors, block)")
+
     problems = []
     if missing:
         problems.append(f"{len(missing)} parameter(s) of the model not in the checkpoint: " + "; ".join(missing))

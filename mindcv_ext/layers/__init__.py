@@ -22,9 +22,10 @@ from .monarch import (
     monarch_to_dense,
     project_to_monarch,
 )
-from .mlp import MLP_LAYERS, GatedMlp, Mlp, create_linear
+from .mlp import MLP_LAYERS, PIXELFLY_DEFAULTS, GatedMlp, Mlp, create_linear
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
 from .patch_embed import PatchEmbed
+from .pixelfly import BlockSparseLinear, LowRank, SparseLRLinear, butterfly_base_mask, flat_block_butterfly_layout
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -41,6 +42,12 @@ __all__ = [
     "Mlp",
     "GatedMlp",
     "MLP_LAYERS",
+    "PIXELFLY_DEFAULTS",
+    "SparseLRLinear",
+    "BlockSparseLinear",
+    "LowRank",
+    "butterfly_base_mask",
+    "flat_block_butterfly_layout",
     "create_linear",
     "gelu",
     "layer_norm",

@@ -1,45 +1,61 @@
-"""The MLP blocks every model uses, with the linear layers chosen by name: dense or Monarch."""
-from typing import Callable, Optional
+"""The MLP blocks every model uses, with the linear layers chosen by name: dense, Monarch or Pixelfly."""
+from typing import Any, Callable, Dict, Optional
 
 import mindspore as ms
 from mindspore import nn
 
 from .helpers import gelu
 from .monarch import MonarchLinear, _check_positive_int, monarch_mlp, monarch_pair_fusable
+from .pixelfly import SparseLRLinear, butterfly_base_mask
 
-__all__ = ["MLP_LAYERS", "create_linear", "Mlp", "GatedMlp"]
+__all__ = ["MLP_LAYERS", "PIXELFLY_DEFAULTS", "create_linear", "Mlp", "GatedMlp"]
 
-MLP_LAYERS = ("dense", "monarch")
+MLP_LAYERS = ("dense", "monarch", "pixelfly")
+# fly's Pixelfly Mixer-B experiment (mixerb-cutmix-fbbflylr with the README's butterfly_size 8).
+PIXELFLY_DEFAULTS = dict(butterfly_size=8, n_factors=2, block=32, rank=32, gating=True, global_size=0, shuffle=False)
 
 
-def check_mlp_layer(mlp_layer: str, nblocks: int) -> None:
-    if mlp_layer not in MLP_LAYERS:
-        raise ValueError(f"mlp_layer must be one of {MLP_LAYERS}, got {mlp_layer!r}")
+def check_mlp_layer(mlp_layer: str, nblocks: int, pixelfly: Optional[Dict[str, Any]] = None,
+                    choices: tuple = MLP_LAYERS) -> None:
+    """Validate the MLP settings; ``choices`` narrows the layers a model family supports."""
+    if mlp_layer not in choices:
+        hint = " (Pixelfly layers are built for the MLP-Mixer family)" if mlp_layer == "pixelfly" else ""
+        raise ValueError(f"mlp_layer must be one of {choices}, got {mlp_layer!r}{hint}")
     _check_positive_int("MonarchLinear", "nblocks", nblocks)
+    if mlp_layer == "pixelfly":
+        settings = dict(PIXELFLY_DEFAULTS, **(pixelfly or {}))
+        unknown = sorted(set(settings) - set(PIXELFLY_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown Pixelfly setting(s) {unknown}; known: {sorted(PIXELFLY_DEFAULTS)}")
+        butterfly_base_mask(settings["butterfly_size"], settings["n_factors"])  # validates both
+        _check_positive_int("SparseLRLinear", "block", settings["block"])
 
 
 def create_linear(in_features: int, out_features: int, mlp_layer: str = "dense", nblocks: int = 4,
-                  has_bias: bool = True) -> nn.Cell:
-    """``nn.Dense`` or ``MonarchLinear`` with the same (in, out) and bias."""
-    check_mlp_layer(mlp_layer, nblocks)
+                  has_bias: bool = True, pixelfly: Optional[Dict[str, Any]] = None) -> nn.Cell:
+    """``nn.Dense``, ``MonarchLinear`` or ``SparseLRLinear`` (settings in ``pixelfly``) with the same (in, out)."""
+    check_mlp_layer(mlp_layer, nblocks, pixelfly)
     if mlp_layer == "monarch":
         return MonarchLinear(in_features, out_features, nblocks=nblocks, has_bias=has_bias)
+    if mlp_layer == "pixelfly":
+        settings = dict(PIXELFLY_DEFAULTS, **(pixelfly or {}))
+        return SparseLRLinear(in_features, out_features, has_bias=has_bias, **settings)
     return nn.Dense(in_features, out_features, has_bias=has_bias)
 
 
 class Mlp(nn.Cell):
-    """``fc1 -> GELU -> dropout -> fc2 -> dropout`` (timm's ``Mlp``); fc1/fc2 dense or Monarch."""
+    """``fc1 -> GELU -> dropout -> fc2 -> dropout`` (timm's ``Mlp``); fc1/fc2 dense, Monarch or Pixelfly."""
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None, out_features: Optional[int] = None,
                  drop: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
-                 act_layer: Callable[[], nn.Cell] = gelu) -> None:
+                 act_layer: Callable[[], nn.Cell] = gelu, pixelfly: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
-        self.fc1 = create_linear(in_features, hidden_features, mlp_layer, nblocks)
+        self.fc1 = create_linear(in_features, hidden_features, mlp_layer, nblocks, pixelfly=pixelfly)
         self.act = act_layer()
         self.drop1 = nn.Dropout(p=drop)
-        self.fc2 = create_linear(hidden_features, out_features, mlp_layer, nblocks)
+        self.fc2 = create_linear(hidden_features, out_features, mlp_layer, nblocks, pixelfly=pixelfly)
         self.drop2 = nn.Dropout(p=drop)
         # Two Monarch layers run as one block-major computation (same results, fewer data movements).
         self.fused = isinstance(self.fc1, MonarchLinear) and isinstance(self.fc2, MonarchLinear) and \

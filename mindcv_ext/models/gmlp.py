@@ -87,7 +87,7 @@ class GMLP(nn.Cell):
                  proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
                  nblocks: int = 4) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, nblocks)
+        check_mlp_layer(mlp_layer, nblocks, choices=("dense", "monarch"))
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)

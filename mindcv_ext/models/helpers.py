@@ -3,6 +3,7 @@ from typing import Any, Dict, Type
 
 from mindspore import nn
 
+from ..layers.pixelfly import SparseLRLinear
 from ..layers.weight_init import constant_, lecun_normal_, normal_, xavier_uniform_
 
 __all__ = ["make_cfg", "build_model", "init_mixer_weights"]
@@ -48,7 +49,8 @@ def init_mixer_weights(net: nn.Cell) -> None:
     """timm's MLP-Mixer/gMLP initialisation; Monarch layers keep their own, as in fly.
 
     Dense: xavier-uniform weights, N(0, 1e-6) biases inside MLPs and zero elsewhere; the head is
-    zero; convolutions are lecun-normal. Cells with an ``init_weights`` method then apply their own.
+    zero; convolutions are lecun-normal. Pixelfly layers start from projections of xavier-uniform dense
+    matrices (fly's ``set_weights_from_dense_init``). Cells with an ``init_weights`` method then apply their own.
     """
     for name, cell in net.cells_and_names():
         if isinstance(cell, nn.Dense):
@@ -64,6 +66,8 @@ def init_mixer_weights(net: nn.Cell) -> None:
         elif isinstance(cell, nn.Conv2d):
             lecun_normal_(cell.weight)
             constant_(cell.bias, 0.0)
+        elif isinstance(cell, SparseLRLinear):
+            cell.set_weights_from_dense_init()
     for _, cell in net.cells_and_names():
         if cell is not net and hasattr(cell, "init_weights"):
             cell.init_weights()

@@ -1,16 +1,17 @@
 """
-MindSpore implementation of `MLP-Mixer`, with dense or Monarch channel MLPs.
+MindSpore implementation of `MLP-Mixer`, with dense, Monarch or Pixelfly channel MLPs.
 Refer to "MLP-Mixer: An all-MLP Architecture for Vision" (Tolstikhin et al., NeurIPS 2021,
 https://arxiv.org/abs/2105.01601) and, for the Monarch variant, "Monarch: Expressive Structured
-Matrices for Efficient and Accurate Training" (Dao et al., ICML 2022).
+Matrices for Efficient and Accurate Training" (Dao et al., ICML 2022) and, for the Pixelfly variant,
+"Pixelated Butterfly: Simple and Efficient Sparse Training for Neural Network Models" (Chen et al., ICLR 2022).
 
 Numerically identical to timm's ``mixer_*`` and loads timm and fly checkpoints: parameter names are
 timm's, LayerNorm epsilon 1e-6, exact GELU, a convolution stem with bias (unlike mindcv's
 ``mlp_mixer_*``, whose stem has no bias and whose GELU and LayerNorm defaults differ). With
-``mlp_layer="monarch"`` the channel MLPs become Monarch and the token MLPs stay dense, as fly's
-Monarch Mixer.
+``mlp_layer="monarch"`` (or ``"pixelfly"``) the channel MLPs become Monarch (or flat block butterfly plus low
+rank) and the token MLPs stay dense, as fly's Monarch and Pixelfly Mixers.
 """
-from typing import Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn
@@ -44,14 +45,16 @@ class MixerBlock(nn.Cell):
     """Token mixing across patches, then channel mixing, each residual with pre-LayerNorm."""
 
     def __init__(self, dim: int, seq_len: int, mlp_ratio: Tuple[float, float] = (0.5, 4.0), proj_drop: float = 0.0,
-                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
+                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
+                 pixelfly: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         tokens_dim, channels_dim = (int(ratio * dim) for ratio in mlp_ratio)
         self.norm1 = layer_norm(dim, eps=1e-6)
         self.mlp_tokens = Mlp(seq_len, tokens_dim, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-6)
-        self.mlp_channels = Mlp(dim, channels_dim, drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks)
+        self.mlp_channels = Mlp(dim, channels_dim, drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks,
+                                pixelfly=pixelfly)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(0, 2, 1)).transpose(0, 2, 1))
@@ -73,24 +76,29 @@ class MlpMixer(nn.Cell):
         drop_rate: dropout before the head. Default: 0.
         proj_drop_rate: dropout inside the MLPs. Default: 0.
         drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
-        mlp_layer: ``"dense"`` or ``"monarch"`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
+        mlp_layer: ``"dense"``, ``"monarch"`` or ``"pixelfly"`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
         nblocks: Monarch blocks per factor. Default: 4.
+        butterfly_size, n_factors, block, rank, gating, global_size, shuffle: Pixelfly's settings (fly's names);
+            the defaults are fly's Mixer-B experiment (8, 2, 32, 32, True, 0, False).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
                  embed_dim: int = 512, num_blocks: int = 8,
                  mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0), drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
-                 nblocks: int = 4) -> None:
+                 nblocks: int = 4, butterfly_size: int = 8, n_factors: int = 2, block: int = 32, rank=32,
+                 gating: bool = True, global_size: int = 0, shuffle: bool = False) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, nblocks)
+        pixelfly = dict(butterfly_size=butterfly_size, n_factors=n_factors, block=block, rank=rank, gating=gating,
+                        global_size=global_size, shuffle=shuffle)
+        check_mlp_layer(mlp_layer, nblocks, pixelfly)
         mlp_ratio = (0.5, float(mlp_ratio)) if isinstance(mlp_ratio, (int, float)) else to_2tuple(mlp_ratio)
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
         seq_len = self.stem.num_patches
         self.blocks = nn.SequentialCell([
-            MixerBlock(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks)
+            MixerBlock(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks, pixelfly)
             for _ in range(num_blocks)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-6)

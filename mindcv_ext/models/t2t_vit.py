@@ -186,7 +186,7 @@ class T2T_ViT(nn.Cell):
                  nb_features: Pair = None, softmax_eps: Pair = None, normalization_eps: Pair = None,
                  feature_seed: int = 0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, nblocks)
+        check_mlp_layer(mlp_layer, nblocks, choices=("dense", "monarch"))
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"T2T_ViT: img_size must be a positive multiple of 16, got {img_size}")
         if tokens_type not in ("transformer", "performer"):

@@ -195,7 +195,7 @@ class ViTAE(nn.Cell):
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, nblocks)
+        check_mlp_layer(mlp_layer, nblocks, choices=("dense", "monarch"))
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"ViTAE: img_size must be a positive multiple of 16, got {img_size}")
         self.num_classes = num_classes
