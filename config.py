@@ -187,8 +187,11 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--drop_rate", type=optional_float, default=None, help="dropout before the head")
     group.add_argument("--drop_path_rate", type=optional_float, default=None, help="stochastic depth")
     group.add_argument("--img_size", type=optional_int, default=None, help="model input resolution")
-    group.add_argument("--mlp_layer", type=optional_str, default=None, choices=[None, "dense", "monarch"],
-                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's)")
+    group.add_argument("--mlp_layer", type=optional_str, default=None,
+                       choices=[None, "dense", "monarch", "pixelfly"],
+                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's); pixelfly (MLP-Mixer "
+                            "only) takes its settings from model_kwargs, e.g. '{butterfly_size: 8, n_factors: 2, "
+                            "block: 32, rank: 32}'")
     group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
     group.add_argument("--model_kwargs", type=_mapping, default={},
                        help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")
@@ -279,6 +282,16 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--real_labels", type=optional_str, default=None,
                        help="ImageNet ReaL labels (real.json) for eval.py: one list per validation image, in "
                             "sorted file-name order")
+    group.add_argument("--exit_thresholds", type=optional_float_list, default=None,
+                       help="multi-exit models (DVT), eval.py: confidence threshold per exit, e.g. '0.6 0.7 0' "
+                            "(the last exit always answers)")
+    group.add_argument("--exit_budget", type=optional_float, default=None,
+                       help="multi-exit models, eval.py: find thresholds for this average GMACs per image on "
+                            "calibration_split")
+    group.add_argument("--calibration_split", type=str, default="train",
+                       help="held-out split on which eval.py finds exit thresholds (default: train)")
+    group.add_argument("--calibration_samples", type=optional_int, default=50000,
+                       help="images of calibration_split used to find exit thresholds (the reference uses 50,000)")
     return parser
 
 

@@ -4,6 +4,11 @@
     python eval.py --model vitae_basic_small --data_dir /data/imagenet --ckpt_path ViTAE-S.pth.tar \\
         --real_labels real.json
 
+A multi-exit network (DVT) is also scored per exit and with early exit: ``--exit_thresholds '0.6 0.7 0'`` fixes
+the confidence thresholds, ``--exit_budget 1.5`` finds them for an average of 1.5 GMACs per image on
+``--calibration_split`` (default ``train``), and with neither the budget curve of the reference's 59 settings is
+printed.
+
 ``--ckpt_path`` takes a MindSpore .ckpt (``--ema True`` for the EMA weights of a training checkpoint) or a
 PyTorch checkpoint, imported on the fly without torch. Images get the model's own evaluation transform
 (crop, interpolation, mean and std from its ``default_cfg``) unless the configuration overrides them.
@@ -73,9 +78,11 @@ def evaluate_checkpoint(args) -> dict:
         loader, _ = create_split_loader(info, args.val_split, False, args.batch_size, transforms,
                                         shuffle=args.eval_shuffle, num_samples=args.num_samples,
                                         num_parallel_workers=args.num_parallel_workers, **shard)
+    exit_outputs = {} if hasattr(network, "exit_macs") or hasattr(getattr(network, "_backbone", None),
+                                                                   "exit_macs") else None
     try:
         results = evaluate(network, loader, distributed=args.distribute, progress=rank in (None, 0),
-                           predictions=predictions)
+                           predictions=predictions, exit_outputs=exit_outputs)
     except RuntimeError as exc:
         if not info.is_folder:
             raise
@@ -85,7 +92,78 @@ def evaluate_checkpoint(args) -> dict:
         raise ValueError(f"{len(bad)} unreadable image(s) in the validation split: " + ", ".join(bad[:20])) from exc
     if args.real_labels:
         results["real_top1"] = _real_top1(predictions, args.real_labels, len(predictions))
+    if exit_outputs is not None:
+        _early_exit_results(args, network, info, transforms, exit_outputs, results, rank, device_num)
     return results
+
+
+def _early_exit_results(args, network, info, transforms, exit_outputs, results, rank, device_num) -> None:
+    """Dynamic accuracy and average compute of a multi-exit network (DVT) on the evaluated split.
+
+    Thresholds come from ``--exit_thresholds``, or are found on ``--calibration_split`` (held out from the
+    evaluated split) for ``--exit_budget`` GMACs, or, with neither, for each of the reference's 59 settings
+    (the budget curve).
+    """
+    from mindcv_ext.data import create_split_loader
+    from mindcv_ext.engine import evaluate
+    from mindcv_ext.engine.early_exit import dynamic_evaluate, threshold_table, thresholds_for_budget
+
+    if device_num > 1:
+        raise ValueError("early-exit evaluation needs every sample's probabilities in one process; drop --distribute")
+    macs = [round(m, 6) for m in getattr(network, "_backbone", network).exit_macs()]
+    results["exit_macs"] = macs
+    probs, targets = exit_outputs["probs"], exit_outputs["targets"]
+    if args.exit_thresholds:
+        if len(args.exit_thresholds) != probs.shape[0]:
+            raise ValueError(f"--exit_thresholds needs {probs.shape[0]} values (one per exit; the last is ignored, "
+                             f"that exit always answers), got {args.exit_thresholds}")
+        results["dynamic"] = dynamic_evaluate(probs, targets, macs, args.exit_thresholds)
+        return
+    if args.calibration_split == args.val_split:
+        raise ValueError(f"--calibration_split must be held out from the evaluated split, both are "
+                         f"{args.val_split!r}")
+    _logger.info(f"finding exit thresholds on the '{args.calibration_split}' split "
+                 f"(up to {args.calibration_samples} images)")
+    loader, _ = create_split_loader(info, args.calibration_split, False, args.batch_size, transforms, shuffle=True,
+                                    num_samples=args.calibration_samples,
+                                    num_parallel_workers=args.num_parallel_workers)
+    held_out = {}
+    evaluate(network, loader, progress=rank in (None, 0), exit_outputs=held_out)
+    if args.exit_budget is not None:
+        found = thresholds_for_budget(held_out["probs"], held_out["targets"], macs, args.exit_budget)
+        results["dynamic"] = dynamic_evaluate(probs, targets, macs, found["best"]["thresholds"])
+        results["dynamic"]["budget"] = args.exit_budget
+        results["dynamic"]["calibration"] = {k: found["best"][k] for k in ("accuracy", "expected_macs", "setting")}
+        return
+    curve = []
+    for setting, thresholds in enumerate(threshold_table(held_out["probs"]), start=1):
+        point = dynamic_evaluate(probs, targets, macs, thresholds)
+        point["setting"] = setting
+        curve.append(point)
+    results["dynamic_curve"] = curve
+
+
+def _print_exits(results: dict) -> None:
+    macs = results.get("exit_macs", [None] * len(results["exits"]))
+    for index, (scores, gmacs) in enumerate(zip(results["exits"], macs)):
+        cost = f" at {gmacs:.3f} GMACs" if gmacs is not None else ""
+        print(f"  exit {index}: top-1 {100 * scores['top1']:.2f}%, top-5 {100 * scores['top5']:.2f}%{cost}")
+    if "dynamic" in results:
+        dynamic = results["dynamic"]
+        shares = ", ".join(f"{100 * s:.1f}%" for s in dynamic["exit_shares"])
+        origin = f" (budget {dynamic['budget']:g} GMACs)" if "budget" in dynamic else ""
+        print(f"  dynamic{origin}: top-1 {dynamic['accuracy']:.2f}%, average {dynamic['expected_macs']:.3f} GMACs, "
+              f"exits taken {shares}, thresholds {[round(t, 4) for t in dynamic['thresholds'][:-1]]}")
+    if "dynamic_curve" in results:
+        print("  dynamic, thresholds found on the calibration split for the reference's settings "
+              "(pass --exit_budget GMACS to choose one):")
+        seen = set()
+        for point in results["dynamic_curve"]:
+            key = (round(point["expected_macs"], 4), round(point["accuracy"], 2))
+            if key not in seen:
+                seen.add(key)
+                print(f"    setting {point['setting']:2d}: top-1 {point['accuracy']:.2f}% at "
+                      f"{point['expected_macs']:.3f} GMACs")
 
 
 def main(argv=None) -> int:
@@ -99,7 +177,11 @@ def main(argv=None) -> int:
             f"loss {results['loss']:.4f} on {results['num_samples']} images")
     if "real_top1" in results:
         line += f"; ReaL top-1 {100 * results['real_top1']:.2f}%"
+    if "exits" in results:
+        line += " (last exit)"
     print(line)
+    if "exits" in results:
+        _print_exits(results)
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in results.items()}))
     return 0
 

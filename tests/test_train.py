@@ -16,6 +16,7 @@ import mindspore as ms
 
 import train
 from mindcv_ext.engine.runtime import build_model, set_seed
+from tests.data.test_datasets import _cifar_arrays, _write_cifar
 from tests.utils import REPO_ROOT
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
@@ -195,6 +196,9 @@ def imagenet_folder(tmp_path_factory):
             for i in range(count):
                 Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
                     root / split / synset / f"{i:03d}.JPEG", quality=90)
+    # The CIFAR recipes read the official archives from the same data_dir.
+    for name, classes in (("cifar10", 10), ("cifar100", 100)):
+        _write_cifar(root, name, "binary", _cifar_arrays(128, classes, 0), _cifar_arrays(8, classes, 1))
     return root
 
 

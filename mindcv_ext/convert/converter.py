@@ -73,8 +73,9 @@ def extract_state_dict(obj: Any, prefer_ema: bool = True) -> Tuple[Dict[str, np.
     if not isinstance(obj, dict):
         raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a state_dict or a dict of them")
     state = obj
-    if not any(isinstance(v, np.ndarray) for v in obj.values()):
-        present = [k for k in _CONTAINER_KEYS if k in obj and isinstance(obj[k], dict)]
+    present = [k for k in _CONTAINER_KEYS if k in obj and isinstance(obj[k], dict)]
+    # A container key wins over loose tensors beside it (DVT's release stores a 'dynamic_threshold' tensor there).
+    if present or not any(isinstance(v, np.ndarray) for v in obj.values()):
         if not present:
             raise CheckpointError(f"no weights found: top-level keys are {sorted(map(str, obj))[:12]}; expected a "
                                   f"state_dict or one of {list(_CONTAINER_KEYS)}")
@@ -83,6 +84,9 @@ def extract_state_dict(obj: Any, prefer_ema: bool = True) -> Tuple[Dict[str, np.
         state = obj[chosen]
         others = [k for k in present if k != chosen]
         notes.append(f"using '{chosen}'" + (f" (also present, not used: {', '.join(others)})" if others else ""))
+        extra = sorted(str(k) for k in obj if k not in _CONTAINER_KEYS)
+        if extra:
+            notes.append(f"not weights, left aside: {', '.join(extra[:8])}")
     tensors = {str(k): v for k, v in state.items() if isinstance(v, np.ndarray)}
     if not tensors:
         raise CheckpointError("the checkpoint's state_dict holds no tensors")

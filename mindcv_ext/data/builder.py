@@ -104,8 +104,10 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
             options.update(augment or {})
         transform = create_transforms("imagenet", is_training=training, **options)
     else:
-        dataset = create_cifar_dataset(info.name, info.root, training, shuffle, num_parallel_workers=workers,
-                                       **shards)
+        # The CIFAR files hold two splits: the training batches (training, or split "train" read with the
+        # evaluation transform, e.g. to calibrate early exits) and the test batch.
+        dataset = create_cifar_dataset(info.name, info.root, training or split == "train", shuffle,
+                                       num_parallel_workers=workers, **shards)
         if num_samples:
             dataset = dataset.take(num_samples)
         transform = create_transforms("cifar10", image_resize=transforms["image_resize"], is_training=training)

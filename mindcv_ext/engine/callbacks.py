@@ -142,6 +142,8 @@ class TrainMonitor(Callback):
         if metrics is not None:
             summary += (f", val top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
                         f"loss {metrics['loss']:.4f} (best {100 * self.best_top1:.2f}%)")
+            if "exits" in metrics:  # multi-exit networks: the figures above are the last exit's
+                summary += ", top-1 per exit " + "/".join(f"{100 * e['top1']:.2f}%" for e in metrics["exits"])
         self._log(summary)
         if not self.is_writer:
             return

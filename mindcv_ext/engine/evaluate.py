@@ -15,7 +15,10 @@ class _Logits(nn.Cell):
         self.network = network
 
     def construct(self, images: ms.Tensor) -> ms.Tensor:
-        return self.network(images).astype(ms.float32)
+        outputs = self.network(images)
+        if isinstance(outputs, (tuple, list)):  # multi-exit: (exits, batch, classes)
+            return ops.stack([logits.astype(ms.float32) for logits in outputs])
+        return outputs.astype(ms.float32)
 
 
 class _AllReduceSum(nn.Cell):
@@ -53,38 +56,57 @@ class Evaluator:
         self.logits = _Logits(network)
         self.distributed = distributed
 
-    def __call__(self, loader, progress: bool = False, predictions: Optional[list] = None) -> Dict[str, float]:
+    def __call__(self, loader, progress: bool = False, predictions: Optional[list] = None,
+                 exit_outputs: Optional[dict] = None) -> Dict[str, float]:
         """Accuracy on ``loader`` (columns image, label); restores the network's train mode.
 
-        ``predictions``, when a list, receives the top-1 class of every sample in loader order.
+        ``predictions``, when a list, receives the top-1 class of every sample in loader order. A multi-exit
+        network is scored on its last exit (``top1``...) and on every exit (``exits``: one dict per exit);
+        ``exit_outputs``, when a dict, receives ``probs`` (exits, samples, classes) and ``targets`` of this rank.
         """
         from tqdm import tqdm
 
+        from .early_exit import softmax
+
         was_training = self.network.training
         self.network.set_train(False)
-        sums = np.zeros(4, dtype=np.float64)  # top1 hits, top5 hits, loss sum, samples
+        sums = None  # per exit: top1 hits, top5 hits, loss sum, samples
+        probs, all_targets = [], []
         try:
             iterator = loader.create_tuple_iterator(num_epochs=1)
             for images, labels in tqdm(iterator, total=loader.get_dataset_size(), desc="evaluating", unit="batch",
                                        disable=not progress, leave=False):
                 logits = self.logits(images).asnumpy()
+                exits = logits if logits.ndim == 3 else logits[None]
                 targets = labels.asnumpy().astype(np.int64)
                 if targets.ndim > 1:  # one-hot or soft labels
                     targets = targets.argmax(axis=1)
-                sums += (topk_hits(logits, targets, 1).sum(), topk_hits(logits, targets, 5).sum(),
-                         _cross_entropy(logits, targets).sum(), len(targets))
+                batch = np.array([(topk_hits(out, targets, 1).sum(), topk_hits(out, targets, 5).sum(),
+                                   _cross_entropy(out, targets).sum(), len(targets)) for out in exits])
+                sums = batch if sums is None else sums + batch
                 if predictions is not None:
-                    predictions.extend(logits.argmax(axis=1).tolist())
+                    predictions.extend(exits[-1].argmax(axis=1).tolist())
+                if exit_outputs is not None:
+                    probs.append(softmax(exits))
+                    all_targets.append(targets)
         finally:
             self.network.set_train(was_training)
+        if sums is None:
+            sums = np.zeros((1, 4))
         if self.distributed:
-            sums = all_reduce_sum(sums).astype(np.float64)
-        count = max(sums[3], 1.0)
-        return {"top1": sums[0] / count, "top5": sums[1] / count, "loss": sums[2] / count,
-                "num_samples": int(sums[3])}
+            sums = all_reduce_sum(sums.reshape(-1)).astype(np.float64).reshape(sums.shape)
+        if exit_outputs is not None and probs:
+            exit_outputs["probs"] = np.concatenate(probs, axis=1)
+            exit_outputs["targets"] = np.concatenate(all_targets)
+        scores = [{"top1": s[0] / max(s[3], 1.0), "top5": s[1] / max(s[3], 1.0), "loss": s[2] / max(s[3], 1.0),
+                   "num_samples": int(s[3])} for s in sums]
+        results = dict(scores[-1])
+        if len(scores) > 1:
+            results["exits"] = scores
+        return results
 
 
 def evaluate(network: nn.Cell, loader, distributed: bool = False, progress: bool = False,
-             predictions: Optional[list] = None) -> Dict[str, float]:
+             predictions: Optional[list] = None, exit_outputs: Optional[dict] = None) -> Dict[str, float]:
     """One-off evaluation; see ``Evaluator``."""
-    return Evaluator(network, distributed)(loader, progress, predictions)
+    return Evaluator(network, distributed)(loader, progress, predictions, exit_outputs)

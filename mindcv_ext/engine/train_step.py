@@ -21,7 +21,11 @@ def _ema_update_tensor(decay, ema_weight, weight):
 
 
 class NetWithLoss(nn.Cell):
-    """Backbone + loss, with the logits cast to fp32 so the loss is never computed in fp16."""
+    """Backbone + loss, with the logits cast to fp32 so the loss is never computed in fp16.
+
+    A multi-exit network (DVT) returns a tuple of logits; its loss is the sum of the exits' losses, with equal
+    weights, as the reference trains it.
+    """
 
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
@@ -29,8 +33,13 @@ class NetWithLoss(nn.Cell):
         self.loss_fn = loss_fn
 
     def construct(self, images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
-        logits = self.network(images)
-        return self.loss_fn(logits.astype(ms.float32), labels)
+        outputs = self.network(images)
+        if isinstance(outputs, (tuple, list)):
+            loss = self.loss_fn(outputs[0].astype(ms.float32), labels)
+            for logits in outputs[1:]:
+                loss = loss + self.loss_fn(logits.astype(ms.float32), labels)
+            return loss
+        return self.loss_fn(outputs.astype(ms.float32), labels)
 
 
 class TrainStep(nn.Cell):

@@ -1,5 +1,5 @@
 """Model families; importing this package registers them in mindcv's model registry."""
-from . import gmlp, mlp_mixer, t2t_vit, vitae
+from . import dvt, gmlp, mlp_mixer, t2t_vit, vitae
 from .factory import (
     MODEL_ALIASES,
     count_params,
@@ -8,12 +8,14 @@ from .factory import (
     load_checkpoint,
     resolve_model_name,
 )
+from .dvt import DVT
 from .gmlp import GMLP
 from .mlp_mixer import MlpMixer
 from .t2t_vit import T2T_ViT
 from .vitae import ViTAE
 
 __all__ = [
+    "DVT",
     "GMLP",
     "MlpMixer",
     "T2T_ViT",

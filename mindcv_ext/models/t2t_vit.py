@@ -13,7 +13,7 @@ T2T attention's temperature is ``dim**-0.5`` of its *input* width (147 and 576) 
 is a fixed parameter loaded from the checkpoint. With ``mlp_layer="monarch"`` the backbone blocks' fc1/fc2 are
 Monarch.
 """
-from typing import Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 
@@ -109,10 +109,18 @@ class T2TModule(nn.Cell):
 
     def __init__(self, img_size: int, tokens_type: str, in_channels: int, embed_dim: int, token_dim: int = 64,
                  t2t_attn: str = "full", local_context: Pair = None, nb_features: Pair = None,
-                 softmax_eps: Pair = None, normalization_eps: Pair = None, feature_seed: int = 0) -> None:
+                 softmax_eps: Pair = None, normalization_eps: Pair = None, feature_seed: int = 0,
+                 first_split: Tuple[int, int, int] = (7, 4, 2)) -> None:
         super().__init__()
-        self.grids = (img_size // 4, img_size // 8)
-        dims = (in_channels * 7 * 7, token_dim * 3 * 3)
+        # (kernel, stride, padding) of the first soft split: (7, 4, 2) in T2T-ViT; DVT's coarser exits use
+        # (14, 8, 3) and (11, 6, 5) for 7x7 and 10x10 tokens at 224 px.
+        self.first_split = tuple(first_split)
+        kernel, stride, padding = self.first_split
+        first = (img_size + 2 * padding - kernel) // stride + 1
+        second = (first - 1) // 2 + 1
+        self.grids = (first, second)
+        self.grid = (second - 1) // 2 + 1
+        dims = (in_channels * kernel * kernel, token_dim * 3 * 3)
         if tokens_type == "performer":
             self.attention1 = TokenPerformer(dims[0], token_dim, kernel_ratio=0.5)
             self.attention2 = TokenPerformer(dims[1], token_dim, kernel_ratio=0.5)
@@ -125,7 +133,7 @@ class T2TModule(nn.Cell):
             self.attention2 = TokenTransformer(dims[1], token_dim, 1.0, t2t_attn, seed=feature_seed + 1,
                                                **settings[1])
         self.project = nn.Dense(token_dim * 3 * 3, embed_dim)
-        self.num_patches = (img_size // 16) ** 2
+        self.num_patches = self.grid ** 2
 
     @staticmethod
     def _soft_split(x: ms.Tensor, kernel: int, stride: int, padding: int) -> ms.Tensor:
@@ -137,7 +145,7 @@ class T2TModule(nn.Cell):
         return x.transpose(0, 2, 1).reshape(batch, channels, grid, grid)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        x = self.attention1(self._soft_split(x, 7, 4, 2))
+        x = self.attention1(self._soft_split(x, *self.first_split))
         x = self.attention2(self._soft_split(self._restructure(x, self.grids[0]), 3, 2, 1))
         x = self._soft_split(self._restructure(x, self.grids[1]), 3, 2, 1)
         return self.project(x)

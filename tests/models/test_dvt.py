@@ -1,0 +1,207 @@
+"""DVT: the shared fixture on all three exits, the reuse paths, both checkpoint layouts, early exit, threshold search."""
+import json
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import nn
+
+import mindcv_ext
+from mindcv_ext.convert import convert_state_dict, read_checkpoint
+from mindcv_ext.convert.converter import extract_state_dict
+from mindcv_ext.engine import NetWithLoss
+from mindcv_ext.engine.early_exit import (dynamic_evaluate, early_exit, exit_proportions, softmax, threshold_table,
+                                          thresholds_for_budget)
+from mindcv_ext.models import count_params, resolve_model_name
+from mindcv_ext.models.dvt import resample_matrix
+from scripts.convert_checkpoint import main as convert_main
+from tests.utils import SHARED_FIXTURES, shared_fixture_dir
+
+FIXTURE = "dvt_t2t_vit_12_depth2"
+# The reference's names; feature_reuse/relation_reuse are what DVT_T2t_vit_12 fixes, qk_scale None is the default.
+REFERENCE_ONLY = ("qk_scale",)
+
+
+def _meta():
+    directory = shared_fixture_dir("dvt", FIXTURE)
+    return directory, json.loads((directory / "meta.json").read_text())
+
+
+def _kwargs(meta):
+    return {k: v for k, v in meta["kwargs"].items() if k not in REFERENCE_ONLY}
+
+
+def _load(net, state_dict):
+    arrays = convert_state_dict(net, state_dict)
+    ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in arrays.items()}, strict_load=True)
+    net.set_train(False)
+    return net
+
+
+def _assert_close(actual, expected, atol, rtol):
+    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
+    assert excess.max() <= 0, f"max |diff| {np.abs(actual - expected).max():.3g}"
+
+
+def test_every_shared_fixture_is_tested():
+    if not SHARED_FIXTURES.joinpath("dvt").is_dir():
+        pytest.skip("../shared/fixtures/dvt is not present")
+    present = sorted(p.name for p in SHARED_FIXTURES.joinpath("dvt").iterdir() if p.is_dir())
+    # dvt_t2t_vit_14_depth1 is described in the reference notes but was not shipped (over the size budget).
+    assert present == [FIXTURE]
+
+
+@pytest.fixture(scope="module")
+def fixture_logits(tmp_path_factory):
+    """All three exits of the release checkpoint, converted by the user's command, in graph mode."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    directory, meta = _meta()
+    dst = tmp_path_factory.mktemp("dvt") / "dvt.ckpt"
+    assert convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(_kwargs(meta)),
+                         "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)]) == 0
+    net = mindcv_ext.create_model(meta["model"], checkpoint_path=str(dst), **_kwargs(meta))
+    net.set_train(False)
+    outputs = net(ms.Tensor(np.load(directory / meta["input"])))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    return {"params": count_params(net), "macs": net.exit_macs(), "logits": [o.asnumpy() for o in outputs]}
+
+
+def test_fixture_matches_reference_on_every_exit(fixture_logits):
+    directory, meta = _meta()
+    assert fixture_logits["params"] == meta["num_params"]
+    assert len(fixture_logits["logits"]) == 3
+    for logits, name in zip(fixture_logits["logits"], meta["expected_logits_per_exit"]):
+        expected = np.load(directory / name)
+        assert logits.shape == expected.shape
+        _assert_close(logits, expected, meta["atol"], meta["rtol"])
+
+
+def test_exit_compute_matches_the_reference_count(fixture_logits):
+    _, meta = _meta()
+    np.testing.assert_allclose(fixture_logits["macs"], meta["approx_gmacs_per_exit_cumulative"], rtol=1e-9)
+
+
+def test_early_exit_examples_give_the_listed_exits(fixture_logits):
+    directory, _ = _meta()
+    examples = json.loads((directory / "early_exit_example.json").read_text())
+    probs = softmax(np.stack(fixture_logits["logits"]))
+    np.testing.assert_allclose(probs.max(axis=2), examples["confidences_per_exit"], atol=1e-6)
+    for example in examples["examples"]:
+        exit_index, prediction = early_exit(probs, example["thresholds"])
+        assert exit_index.tolist() == example["exit_index"], example
+        assert prediction.tolist() == example["prediction"], example
+
+
+def test_reuse_paths_match_the_reference_intermediates():
+    """Relation reuse (conv, resample) and feature reuse (norm + MLP) of exit 1, fed the reference's exit 0."""
+    directory, meta = _meta()
+    net = _load(mindcv_ext.create_model(meta["model"], **_kwargs(meta)),
+                extract_state_dict(read_checkpoint(str(directory / meta["checkpoint"])))[0])
+    debug = np.load(directory / "debug.npz")
+    upstream = debug["exit0_attn_logits"]  # (depth, B, H, n, n)
+    depth, batch, heads, n, _ = upstream.shape
+    relations = ms.Tensor(upstream.transpose(1, 0, 2, 3, 4).reshape(batch, depth * heads, n, n))
+    reused = net.less_token.reuse_relations(relations).asnumpy()
+    expected = debug["exit1_reused_relations"].transpose(1, 0, 2, 3, 4).reshape(reused.shape)
+    _assert_close(reused, expected, 1e-5, 1e-5)
+    features = ms.Tensor(debug["exit0_final_features_prenorm"])
+    for index, block in enumerate(net.less_token.blocks):
+        _assert_close(block.feature_resuse_mlp(features).asnumpy(), debug["exit1_feature_reuse_mlp_out"][index],
+                      1e-5, 1e-5)
+
+
+def test_resampling_is_nearest_x2_then_adaptive_average_pooling():
+    np.testing.assert_allclose(resample_matrix(7, 10)[:4], [[1, 0, 0, 0, 0, 0, 0], [.5, .5, 0, 0, 0, 0, 0],
+                                                            [0, 2 / 3, 1 / 3, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0]])
+    assert np.allclose(resample_matrix(10, 14).sum(axis=1), 1.0)
+    np.testing.assert_allclose(resample_matrix(10, 14)[2], [0, 2 / 3, 1 / 3] + [0] * 7)
+
+
+def test_training_checkpoint_layout_loads_its_ema_weights():
+    """timm's CheckpointSaver layout (state_dict, state_dict_ema, optimizer, args): the EMA weights are used."""
+    directory, meta = _meta()
+    release = read_checkpoint(str(directory / meta["checkpoint"]))
+    weights = release["model_state_dict"]
+    training = {"epoch": 299, "arch": "DVT_T2t_vit_12", "version": 2, "metric": 80.0, "args": None,
+                "state_dict": {k: v * 0.5 if v.dtype == np.float32 else v for k, v in weights.items()},
+                "state_dict_ema": weights, "optimizer": {"state": {}, "param_groups": []}}
+    state, notes = extract_state_dict(training)
+    assert "using 'state_dict_ema' (also present, not used: state_dict)" in notes
+    net = _load(mindcv_ext.create_model("DVT_T2t_vit_12", **_kwargs(meta)), state)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    last = net(ms.Tensor(np.load(directory / meta["input"])))[2].asnumpy()
+    _assert_close(last, np.load(directory / "logits_exit2.npy"), meta["atol"], meta["rtol"])
+
+
+def test_release_metadata_is_reported_not_loaded():
+    directory, meta = _meta()
+    _, notes = extract_state_dict(read_checkpoint(str(directory / meta["checkpoint"])))
+    assert "using 'model_state_dict'" in notes
+    assert any("dynamic_threshold" in note and "flops" in note for note in notes)
+
+
+def test_threshold_search_reproduces_the_calibration_file():
+    directory, _ = _meta()
+    calibration = np.load(directory / "early_exit_calibration.npz")
+    table = threshold_table(calibration["probs"])
+    np.testing.assert_array_equal(table, calibration["dynamic_threshold"])
+    for row, thresholds in enumerate(table):
+        result = dynamic_evaluate(calibration["probs"], calibration["targets"], calibration["flops"], thresholds)
+        assert result["accuracy"] == pytest.approx(calibration["budgeted_acc"][row], abs=1e-6)
+        assert result["expected_macs"] == pytest.approx(calibration["budgeted_flops"][row], rel=1e-6)
+
+
+def test_budget_picks_the_most_accurate_setting_that_fits():
+    directory, _ = _meta()
+    calibration = np.load(directory / "early_exit_calibration.npz")
+    probs, targets, flops = calibration["probs"], calibration["targets"], calibration["flops"]
+    budget = float(np.median(calibration["budgeted_flops"]))
+    found = thresholds_for_budget(probs, targets, flops, budget)
+    fitting = [p for p in found["curve"] if p["expected_macs"] <= budget]
+    assert found["best"]["expected_macs"] <= budget
+    assert found["best"]["accuracy"] == max(p["accuracy"] for p in fitting)
+    assert len(found["curve"]) == 59
+    with pytest.raises(ValueError, match="no threshold setting fits a budget of 0.1 GMACs"):
+        thresholds_for_budget(probs, targets, flops, 0.1)
+
+
+def test_exit_proportions_follow_the_reference():
+    np.testing.assert_allclose(exit_proportions(20), [1 / 3] * 3, rtol=1e-6)
+    q = 0.5
+    np.testing.assert_allclose(exit_proportions(10), np.array([q, q * q, q ** 3]) / (q + q * q + q ** 3), rtol=1e-6)
+    with pytest.raises(ValueError, match="setting must be in 1..59"):
+        exit_proportions(60)
+
+
+def test_bad_thresholds_and_sizes_name_the_culprit():
+    probs = softmax(np.random.default_rng(0).standard_normal((3, 4, 5)))
+    with pytest.raises(ValueError, match="one threshold per exit"):
+        early_exit(probs, [0.5, 0.5])
+    with pytest.raises(ValueError, match="img_size 6 is too small"):
+        mindcv_ext.create_model("dvt_t2t_vit_12", img_size=6)
+
+
+def test_training_loss_is_the_sum_of_the_exit_losses():
+    net = mindcv_ext.create_model("dvt_t2t_vit_12", img_size=64, num_classes=5, depth=1, embed_dim=32, num_heads=2)
+    net.set_train(False)
+    images = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    labels = ms.Tensor(np.array([1, 3], np.int32))
+    loss_fn = nn.CrossEntropyLoss()
+    exits = net(images)
+    assert len(exits) == 3 and all(e.shape == (2, 5) for e in exits)
+    expected = sum(float(loss_fn(e, labels).asnumpy()) for e in exits)
+    assert float(NetWithLoss(net, loss_fn)(images, labels).asnumpy()) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,count", [("dvt_t2t_vit_12", 22_461_516), ("dvt_t2t_vit_14", 67_881_836)])
+def test_full_size_counts_and_forward(name, count):
+    net = mindcv_ext.create_model(name)
+    assert count_params(net) == count
+    assert resolve_model_name(name.replace("dvt_t2t", "DVT_T2t")) == name
+    if name == "dvt_t2t_vit_12":
+        net.set_train(False)
+        exits = net(ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)))
+        assert [e.shape for e in exits] == [(1, 1000)] * 3
+        assert all(np.isfinite(e.asnumpy()).all() for e in exits)
+        assert net.grids == (7, 10, 14)
