@@ -1,4 +1,4 @@
-"""Does Monarch pay off on this machine? Dense against Monarch layers, MLPs and models, in one run.
+"""Do Monarch and Pixelfly pay off on this machine? Dense against Monarch and Pixelfly layers, MLPs and models.
 
     python scripts/benchmark.py --suite mlp                  # the 768->3072->768 MLP on 1,568 tokens
     python scripts/benchmark.py --suite layers --compare-torch
@@ -8,8 +8,13 @@
 
 Timings are medians over ``--repeats`` calls after ``--warmup`` calls, in graph mode. Within a comparison the
 implementations are called in alternating order, so a machine that speeds up or slows down over time (shared
-CPUs do) affects them alike. ``--compare-torch`` adds ``torch.nn.Linear`` and a PyTorch Monarch layer written from
-the same formula, timed in the same process (PyTorch is optional and never needed by mindcv_ext itself).
+CPUs do) affects them alike. ``--compare-torch`` adds ``torch.nn.Linear``, a PyTorch Monarch layer written from
+the same formula and a PyTorch Pixelfly layer as fly runs it (dense backend), timed in the same process (PyTorch is
+optional and never needed by mindcv_ext itself).
+
+Pixelfly rows use fly's Mixer-B settings (``PIXELFLY_DEFAULTS``: butterfly_size 8, n_factors 2, block 32, rank 32,
+gating) whatever ``nblocks`` says; in the layers suite they are timed once per (in, out, tokens). Their FLOPs count
+the layout's blocks, the two low-rank factors and the gate (the MACs of the computed terms).
 """
 import argparse
 import csv
@@ -29,6 +34,8 @@ import numpy as np  # noqa: E402
 
 LAYER_FIELDS = ["kind", "framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms",
                 "gflop", "gflops_per_s", "speedup_vs_dense"]
+# Models also measured with Pixelfly channel MLPs (mlp_layer="pixelfly", PIXELFLY_DEFAULTS): fly's Pixelfly Mixer.
+PIXELFLY_MODELS = ["mixer_b16_224"]
 ATTENTION_FIELDS = ["attention", "settings", "batch_heads", "tokens", "head_dim", "fwd_ms", "peak_extra_mb",
                     "working_mb", "working_mb_growth"]
 # fly's settings for T2T-ViT_t-14's first T2T attention (3,136 tokens at 224 px).
@@ -97,19 +104,38 @@ def time_alternating(calls: Dict[str, Callable[[], object]], repeats: int, warmu
 
 
 # ----------------------------------------------------------------------------------------------- MindSpore cells
-def _mindspore_layers(in_features: int, out_features: int, nblocks: int):
+def _mindspore_layers(in_features: int, out_features: int, nblocks: int, pixelfly: bool = True):
     from mindspore import nn
 
-    from mindcv_ext.layers import MonarchLinear
+    from mindcv_ext.layers import PIXELFLY_DEFAULTS, MonarchLinear, SparseLRLinear
 
-    return {"dense": nn.Dense(in_features, out_features), "monarch": MonarchLinear(in_features, out_features, nblocks)}
+    cells = {"dense": nn.Dense(in_features, out_features), "monarch": MonarchLinear(in_features, out_features, nblocks)}
+    if pixelfly:
+        cells["pixelfly"] = SparseLRLinear(in_features, out_features, **PIXELFLY_DEFAULTS)
+    return cells
 
 
-def _mindspore_mlps(in_features: int, hidden: int, nblocks: int):
+def _mindspore_mlps(in_features: int, hidden: int, nblocks: int, pixelfly: bool = True):
     from mindcv_ext.layers import Mlp
 
-    return {"dense": Mlp(in_features, hidden, mlp_layer="dense"),
-            "monarch": Mlp(in_features, hidden, mlp_layer="monarch", nblocks=nblocks)}
+    cells = {"dense": Mlp(in_features, hidden, mlp_layer="dense"),
+             "monarch": Mlp(in_features, hidden, mlp_layer="monarch", nblocks=nblocks)}
+    if pixelfly:
+        cells["pixelfly"] = Mlp(in_features, hidden, mlp_layer="pixelfly")
+    return cells
+
+
+def _pixelfly_fits(*features: int) -> bool:
+    """Whether SparseLRLinear with PIXELFLY_DEFAULTS can be built between these widths (each pair of them)."""
+    from mindcv_ext.layers import PIXELFLY_DEFAULTS, SparseLRLinear
+
+    try:
+        for in_f, out_f in zip(features, features[1:]):
+            SparseLRLinear(in_f, out_f, **PIXELFLY_DEFAULTS)
+    except ValueError as exc:
+        print(f"note: no Pixelfly rows for {'->'.join(map(str, features))}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _mindspore_calls(cells, tokens: int, in_features: int) -> Dict[str, Dict[str, Callable]]:
@@ -136,9 +162,13 @@ def _mindspore_calls(cells, tokens: int, in_features: int) -> Dict[str, Dict[str
 
 
 # ----------------------------------------------------------------------------------------------- PyTorch cells
-def _torch_modules(in_features: int, out_features: int, nblocks: int, mlp_hidden: Optional[int] = None):
-    """torch.nn.Linear and a PyTorch Monarch layer with the same formula and layout as mindcv_ext's."""
+def _torch_modules(in_features: int, out_features: int, nblocks: int, mlp_hidden: Optional[int] = None,
+                   pixelfly: bool = True):
+    """torch.nn.Linear, a PyTorch Monarch layer with the same formula and layout as mindcv_ext's, and a PyTorch
+    Pixelfly layer as fly's SparseLRLinear runs with its dense backend (the weight densified, then F.linear)."""
     import torch
+
+    from mindcv_ext.layers import PIXELFLY_DEFAULTS, flat_block_butterfly_layout
 
     class TorchMonarch(torch.nn.Module):
         def __init__(self, in_f, out_f, nb):
@@ -163,13 +193,53 @@ def _torch_modules(in_features: int, out_features: int, nblocks: int, mlp_hidden
             y = torch.bmm(h, self.blkdiag2.transpose(-1, -2))
             return y.permute(1, 2, 0).reshape(batch, s * l)[:, :self.out_features] + self.bias
 
+    class TorchPixelfly(torch.nn.Module):
+        """y = lerp(sparse(x), low_rank(x), sigmoid(gate(x))) + bias, the sparse part on the block-padded input."""
+
+        def __init__(self, in_f, out_f):
+            super().__init__()
+            settings = PIXELFLY_DEFAULTS
+            b, rank = settings["block"], settings["rank"]
+            self.in_features, self.out_features = in_f, out_f
+            self.in_ext, self.out_ext = math.ceil(in_f / b) * b, math.ceil(out_f / b) * b
+            layout = flat_block_butterfly_layout(self.out_ext, self.in_ext, settings["butterfly_size"],
+                                                 settings["n_factors"], b, settings["global_size"],
+                                                 settings["shuffle"])
+            self.register_buffer("layout", torch.from_numpy(layout))
+            self.weight = torch.nn.Parameter(torch.randn(int(layout.sum()), b, b) / math.sqrt(in_f))
+            self.lr_weight1 = torch.nn.Parameter(torch.randn(rank, in_f) / math.sqrt(in_f))
+            self.lr_weight2 = torch.nn.Parameter(torch.randn(out_f, rank) / math.sqrt(rank))
+            self.gate = torch.nn.Linear(in_f, 1) if settings["gating"] else None
+            self.bias = torch.nn.Parameter(torch.zeros(out_f))
+
+        def dense_weight(self):  # fly's densify: scatter the blocks into a zero (out_ext, in_ext) matrix
+            rows, cols = self.layout.shape
+            b = self.weight.shape[-1]
+            blocks = self.weight.new_zeros(rows * cols, b, b)
+            blocks = blocks.index_copy(0, torch.nonzero(self.layout.reshape(-1)).squeeze(1), self.weight)
+            return blocks.reshape(rows, cols, b, b).transpose(1, 2).reshape(rows * b, cols * b)
+
+        def forward(self, x):
+            padded = torch.nn.functional.pad(x, (0, self.in_ext - self.in_features))
+            sparse = torch.nn.functional.linear(padded, self.dense_weight())[..., :self.out_features]
+            low_rank = torch.nn.functional.linear(torch.nn.functional.linear(x, self.lr_weight1), self.lr_weight2)
+            gate = torch.sigmoid(self.gate(x)) if self.gate is not None else 0.5
+            return torch.lerp(sparse, low_rank, gate) + self.bias
+
     if mlp_hidden is None:
-        return {"dense": torch.nn.Linear(in_features, out_features),
-                "monarch": TorchMonarch(in_features, out_features, nblocks)}
-    return {"dense": torch.nn.Sequential(torch.nn.Linear(in_features, mlp_hidden), torch.nn.GELU(),
-                                         torch.nn.Linear(mlp_hidden, in_features)),
-            "monarch": torch.nn.Sequential(TorchMonarch(in_features, mlp_hidden, nblocks), torch.nn.GELU(),
-                                           TorchMonarch(mlp_hidden, in_features, nblocks))}
+        modules = {"dense": torch.nn.Linear(in_features, out_features),
+                   "monarch": TorchMonarch(in_features, out_features, nblocks)}
+        if pixelfly:
+            modules["pixelfly"] = TorchPixelfly(in_features, out_features)
+        return modules
+    modules = {"dense": torch.nn.Sequential(torch.nn.Linear(in_features, mlp_hidden), torch.nn.GELU(),
+                                            torch.nn.Linear(mlp_hidden, in_features)),
+               "monarch": torch.nn.Sequential(TorchMonarch(in_features, mlp_hidden, nblocks), torch.nn.GELU(),
+                                              TorchMonarch(mlp_hidden, in_features, nblocks))}
+    if pixelfly:
+        modules["pixelfly"] = torch.nn.Sequential(TorchPixelfly(in_features, mlp_hidden), torch.nn.GELU(),
+                                                  TorchPixelfly(mlp_hidden, in_features))
+    return modules
 
 
 def _torch_calls(modules, tokens: int, in_features: int) -> Dict[str, Dict[str, Callable]]:
@@ -192,12 +262,27 @@ def _torch_calls(modules, tokens: int, in_features: int) -> Dict[str, Dict[str, 
 
 
 # ----------------------------------------------------------------------------------------------- suites
+def pixelfly_macs(in_f: int, out_f: int, butterfly_size: int = 8, n_factors: int = 2, block: int = 32, rank=32,
+                  gating: bool = True, global_size: int = 0, shuffle: bool = False) -> int:
+    """Multiply-accumulates per token of SparseLRLinear: the layout's nonzero blocks (on the block-padded sizes),
+    the two low-rank factors and the gate (a Linear(in, 1)); the gate's mixing and the bias are not MACs."""
+    from mindcv_ext.layers import flat_block_butterfly_layout
+
+    if isinstance(rank, float):
+        rank = int(rank * min(in_f, out_f))
+    in_ext, out_ext = math.ceil(in_f / block) * block, math.ceil(out_f / block) * block
+    layout = flat_block_butterfly_layout(out_ext, in_ext, butterfly_size, n_factors, block, global_size, shuffle)
+    return int(layout.sum()) * block * block + rank * (in_f + out_f) + (in_f if gating else 0)
+
+
 def _flops(kind: str, impl: str, in_f: int, out_f: int, nblocks: int, tokens: int, hidden: Optional[int]) -> float:
-    from mindcv_ext.layers import monarch_factor_shapes
+    from mindcv_ext.layers import PIXELFLY_DEFAULTS, monarch_factor_shapes
 
     def linear_macs(i, o):
         if impl == "dense":
             return i * o
+        if impl == "pixelfly":
+            return pixelfly_macs(i, o, **PIXELFLY_DEFAULTS)
         shape1, shape2 = monarch_factor_shapes(i, o, nblocks)
         return math.prod(shape1) + math.prod(shape2)
 
@@ -205,11 +290,13 @@ def _flops(kind: str, impl: str, in_f: int, out_f: int, nblocks: int, tokens: in
     return 2.0 * tokens * macs
 
 
-def _compare(kind, in_f, out_f, nblocks, tokens, args, hidden=None) -> List[dict]:
-    cells = _mindspore_mlps(in_f, hidden, nblocks) if kind == "mlp" else _mindspore_layers(in_f, out_f, nblocks)
+def _compare(kind, in_f, out_f, nblocks, tokens, args, hidden=None, pixelfly=True) -> List[dict]:
+    pixelfly = pixelfly and _pixelfly_fits(*((in_f, hidden, in_f) if kind == "mlp" else (in_f, out_f)))
+    cells = _mindspore_mlps(in_f, hidden, nblocks, pixelfly) if kind == "mlp" else \
+        _mindspore_layers(in_f, out_f, nblocks, pixelfly)
     frameworks = {"mindspore": _mindspore_calls(cells, tokens, in_f)}
     if args.compare_torch:
-        frameworks["torch"] = _torch_calls(_torch_modules(in_f, out_f, nblocks, hidden), tokens, in_f)
+        frameworks["torch"] = _torch_calls(_torch_modules(in_f, out_f, nblocks, hidden, pixelfly), tokens, in_f)
     rows = []
     for pass_name in ("fwd", "fwd+bwd"):
         calls = {(fw, impl): call for fw, by_pass in frameworks.items() for impl, call in by_pass[pass_name].items()}
@@ -218,7 +305,8 @@ def _compare(kind, in_f, out_f, nblocks, tokens, args, hidden=None) -> List[dict
             ms_time = times[f"{fw}/{impl}"]
             flops = _flops(kind, impl, in_f, out_f, nblocks, tokens, hidden) * (3.0 if pass_name == "fwd+bwd" else 1.0)
             rows.append({"kind": kind, "framework": fw, "impl": impl, "in_features": in_f,
-                         "out_features": out_f if kind == "layer" else in_f, "nblocks": nblocks, "tokens": tokens,
+                         "out_features": out_f if kind == "layer" else in_f,
+                         "nblocks": "" if impl == "pixelfly" else nblocks, "tokens": tokens,
                          "pass": pass_name, "ms": round(ms_time, 2), "gflop": round(flops / 1e9, 6),
                          "gflops_per_s": round(flops / 1e6 / ms_time, 1),
                          "speedup_vs_dense": round(times[f"{fw}/dense"] / ms_time, 2)})
@@ -237,9 +325,12 @@ def layer_grid(grid: str):
 
 
 def run_layers(args, progress) -> List[dict]:
-    rows = []
+    rows, pixelfly_done = [], set()
     for in_f, out_f, nblocks, tokens in progress(layer_grid(args.grid), desc="layers"):
-        rows += _compare("layer", in_f, out_f, nblocks, tokens, args)
+        # Pixelfly has no nblocks: time it once per (in, out, tokens).
+        pixelfly = (in_f, out_f, tokens) not in pixelfly_done
+        pixelfly_done.add((in_f, out_f, tokens))
+        rows += _compare("layer", in_f, out_f, nblocks, tokens, args, pixelfly=pixelfly)
     return rows
 
 
@@ -256,27 +347,31 @@ def _model_worker(args) -> dict:
 
     import mindcv_ext
     from mindcv_ext.engine import NetWithLoss, TrainStep
-    from mindcv_ext.layers import MonarchLinear, PatchEmbed
+    from mindcv_ext.layers import MonarchLinear, PatchEmbed, SparseLRLinear
     from mindcv_ext.models import count_params
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     name, batch, size = args._worker_model, args.batch_size, args.img_size
-    net = mindcv_ext.create_model(name, img_size=size)
+    extra = {"mlp_layer": args._worker_mlp_layer} if args._worker_mlp_layer else {}
+    net = mindcv_ext.create_model(name, img_size=size, **extra)
     macs = [0]
 
-    def count(cell, inputs, output):  # multiply-accumulates of linear, Monarch, patch and convolution layers
+    def count(cell, inputs, output):  # multiply-accumulates of linear, Monarch, Pixelfly, patch and conv layers
         tokens = math.prod(inputs[0].shape[:-1])
-        if isinstance(cell, nn.Dense):
+        if isinstance(cell, nn.Dense):  # also Pixelfly's gate, Linear(in, 1)
             macs[0] += tokens * cell.in_channels * cell.out_channels
         elif isinstance(cell, MonarchLinear):
             macs[0] += tokens * (cell.blkdiag1.size + cell.blkdiag2.size)
+        elif isinstance(cell, SparseLRLinear):  # the layout's blocks and the two low-rank factors
+            macs[0] += tokens * (cell.sparse.weight.size + cell.low_rank.lr_weight1.size +
+                                 cell.low_rank.lr_weight2.size)
         elif isinstance(cell, PatchEmbed):
             macs[0] += math.prod(output.shape[:-1]) * cell.proj.weight.size
         elif isinstance(cell, nn.Conv2d):
             macs[0] += output.size * cell.weight.size // cell.weight.shape[0]
 
     handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names()
-               if isinstance(cell, (nn.Dense, MonarchLinear, PatchEmbed, nn.Conv2d))]
+               if isinstance(cell, (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d))]
     net.set_train(False)
     net(ms.Tensor(np.zeros((1, 3, size, size), np.float32)))
     for handle in handles:
@@ -358,30 +453,44 @@ def run_attention(args, progress) -> List[dict]:
     return rows
 
 
+def model_variants(base: str, registered, pixelfly_models: List[str]) -> List[tuple]:
+    """(variant, label, registered name, mlp_layer) of a model: dense, its ``_monarch`` twin when registered, and
+    Pixelfly channel MLPs (label ``<base>_pixelfly``) when it matches ``pixelfly_models``."""
+    variants = [("dense", base, base, None)]
+    if base + "_monarch" in registered:
+        variants.append(("monarch", base + "_monarch", base + "_monarch", None))
+    if any(fnmatch.fnmatch(base, pattern) for pattern in pixelfly_models):
+        variants.append(("pixelfly", base + "_pixelfly", base, "pixelfly"))
+    return variants
+
+
 def run_models(args, progress) -> List[dict]:
     import mindcv_ext
 
-    bases = sorted(n for n in mindcv_ext.list_ext_models() if not n.endswith("_monarch"))
+    registered = set(mindcv_ext.list_ext_models())
+    bases = sorted(n for n in registered if not n.endswith("_monarch"))
     if args.models:
-        bases = [b for b in bases if any(fnmatch.fnmatch(b, pattern) or fnmatch.fnmatch(b + "_monarch", pattern)
-                                         for pattern in args.models)]
+        bases = [b for b in bases if any(fnmatch.fnmatch(label, pattern) for pattern in args.models
+                                         for _, label, _, _ in model_variants(b, registered, args.pixelfly_models))]
     if not bases:
         raise ValueError(f"no registered model matches --models {args.models}")
     rows = []
     for base in progress(bases, desc="models"):
-        pair = {}
-        for variant, name in (("dense", base), ("monarch", base + "_monarch")):
+        measured = {}
+        for variant, label, name, mlp_layer in model_variants(base, registered, args.pixelfly_models):
             command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
                        str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
                        str(args.model_repeats), "--device_target", args.device_target]
+            if mlp_layer:
+                command += ["--_worker_mlp_layer", mlp_layer]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"benchmark worker for {name} failed:\n{result.stderr[-3000:]}")
-            pair[variant] = dict(json.loads(result.stdout.strip().splitlines()[-1]), variant=variant)
-        for variant in ("dense", "monarch"):
-            row = pair[variant]
-            row["train_speedup_vs_dense"] = round(pair["dense"]["train_step_ms"] / row["train_step_ms"], 2)
-            row["infer_speedup_vs_dense"] = round(pair["dense"]["infer_ms"] / row["infer_ms"], 2)
+                raise RuntimeError(f"benchmark worker for {label} failed:\n{result.stderr[-3000:]}")
+            measured[variant] = dict(json.loads(result.stdout.strip().splitlines()[-1]), model=label,
+                                     variant=variant)
+        for row in measured.values():
+            row["train_speedup_vs_dense"] = round(measured["dense"]["train_step_ms"] / row["train_step_ms"], 2)
+            row["infer_speedup_vs_dense"] = round(measured["dense"]["infer_ms"] / row["infer_ms"], 2)
             rows.append(row)
     return rows
 
@@ -408,7 +517,7 @@ def plot_layers(rows: List[dict], path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    monarch = [r for r in rows if r["impl"] == "monarch" and r["kind"] == "layer"]
+    structured = [r for r in rows if r["impl"] != "dense" and r["kind"] == "layer"]
     sweeps = [("size (in->out), nblocks 4, 1568 tokens", lambda r: r["nblocks"] == 4 and r["tokens"] == 1568,
                lambda r: f"{r['in_features']}->{r['out_features']}"),
               ("nblocks, 768->3072, 1568 tokens", lambda r: (r["in_features"], r["out_features"], r["tokens"]) ==
@@ -418,18 +527,24 @@ def plot_layers(rows: List[dict], path: str) -> Optional[str]:
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for axis, (title, keep, label) in zip(axes, sweeps):
         series = {}
-        for r in monarch:
-            if keep(r):
-                series.setdefault((r["framework"], r["pass"]), []).append((label(r), r["speedup_vs_dense"]))
-        for (framework, pass_name), points in sorted(series.items()):
+        for r in structured:
+            if r["impl"] == "pixelfly":  # no nblocks: in the size and token sweeps only, wherever it was timed
+                if title.startswith("nblocks") or not keep(dict(r, nblocks=4)):
+                    continue
+            elif not keep(r):
+                continue
+            series.setdefault((r["impl"], r["framework"], r["pass"]), []).append((label(r), r["speedup_vs_dense"]))
+        for (impl, framework, pass_name), points in sorted(series.items()):
             labels = list(dict.fromkeys(p[0] for p in points))
             values = [dict(points)[x] for x in labels]
-            axis.plot(labels, values, marker="o", label=f"{framework} {pass_name}")
+            axis.plot(labels, values, marker="o" if impl == "monarch" else "s",
+                      linestyle="-" if impl == "monarch" else "--", label=f"{impl} {framework} {pass_name}")
         axis.axhline(1.0, color="grey", lw=0.8)
-        axis.set(title=title, ylabel="Monarch speed-up over dense (x)")
+        axis.set(title=title, ylabel="speed-up over dense (x)")
         axis.tick_params(axis="x", rotation=30)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if series:
+            axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -444,13 +559,18 @@ def plot_models(rows: List[dict], path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    models = list(dict.fromkeys(r["model"].replace("_monarch", "") for r in rows))
+    def base(row):
+        return row["model"][:-len(row["variant"]) - 1] if row["variant"] != "dense" else row["model"]
+
+    models = list(dict.fromkeys(base(r) for r in rows))
+    variants = [v for v in ("dense", "monarch", "pixelfly") if any(r["variant"] == v for r in rows)]
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(models)), 4.5))
-    width = 0.38
-    for offset, variant in ((-width / 2, "dense"), (width / 2, "monarch")):
-        values = [next(r["train_step_ms"] for r in rows if r["variant"] == variant and
-                       r["model"].replace("_monarch", "") == m) for m in models]
-        axis.bar([i + offset for i in range(len(models))], values, width, label=variant)
+    width = 0.8 / len(variants)
+    for index, variant in enumerate(variants):
+        step = {base(r): r["train_step_ms"] for r in rows if r["variant"] == variant}
+        positions = [i for i, m in enumerate(models) if m in step]
+        axis.bar([i + (index - (len(variants) - 1) / 2) * width for i in positions],
+                 [step[models[i]] for i in positions], width, label=variant)
     axis.set_xticks(range(len(models)))
     axis.set_xticklabels(models, rotation=30, ha="right")
     axis.set(ylabel="training step (ms)", title=f"training step, batch {rows[0]['batch_size']}, {rows[0]['img_size']} px")
@@ -473,14 +593,17 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer/MLP case (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, caches)")
     parser.add_argument("--compare-torch", dest="compare_torch", action="store_true",
-                        help="also time torch.nn.Linear and a PyTorch Monarch layer (needs torch)")
+                        help="also time torch.nn.Linear and PyTorch Monarch and Pixelfly layers (needs torch)")
     parser.add_argument("--grid", choices=["sweep", "full"], default="sweep",
                         help="layer cases: one-dimensional sweeps around 768->3072, or the full product")
     parser.add_argument("--mlp_dim", type=int, default=768, help="MLP width")
     parser.add_argument("--mlp_hidden", type=int, default=3072, help="MLP hidden width")
     parser.add_argument("--mlp_tokens", type=int, default=1568, help="tokens (rows) per MLP call")
     parser.add_argument("--mlp_nblocks", type=int, default=4, help="Monarch blocks")
-    parser.add_argument("--models", nargs="*", default=[], help="fnmatch patterns of models (default: all)")
+    parser.add_argument("--models", nargs="*", default=[],
+                        help="fnmatch patterns of models, e.g. 'mixer_b16_224*' (default: all)")
+    parser.add_argument("--pixelfly_models", nargs="*", default=PIXELFLY_MODELS,
+                        help="models also measured with Pixelfly channel MLPs, as <model>_pixelfly (MLP-Mixer only)")
     parser.add_argument("--batch_size", type=int, default=8, help="model batch size")
     parser.add_argument("--img_size", type=int, default=224, help="model input size")
     parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model (median reported)")
@@ -495,6 +618,7 @@ def parse_args(argv=None):
                         help="skip full attention above this length (its N x N scores grow quadratically; 0: no cap)")
     parser.add_argument("--out", type=str, default="", help="directory for CSV, JSON and PNG results")
     parser.add_argument("--_worker_model", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--_worker_mlp_layer", default="", help=argparse.SUPPRESS)
     parser.add_argument("--_worker_attention", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.model_repeats < 1 or args.warmup < 0:

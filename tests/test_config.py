@@ -43,7 +43,7 @@ def test_defaults_work_on_a_cpu_machine():
     ("lr_rate: 0.1\n", "unknown key 'lr_rate' in .*run.yaml; did you mean 'lr'\\?"),
     ("warmup_epoch: 3\n", "unknown key 'warmup_epoch' .*did you mean 'warmup_epochs'\\?"),
     ("amp_level: O4\n", "key 'amp_level' is 'O4'; choose one of 'O0', 'O1', 'O2', 'O3', 'auto'"),
-    ("mlp_layer: butterfly\n", "key 'mlp_layer' is 'butterfly'; choose one of"),
+    ("mlp_layer: butterfly\n", "key 'mlp_layer' is 'butterfly'; choose one of None, 'dense', 'monarch', 'pixelfly'"),
     ("ema: maybe\n", "key 'ema': expected a boolean"),
     ("batch_size: many\n", "key 'batch_size': invalid literal"),
     ("t2t_attn: linformer\n", "key 't2t_attn' is 'linformer'; choose one of None, 'full', 'local'"),
@@ -84,3 +84,34 @@ def test_save_args_round_trips(tmp_path):
     assert saved["model"] == "mixer_s16_224" and saved["scale"] == [0.3, 1.0] and "config" not in saved
     again = config.parse_args(["-c", str(path)])
     assert vars(again) == {**vars(args), "config": str(path)}
+
+
+def test_pixelfly_settings_reach_the_model(tmp_path):
+    """mlp_layer: pixelfly is a valid choice and its settings travel in model_kwargs to the Mixer entrypoint."""
+    from mindcv_ext.engine.runtime import build_model
+    from mindcv_ext.layers import SparseLRLinear
+
+    def build(args):  # the call train.py makes
+        return build_model(args.model, 10, args.in_channels, args.pretrained, args.drop_rate, args.drop_path_rate,
+                           args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
+                           **config.model_arguments(args))
+
+    path = _yaml(tmp_path, "model: mixer_s16_224\nimg_size: 32\nmlp_layer: pixelfly\n"
+                           "model_kwargs: {patch_size: 8, num_blocks: 1, embed_dim: 256, butterfly_size: 8, "
+                           "n_factors: 2, block: 32, rank: 32}\n")
+    args = config.parse_args(["-c", path])
+    assert args.mlp_layer == "pixelfly"
+    assert args.model_kwargs == {"patch_size": 8, "num_blocks": 1, "embed_dim": 256, "butterfly_size": 8,
+                                 "n_factors": 2, "block": 32, "rank": 32}
+    fc1 = build(args).blocks[0].mlp_channels.fc1
+    assert isinstance(fc1, SparseLRLinear) and (fc1.in_features, fc1.out_features) == (256, 1024)
+    # fly's 256x1024 layer: a (32, 8) block layout with 3 of 8 blocks per row, 96 blocks of 32x32, rank 32
+    assert fc1.sparse.layout.shape == (32, 8) and fc1.sparse.weight.shape == (96, 32, 32)
+    assert fc1.low_rank.lr_weight1.shape == (32, 256) and fc1.gate is not None
+
+    # The values above are also the layer's defaults; other values prove the keys are not dropped on the way.
+    args = config.parse_args(["-c", path, "--model_kwargs", "{patch_size: 8, num_blocks: 1, embed_dim: 256, "
+                              "butterfly_size: 4, n_factors: 1, block: 16, rank: 8, gating: False}"])
+    fc1 = build(args).blocks[0].mlp_channels.fc1
+    assert fc1.sparse.block == 16 and fc1.sparse.layout.shape == (64, 16) and fc1.sparse.weight.shape == (512, 16, 16)
+    assert fc1.low_rank.lr_weight1.shape == (8, 256) and fc1.gate is None

@@ -3,36 +3,66 @@ import csv
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from scripts import benchmark
 
 
 def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (256, 64, 2, 32)])
-    code = benchmark.main(["--suite", "all", "--models", "mixer_s32_224", "--img_size", "64", "--batch_size", "2",
-                           "--model_repeats", "1", "--repeats", "2", "--warmup", "1", "--mlp_dim", "64",
-                           "--mlp_hidden", "256", "--mlp_tokens", "32", "--out", str(tmp_path)])
+    monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (256, 64, 2, 32), (64, 256, 2, 32),
+                                                                (768, 3072, 4, 8)])
+    code = benchmark.main(["--suite", "all", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
+                           "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--repeats", "2",
+                           "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
+                           "--attentions", "local", "--attn_lengths", "128", "--attn_baseline_tokens", "64",
+                           "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["logical_cpus"] >= 1 and machine["mindspore"] == "2.10.0"
     mlp = list(csv.DictReader(open(tmp_path / "mlp.csv")))
-    assert {(r["impl"], r["pass"]) for r in mlp} == {("dense", "fwd"), ("monarch", "fwd"), ("dense", "fwd+bwd"),
-                                                   ("monarch", "fwd+bwd")}
+    assert {(r["impl"], r["pass"]) for r in mlp} == {(impl, p) for impl in ("dense", "monarch", "pixelfly")
+                                                   for p in ("fwd", "fwd+bwd")}
+    assert all(float(r["ms"]) > 0 and float(r["gflops_per_s"]) > 0 for r in mlp)
     dense_fwd = next(r for r in mlp if r["impl"] == "dense" and r["pass"] == "fwd")
     assert float(dense_fwd["speedup_vs_dense"]) == 1.0 and float(dense_fwd["gflop"]) == pytest.approx(
         2 * 32 * 2 * 64 * 256 / 1e9, rel=1e-3)
     monarch_fwd = next(r for r in mlp if r["impl"] == "monarch" and r["pass"] == "fwd")
     # Monarch MACs per token: 64->256 (4,16,16)+(4,64,16); 256->64 (4,16,64)+(4,16,16)
     assert float(monarch_fwd["gflop"]) == pytest.approx(2 * 32 * (1024 + 4096 + 4096 + 1024) / 1e9, rel=1e-3)
+    pixelfly_fwd = next(r for r in mlp if r["impl"] == "pixelfly" and r["pass"] == "fwd")
+    # 64->256 and 256->64 on 32-px blocks: coarse (8, 2) and (2, 8) layouts of 8 blocks each (density 1/2), plus
+    # rank 32 on both sides and the gate's input width
+    macs = (8 * 32 * 32 + 32 * (64 + 256) + 64) + (8 * 32 * 32 + 32 * (256 + 64) + 256)
+    assert float(pixelfly_fwd["gflop"]) == pytest.approx(2 * 32 * macs / 1e9, rel=1e-3)
+    assert pixelfly_fwd["nblocks"] == "" and float(pixelfly_fwd["ms"]) > 0
+    pixelfly_bwd = next(r for r in mlp if r["impl"] == "pixelfly" and r["pass"] == "fwd+bwd")
+    assert float(pixelfly_bwd["gflop"]) == pytest.approx(3 * float(pixelfly_fwd["gflop"]), rel=1e-3)
+
     layers = list(csv.DictReader(open(tmp_path / "layers.csv")))
-    assert len(layers) == 2 * 2 * 2 and (tmp_path / "layers.png").is_file()
+    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 3 of the 4 cases
+    assert len(layers) == 4 * 2 * 2 + 3 * 2 and (tmp_path / "layers.png").is_file()
+    pixelfly = [r for r in layers if r["impl"] == "pixelfly"]
+    assert sorted((int(r["in_features"]), int(r["out_features"]), r["pass"]) for r in pixelfly) == sorted(
+        (i, o, p) for i, o in ((64, 256), (256, 64), (768, 3072)) for p in ("fwd", "fwd+bwd"))
+    assert all(float(r["ms"]) > 0 and float(r["speedup_vs_dense"]) > 0 for r in pixelfly)
+    big = {r["impl"]: r for r in layers if r["in_features"] == "768" and r["pass"] == "fwd"}
+    # Mixer-B's fc1: 864 of 2,304 blocks, rank 32, gate: 1,008,384 MACs per token against 2,359,296 dense
+    assert float(big["pixelfly"]["gflop"]) == pytest.approx(2 * 8 * (864 * 1024 + 32 * 3840 + 768) / 1e9, rel=1e-3)
+    assert float(big["pixelfly"]["gflop"]) < 0.5 * float(big["dense"]["gflop"])
     models = list(csv.DictReader(open(tmp_path / "models.csv")))
-    assert [r["model"] for r in models] == ["mixer_s32_224", "mixer_s32_224_monarch"]
+    assert [r["model"] for r in models] == ["mixer_s32_224", "mixer_s32_224_monarch", "mixer_s32_224_pixelfly"]
+    assert [r["variant"] for r in models] == ["dense", "monarch", "pixelfly"]
     assert int(models[1]["params"]) < int(models[0]["params"]) and float(models[0]["macs_g"]) > 0
     assert float(models[1]["macs_g"]) < float(models[0]["macs_g"]) and int(models[0]["peak_rss_mb"]) > 100
+    dense, pixelfly = models[0], models[2]
+    assert int(pixelfly["params"]) < int(dense["params"]) and float(pixelfly["train_step_ms"]) > 0
+    # 8 blocks x 4 tokens (64 px, patch 32), each channel MLP 512->2048->512 counted as the formula says
+    saved = 8 * 4 * (2 * 512 * 2048 - benchmark.pixelfly_macs(512, 2048) - benchmark.pixelfly_macs(2048, 512))
+    assert float(dense["macs_g"]) - float(pixelfly["macs_g"]) == pytest.approx(saved / 1e9, abs=2e-3)
     assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch |" in out
+    assert "| mixer_s32_224_pixelfly | pixelfly |" in out
 
 
 def test_compare_torch(tmp_path, capsys):
@@ -45,6 +75,51 @@ def test_compare_torch(tmp_path, capsys):
     assert benchmark.main(argv + ["--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "mlp.csv")))
     assert {r["framework"] for r in rows} == {"mindspore", "torch"}
+    assert {(r["framework"], r["impl"]) for r in rows if r["pass"] == "fwd"} == {
+        (fw, impl) for fw in ("mindspore", "torch") for impl in ("dense", "monarch", "pixelfly")}
+
+
+def test_torch_pixelfly_computes_what_sparse_lr_linear_computes():
+    """The PyTorch Pixelfly timed beside ours is the same layer: same weights in, same outputs out."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    import torch
+
+    import mindspore as ms
+    from mindcv_ext.layers import PIXELFLY_DEFAULTS, SparseLRLinear
+
+    for in_f, out_f in ((100, 300), (256, 64)):  # padded (100 -> 128, 320 -> 300) and a narrowing layer
+        ours = SparseLRLinear(in_f, out_f, **PIXELFLY_DEFAULTS)
+        theirs = benchmark._torch_modules(in_f, out_f, 4)["pixelfly"]
+        with torch.no_grad():
+            theirs.weight.copy_(torch.from_numpy(ours.sparse.weight.asnumpy()))
+            theirs.lr_weight1.copy_(torch.from_numpy(ours.low_rank.lr_weight1.asnumpy()))
+            theirs.lr_weight2.copy_(torch.from_numpy(ours.low_rank.lr_weight2.asnumpy()))
+            theirs.gate.weight.copy_(torch.from_numpy(ours.gate.weight.asnumpy()))
+            theirs.gate.bias.copy_(torch.from_numpy(ours.gate.bias.asnumpy()))
+            theirs.bias.copy_(torch.from_numpy(ours.bias.asnumpy()))
+        np.testing.assert_array_equal(theirs.layout.numpy(), ours.sparse.layout.asnumpy())
+        x = np.random.default_rng(0).standard_normal((6, in_f)).astype(np.float32)
+        with torch.no_grad():
+            expected = theirs(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(ours(ms.Tensor(x)).asnumpy(), expected, rtol=1e-4, atol=1e-5)
+        assert benchmark.pixelfly_macs(in_f, out_f) == ours.sparse.weight.size + ours.low_rank.lr_weight1.size + \
+            ours.low_rank.lr_weight2.size + ours.gate.weight.size
+
+
+def test_pixelfly_model_variants_and_selection():
+    registered = {"mixer_b16_224", "mixer_b16_224_monarch", "mixer_s32_224", "mixer_s32_224_monarch",
+                  "dvt_t2t_vit_12"}
+    assert benchmark.parse_args([]).pixelfly_models == ["mixer_b16_224"]  # fly's Pixelfly Mixer-B by default
+    assert benchmark.model_variants("mixer_b16_224", registered, benchmark.PIXELFLY_MODELS) == [
+        ("dense", "mixer_b16_224", "mixer_b16_224", None),
+        ("monarch", "mixer_b16_224_monarch", "mixer_b16_224_monarch", None),
+        ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
+    assert [v[0] for v in benchmark.model_variants("mixer_s32_224", registered, ["mixer_b16*"])] == ["dense",
+                                                                                                   "monarch"]
+    # a model without a Monarch twin is measured dense only, not as a missing '<name>_monarch'
+    assert benchmark.model_variants("dvt_t2t_vit_12", registered, []) == [
+        ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
 
 
 def test_bad_arguments(capsys):
