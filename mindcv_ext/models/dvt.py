@@ -49,7 +49,9 @@ REUSE_DIM, REUSE_HIDDEN = 48, 128
 # The reference's model names.
 ALIASES = {"DVT_T2t_vit_12": "dvt_t2t_vit_12", "DVT_T2t_vit_14": "dvt_t2t_vit_14"}
 
-default_cfgs = {name: make_cfg(crop_pct=0.875, first_conv="less_less_token.tokens_to_token.attention1.kqv")
+# inference.py's evaluation transform: resize 256, centre crop 224, bicubic, ImageNet mean and std.
+default_cfgs = {name: make_cfg(crop_pct=0.875, first_conv="less_less_token.tokens_to_token.attention1.kqv",
+                               classifier="normal_token.head")
                 for name in _ARCHS}
 
 

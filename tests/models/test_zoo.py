@@ -16,7 +16,7 @@ BASES = ["gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224",
          "mixer_s32_224", "mixer_s16_224", "mixer_b32_224", "mixer_b16_224", "mixer_l32_224", "mixer_l16_224",
          "vitae_basic_tiny", "vitae_basic_6m", "vitae_basic_13m", "vitae_basic_small",
          "t2t_vit_12", "t2t_vit_14", "t2t_vit_t_14"]
-ALL = sorted(BASES + [b + "_monarch" for b in BASES])
+ALL = sorted(BASES + [b + "_monarch" for b in BASES] + ["dvt_t2t_vit_12", "dvt_t2t_vit_14"])  # DVT: dense only
 
 # Reference counts (timm 0.4.12 / ViTAE-Transformer / T2T-ViT, all parameters incl. fixed ones, 224 px, 1000 classes).
 DENSE = {
@@ -88,8 +88,11 @@ def test_mindcv_registry_sees_every_model():
 @pytest.mark.parametrize("name", ALL)
 def test_default_cfg_carries_the_eval_transform(name):
     cfg = get_pretrained_cfg(name)
-    assert cfg["input_size"] == (3, 224, 224) and cfg["classifier"] == "head" and cfg["interpolation"] == "bicubic"
-    if name.startswith(("vitae", "t2t_vit")):
+    head = "normal_token.head" if name.startswith("dvt") else "head"  # DVT: the last exit's head
+    assert cfg["input_size"] == (3, 224, 224) and cfg["classifier"] == head and cfg["interpolation"] == "bicubic"
+    if name.startswith("dvt"):
+        assert cfg["crop_pct"] == 0.875 and cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
+    elif name.startswith(("vitae", "t2t_vit")):
         assert cfg["crop_pct"] == 0.9 and cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
     else:
         assert cfg["crop_pct"] == 0.875 and cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
@@ -147,7 +150,7 @@ def test_missing_checkpoint_is_an_error_not_a_silent_random_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("dvt")])  # DVT: tests/models/test_dvt.py
 def test_full_size_model_counts_and_forward(name, graph_mode):
     net = create_model(name)
     assert count_params(net) == EXPECTED[name]
