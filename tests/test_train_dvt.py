@@ -76,11 +76,10 @@ def test_eval_prints_exits_and_dynamic_results_for_thresholds(trained_dvt, image
 
 
 def test_eval_finds_thresholds_for_a_budget_on_the_train_split(trained_dvt, image_folder, capsys):
-    assert _eval(trained_dvt, image_folder) == 0  # no thresholds, no budget: the budget curve
-    out = capsys.readouterr().out
-    curve = json.loads(out.strip().splitlines()[-1])["dynamic_curve"]
-    assert len(curve) == 59 and "pass --exit_budget" in out
-    macs = json.loads(out.strip().splitlines()[-1])["exit_macs"]
+    import mindcv_ext
+
+    macs = mindcv_ext.create_model("dvt_t2t_vit_12", img_size=64, num_classes=10, depth=1, embed_dim=32,
+                                   num_heads=2).exit_macs()
     budget = (macs[0] + macs[2]) / 2
     assert _eval(trained_dvt, image_folder, "--exit_budget", budget) == 0
     out = capsys.readouterr().out
