@@ -78,8 +78,9 @@ def evaluate_checkpoint(args) -> dict:
         loader, _ = create_split_loader(info, args.val_split, False, args.batch_size, transforms,
                                         shuffle=args.eval_shuffle, num_samples=args.num_samples,
                                         num_parallel_workers=args.num_parallel_workers, **shard)
-    exit_outputs = {} if hasattr(network, "exit_macs") or hasattr(getattr(network, "_backbone", None),
-                                                                   "exit_macs") else None
+    # auto_mixed_precision wraps the network; the multi-exit interface is on the model inside.
+    model = getattr(network, "_backbone", network)
+    exit_outputs = {} if hasattr(model, "exit_macs") else None
     try:
         results = evaluate(network, loader, distributed=args.distribute, progress=rank in (None, 0),
                            predictions=predictions, exit_outputs=exit_outputs)
@@ -93,11 +94,13 @@ def evaluate_checkpoint(args) -> dict:
     if args.real_labels:
         results["real_top1"] = _real_top1(predictions, args.real_labels, len(predictions))
     if exit_outputs is not None:
-        _early_exit_results(args, network, info, transforms, exit_outputs, results, rank, device_num)
+        _early_exit_results(args, network, model.exit_macs(), info, transforms, exit_outputs, results, rank,
+                            device_num)
     return results
 
 
-def _early_exit_results(args, network, info, transforms, exit_outputs, results, rank, device_num) -> None:
+def _early_exit_results(args, network, exit_macs, info, transforms, exit_outputs, results, rank,
+                        device_num) -> None:
     """Dynamic accuracy and average compute of a multi-exit network (DVT) on the evaluated split.
 
     Thresholds come from ``--exit_thresholds``, or are found on ``--calibration_split`` (held out from the
@@ -110,7 +113,7 @@ def _early_exit_results(args, network, info, transforms, exit_outputs, results, 
 
     if device_num > 1:
         raise ValueError("early-exit evaluation needs every sample's probabilities in one process; drop --distribute")
-    macs = [round(m, 6) for m in getattr(network, "_backbone", network).exit_macs()]
+    macs = [round(m, 6) for m in exit_macs]
     results["exit_macs"] = macs
     probs, targets = exit_outputs["probs"], exit_outputs["targets"]
     if args.exit_thresholds:

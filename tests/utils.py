@@ -5,6 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mindspore as ms
+from mindspore import nn, ops
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO_ROOT / "tests" / "data"
 # CI checks out the project with shared/ beside it; the big fixtures are read from there.
@@ -28,3 +31,19 @@ def shared_fixture_dir(*parts) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+class SensGrads(nn.Cell):
+    """``(input grads, parameter grads)`` of ``net`` for the output cotangent ``sens`` (PyTorch's ``grad_out``).
+
+    Take parameter names from ``net`` before wrapping it: wrapping prefixes them.
+    """
+
+    def __init__(self, net: nn.Cell) -> None:
+        super().__init__()
+        self.net = net
+        self.weights = ms.ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
+
+    def construct(self, x, sens):
+        return self.grad(self.net, self.weights)(x, sens)

@@ -30,9 +30,8 @@ from mindcv.models.registry import register_model
 
 from ..layers import DropPath, Mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention
-from ..layers.weight_init import constant_, trunc_normal_
 from .helpers import build_model, make_cfg
-from .t2t_vit import T2TModule, sinusoid_table
+from .t2t_vit import T2TModule, init_vit_weights, sinusoid_table
 
 __all__ = ["DVT", "resample_matrix", "exit_grids"]
 
@@ -177,13 +176,9 @@ class DVTExit(nn.Cell):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        trunc_normal_(self.cls_token, std=0.02)
+        init_vit_weights(self)
         for _, cell in self.cells_and_names():
-            if isinstance(cell, nn.Dense):
-                trunc_normal_(cell.weight, std=0.02)
-                if cell.has_bias:
-                    constant_(cell.bias, 0.0)
-            elif isinstance(cell, nn.Conv2d):  # PyTorch's default Conv2d init, as the reference keeps it
+            if isinstance(cell, nn.Conv2d):  # PyTorch's default Conv2d init, as the reference keeps it
                 fan_in = cell.weight.shape[1]
                 cell.weight.set_data(ms.common.initializer.initializer(
                     ms.common.initializer.HeUniform(negative_slope=math.sqrt(5)), cell.weight.shape, ms.float32))

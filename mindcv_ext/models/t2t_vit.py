@@ -28,7 +28,7 @@ from ..layers.mlp import check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
 from .helpers import build_model, make_cfg
 
-__all__ = ["T2T_ViT"]
+__all__ = ["T2T_ViT", "init_vit_weights"]
 
 _ARCHS = {
     "t2t_vit_12": dict(tokens_type="performer", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0),
@@ -71,6 +71,16 @@ def sinusoid_table(positions: int, dim: int) -> np.ndarray:
     table[:, 0::2] = np.sin(table[:, 0::2])
     table[:, 1::2] = np.cos(table[:, 1::2])
     return table[None].astype(np.float32)
+
+
+def init_vit_weights(net: nn.Cell) -> None:
+    """The reference's init: class token and every Dense weight truncated normal (0.02), Dense biases zero."""
+    trunc_normal_(net.cls_token, std=0.02)
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.Dense):
+            trunc_normal_(cell.weight, std=0.02)
+            if cell.has_bias:
+                constant_(cell.bias, 0.0)
 
 
 class T2TAttention(nn.Cell):
@@ -228,12 +238,7 @@ class T2T_ViT(nn.Cell):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        trunc_normal_(self.cls_token, std=0.02)
-        for _, cell in self.cells_and_names():
-            if isinstance(cell, nn.Dense):
-                trunc_normal_(cell.weight, std=0.02)
-                if cell.has_bias:
-                    constant_(cell.bias, 0.0)
+        init_vit_weights(self)
 
     def no_weight_decay(self):
         return {"cls_token"}

@@ -6,21 +6,10 @@ import pytest
 from scipy.special import erf
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
-from mindcv_ext.layers import GELU, MonarchLinear, Mlp, monarch_pair_fusable
-from tests.utils import rel_err
-
-
-class _Grads(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.weights = ms.ParameterTuple(net.trainable_params())
-        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
-
-    def construct(self, x, sens):
-        return self.grad(self.net, self.weights)(x, sens)
+from mindcv_ext.layers import GELU, Mlp, monarch_pair_fusable
+from tests.utils import SensGrads, rel_err
 
 
 class _Unfused(nn.Cell):
@@ -43,8 +32,8 @@ def test_fused_monarch_mlp_equals_the_layers(dim, hidden, nblocks, fused, ms_mod
     sens = ms.Tensor(rng.standard_normal((2, 7, dim)).astype(np.float32))
     reference = _Unfused(mlp)
     assert rel_err(mlp(x).asnumpy(), reference(x).asnumpy()) < 1e-5
-    (dx_fused,), grads_fused = _Grads(mlp)(x, sens)
-    (dx_ref,), grads_ref = _Grads(reference)(x, sens)
+    (dx_fused,), grads_fused = SensGrads(mlp)(x, sens)
+    (dx_ref,), grads_ref = SensGrads(reference)(x, sens)
     assert rel_err(dx_fused.asnumpy(), dx_ref.asnumpy()) < 1e-5
     for fused_grad, ref_grad in zip(grads_fused, grads_ref):
         assert rel_err(fused_grad.asnumpy(), ref_grad.asnumpy()) < 1e-5
@@ -63,7 +52,7 @@ def test_gelu_is_exact(graph_mode):
     assert np.abs(ours - exact).max() < 1e-6
     assert np.abs(ours - nn.GELU(approximate=False)(ms.Tensor(x)).asnumpy()).max() < 5e-7
     # dGELU/dx via the network's own backward (ms.grad would cache the Cell beyond the test).
-    (grad,), _ = _Grads(GELU())(ms.Tensor(x), ms.Tensor(np.ones_like(x)))
+    (grad,), _ = SensGrads(GELU())(ms.Tensor(x), ms.Tensor(np.ones_like(x)))
     assert np.abs(grad.asnumpy() - exact_grad).max() < 2e-6
     half = GELU()(ms.Tensor(x, ms.float16)).asnumpy()  # AMP: fp16 in, fp16 out
     assert half.dtype == np.float16 and np.abs(half - exact).max() < 1e-2

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import nn, ops
 
 from mindcv_ext.layers.pixelfly import (BlockSparseLinear, SparseLRLinear, butterfly_base_mask,
                                         flat_block_butterfly_layout)
-from tests.utils import shared_fixture_dir
+from tests.utils import SensGrads, shared_fixture_dir
 
 CASES = ["sparselr_256x1024_b32_bf8_nf2_r32.npz", "sparselr_1024x256_b32_bf8_nf2_r32.npz",
          "sparselr_128x512_b32_bf8_nf2_r32.npz", "sparselr_100x300_b32_bf8_nf2_r32.npz"]
@@ -19,17 +18,6 @@ PARAMS = ["bias", "sparse.weight", "low_rank.lr_weight1", "low_rank.lr_weight2",
 def _index():
     directory = shared_fixture_dir("pixelfly", "layers")
     return directory, json.loads((directory / "index.json").read_text())
-
-
-class _Grads(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.weights = ms.ParameterTuple(net.trainable_params())
-        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
-
-    def construct(self, x, grad_out):
-        return self.grad(self.net, self.weights)(x, grad_out)
 
 
 def _layer_from_fixture(data, case):
@@ -59,8 +47,8 @@ def test_output_and_gradients_match_fly(name, ms_mode):
     x, grad_out = ms.Tensor(data["x"]), ms.Tensor(data["grad_out"])
     tol = case["recommended_atol_rtol"]
     np.testing.assert_allclose(layer(x).asnumpy(), data["y"], atol=tol["y"], rtol=tol["y"])
-    names = [p.name for p in layer.trainable_params()]  # before _Grads prefixes them
-    grads_x, grads_w = _Grads(layer)(x, grad_out)
+    names = [p.name for p in layer.trainable_params()]  # before SensGrads prefixes them
+    grads_x, grads_w = SensGrads(layer)(x, grad_out)
     np.testing.assert_allclose(grads_x[0].asnumpy(), data["grad_x"], atol=tol["grad_x"], rtol=tol["grad_x"])
     for param_name, grad in zip(names, grads_w):
         key = "grad." + param_name
@@ -120,7 +108,7 @@ def test_block_sparse_products_equal_the_dense_weight(layout, product, chosen, m
     grad_out = ms.Tensor(rng.standard_normal((5, out_ext)).astype(np.float32))
     reference = BlockSparseLinear(in_ext, out_ext, layout, block, product="densify")
     reference.weight.set_data(cell.weight.data.copy())
-    for a, b in zip(_Grads(cell)(ms.Tensor(x), grad_out)[1], _Grads(reference)(ms.Tensor(x), grad_out)[1]):
+    for a, b in zip(SensGrads(cell)(ms.Tensor(x), grad_out)[1], SensGrads(reference)(ms.Tensor(x), grad_out)[1]):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=1e-4)
 
 
