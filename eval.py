@@ -81,6 +81,8 @@ def evaluate_checkpoint(args) -> dict:
     # auto_mixed_precision wraps the network; the multi-exit interface is on the model inside.
     model = getattr(network, "_backbone", network)
     exit_outputs = {} if hasattr(model, "exit_macs") else None
+    if exit_outputs is not None:
+        _check_early_exit_args(args, len(model.exit_macs()))
     try:
         results = evaluate(network, loader, distributed=args.distribute, progress=rank in (None, 0),
                            predictions=predictions, exit_outputs=exit_outputs)
@@ -97,6 +99,17 @@ def evaluate_checkpoint(args) -> dict:
         _early_exit_results(args, network, model.exit_macs(), info, transforms, exit_outputs, results, rank,
                             device_num)
     return results
+
+
+def _check_early_exit_args(args, num_exits: int) -> None:
+    """Refuse bad early-exit settings before the evaluation they would waste."""
+    if args.exit_thresholds:
+        if len(args.exit_thresholds) != num_exits:
+            raise ValueError(f"--exit_thresholds needs {num_exits} values (one per exit; the last is ignored, "
+                             f"that exit always answers), got {args.exit_thresholds}")
+    elif args.calibration_split == args.val_split:
+        raise ValueError(f"--calibration_split must be held out from the evaluated split, both are "
+                         f"{args.val_split!r}")
 
 
 def _early_exit_results(args, network, exit_macs, info, transforms, exit_outputs, results, rank,
@@ -117,14 +130,8 @@ def _early_exit_results(args, network, exit_macs, info, transforms, exit_outputs
     results["exit_macs"] = macs
     probs, targets = exit_outputs["probs"], exit_outputs["targets"]
     if args.exit_thresholds:
-        if len(args.exit_thresholds) != probs.shape[0]:
-            raise ValueError(f"--exit_thresholds needs {probs.shape[0]} values (one per exit; the last is ignored, "
-                             f"that exit always answers), got {args.exit_thresholds}")
         results["dynamic"] = dynamic_evaluate(probs, targets, macs, args.exit_thresholds)
         return
-    if args.calibration_split == args.val_split:
-        raise ValueError(f"--calibration_split must be held out from the evaluated split, both are "
-                         f"{args.val_split!r}")
     _logger.info(f"finding exit thresholds on the '{args.calibration_split}' split "
                  f"(up to {args.calibration_samples} images)")
     loader, _ = create_split_loader(info, args.calibration_split, False, args.batch_size, transforms, shuffle=True,

@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from config import _mapping  # noqa: E402
+
 LAYER_FIELDS = ["kind", "framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms",
                 "gflop", "gflops_per_s", "speedup_vs_dense"]
 # Models also measured with Pixelfly channel MLPs (mlp_layer="pixelfly", PIXELFLY_DEFAULTS): fly's Pixelfly Mixer.
@@ -352,7 +354,9 @@ def _model_worker(args) -> dict:
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     name, batch, size = args._worker_model, args.batch_size, args.img_size
-    extra = {"mlp_layer": args._worker_mlp_layer} if args._worker_mlp_layer else {}
+    extra = dict(args.model_kwargs)
+    if args._worker_mlp_layer:
+        extra["mlp_layer"] = args._worker_mlp_layer
     net = mindcv_ext.create_model(name, img_size=size, **extra)
     macs = [0]
 
@@ -500,7 +504,8 @@ def run_models(args, progress) -> List[dict]:
         for variant, label, name, mlp_layer in model_variants(base, registered, args.pixelfly_models):
             command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
                        str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
-                       str(args.model_repeats), "--device_target", args.device_target]
+                       str(args.model_repeats), "--device_target", args.device_target,
+                       "--model_kwargs", json.dumps(args.model_kwargs)]
             if mlp_layer:
                 command += ["--_worker_mlp_layer", mlp_layer]
             result = subprocess.run(command, capture_output=True, text=True)
@@ -627,6 +632,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=8, help="model batch size")
     parser.add_argument("--img_size", type=int, default=224, help="model input size")
     parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model (median reported)")
+    parser.add_argument("--model_kwargs", type=_mapping, default={},
+                        help="extra entrypoint arguments for every model, e.g. '{depth: 4, drop_path_rate: 0.1}'")
     parser.add_argument("--attentions", nargs="*", default=list(ATTENTION_SETTINGS),
                         choices=list(ATTENTION_SETTINGS), help="attention cores for the attention suite")
     parser.add_argument("--attn_lengths", type=int, nargs="*", default=[1568, 3136, 6272],

@@ -11,7 +11,7 @@ from .attention import (
     gaussian_orthogonal_random_matrix,
 )
 from .drop_path import DropPath
-from .helpers import GELU, ErfFreeGELU, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
+from .helpers import GELU, ErfFreeGELU, LayerNorm, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
 from .monarch import (
     BlockdiagLinear,
     MonarchLinear,
@@ -51,6 +51,7 @@ __all__ = [
     "create_linear",
     "gelu",
     "layer_norm",
+    "LayerNorm",
     "to_2tuple",
     "GELU",
     "ErfFreeGELU",

@@ -10,10 +10,10 @@ from scripts import benchmark
 
 
 def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (256, 64, 2, 32), (64, 256, 2, 32),
-                                                                (768, 3072, 4, 8)])
+    monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
     code = benchmark.main(["--suite", "all", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
                            "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--repeats", "2",
+                           "--model_kwargs", "{num_blocks: 2}",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
                            "--attentions", "local", "--attn_lengths", "128", "--attn_baseline_tokens", "64",
                            "--out", str(tmp_path)])
@@ -41,11 +41,11 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert float(pixelfly_bwd["gflop"]) == pytest.approx(3 * float(pixelfly_fwd["gflop"]), rel=1e-3)
 
     layers = list(csv.DictReader(open(tmp_path / "layers.csv")))
-    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 3 of the 4 cases
-    assert len(layers) == 4 * 2 * 2 + 3 * 2 and (tmp_path / "layers.png").is_file()
+    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 2 of the 3 cases
+    assert len(layers) == 3 * 2 * 2 + 2 * 2 and (tmp_path / "layers.png").is_file()
     pixelfly = [r for r in layers if r["impl"] == "pixelfly"]
     assert sorted((int(r["in_features"]), int(r["out_features"]), r["pass"]) for r in pixelfly) == sorted(
-        (i, o, p) for i, o in ((64, 256), (256, 64), (768, 3072)) for p in ("fwd", "fwd+bwd"))
+        (i, o, p) for i, o in ((64, 256), (768, 3072)) for p in ("fwd", "fwd+bwd"))
     assert all(float(r["ms"]) > 0 and float(r["speedup_vs_dense"]) > 0 for r in pixelfly)
     big = {r["impl"]: r for r in layers if r["in_features"] == "768" and r["pass"] == "fwd"}
     # Mixer-B's fc1: 864 of 2,304 blocks, rank 32, gate: 1,008,384 MACs per token against 2,359,296 dense
@@ -58,8 +58,8 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert float(models[1]["macs_g"]) < float(models[0]["macs_g"]) and int(models[0]["peak_rss_mb"]) > 100
     dense, pixelfly = models[0], models[2]
     assert int(pixelfly["params"]) < int(dense["params"]) and float(pixelfly["train_step_ms"]) > 0
-    # 8 blocks x 4 tokens (64 px, patch 32), each channel MLP 512->2048->512 counted as the formula says
-    saved = 8 * 4 * (2 * 512 * 2048 - benchmark.pixelfly_macs(512, 2048) - benchmark.pixelfly_macs(2048, 512))
+    # 2 blocks (model_kwargs) x 4 tokens (64 px, patch 32), each channel MLP 512->2048->512 counted by the formula
+    saved = 2 * 4 * (2 * 512 * 2048 - benchmark.pixelfly_macs(512, 2048) - benchmark.pixelfly_macs(2048, 512))
     assert float(dense["macs_g"]) - float(pixelfly["macs_g"]) == pytest.approx(saved / 1e9, abs=2e-3)
     assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch |" in out
     assert "| mixer_s32_224_pixelfly | pixelfly |" in out
