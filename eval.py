@@ -83,6 +83,9 @@ def evaluate_checkpoint(args) -> dict:
     exit_outputs = {} if hasattr(model, "exit_macs") else None
     if exit_outputs is not None:
         _check_early_exit_args(args, len(model.exit_macs()))
+    elif args.exit_thresholds or args.exit_budget is not None:
+        raise ValueError(f"--exit_thresholds and --exit_budget are for multi-exit models (dvt_*); {args.model} has a "
+                         f"single exit: drop them")
     try:
         results = evaluate(network, loader, distributed=args.distribute, progress=rank in (None, 0),
                            predictions=predictions, exit_outputs=exit_outputs)

@@ -74,6 +74,15 @@ def test_eval_reproduces_the_best_checkpoint_accuracy(quickstart):
     assert "top-5" in result.stdout and "on 355 images" in result.stdout
 
 
+def test_eval_refuses_early_exit_settings_for_a_single_exit_model(quickstart, capsys):
+    import eval as evaluation
+
+    directory, _ = quickstart
+    code = evaluation.main(["-c", str(QUICKSTART), "--ckpt_path", str(directory / "gmlp_s16_224_best.ckpt"),
+                            "--exit_budget", "1.5"])
+    assert code == 2 and "gmlp_s16_224 has a single exit" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_eval_real_labels_follow_file_name_order(quickstart, dataset_cache, tmp_path):
     """ReaL lists are indexed by file name across class folders; a wrong order would score the wrong images."""
