@@ -633,7 +633,8 @@ def parse_args(argv=None):
     parser.add_argument("--img_size", type=int, default=224, help="model input size")
     parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model (median reported)")
     parser.add_argument("--model_kwargs", type=_mapping, default={},
-                        help="extra entrypoint arguments for every model, e.g. '{depth: 4, drop_path_rate: 0.1}'")
+                        help="extra entrypoint arguments for every model, e.g. '{num_blocks: 4}' for shallower "
+                             "Mixers and gMLPs")
     parser.add_argument("--attentions", nargs="*", default=list(ATTENTION_SETTINGS),
                         choices=list(ATTENTION_SETTINGS), help="attention cores for the attention suite")
     parser.add_argument("--attn_lengths", type=int, nargs="*", default=[1568, 3136, 6272],

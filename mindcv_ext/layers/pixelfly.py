@@ -220,6 +220,23 @@ def _xavier_uniform(shape) -> np.ndarray:
     return init.initializer(init.XavierUniform(), shape, ms.float32).init_data().asnumpy()
 
 
+def leading_svd(matrix: np.ndarray, rank: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``rank`` leading singular triplets ``(u, s, vt)`` of a float64 matrix, largest first.
+
+    From the eigenvectors of the smaller Gram matrix: at 3072x768 that takes 0.1 s against a full SVD's 0.7 s,
+    which Pixelfly Mixer-B would pay 24 times. Squaring the matrix only costs accuracy in the small singular
+    values; the leading ones of a random init are far from zero.
+    """
+    transpose = matrix.shape[0] < matrix.shape[1]
+    tall = matrix.T if transpose else matrix
+    eigenvalues, eigenvectors = np.linalg.eigh(tall.T @ tall)
+    order = np.argsort(eigenvalues)[::-1][:rank]
+    s = np.sqrt(np.maximum(eigenvalues[order], 0.0))
+    v = eigenvectors[:, order]
+    u = tall @ v / np.where(s > 0, s, 1.0)
+    return (v, s, u.T) if transpose else (u, s, v.T)
+
+
 class SparseLRLinear(nn.Cell):
     r"""Pixelfly linear layer: flat block butterfly block-sparse plus low rank, mixed by a per-token gate.
 
@@ -292,10 +309,10 @@ class SparseLRLinear(nn.Cell):
         truncated SVD); the bias N(0, 1e-6)."""
         self._set_sparse_from_dense(_xavier_uniform((self.out_ext, self.in_ext)))
         dense = _xavier_uniform((self.out_features, self.in_features)).astype(np.float64)
-        u, s, vt = np.linalg.svd(dense, full_matrices=False)
-        root = np.sqrt(s[:self.rank])
-        self.low_rank.lr_weight2.set_data(ms.Tensor((u[:, :self.rank] * root).astype(np.float32)))
-        self.low_rank.lr_weight1.set_data(ms.Tensor((root[:, None] * vt[:self.rank]).astype(np.float32)))
+        u, s, vt = leading_svd(dense, self.rank)
+        root = np.sqrt(s)
+        self.low_rank.lr_weight2.set_data(ms.Tensor((u * root).astype(np.float32)))
+        self.low_rank.lr_weight1.set_data(ms.Tensor((root[:, None] * vt).astype(np.float32)))
         if self.bias is not None:
             self.bias.set_data(init.initializer(init.Normal(1e-6), self.bias.shape, ms.float32))
 

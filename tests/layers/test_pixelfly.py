@@ -7,7 +7,7 @@ import pytest
 import mindspore as ms
 
 from mindcv_ext.layers.pixelfly import (BlockSparseLinear, SparseLRLinear, butterfly_base_mask,
-                                        flat_block_butterfly_layout)
+                                        flat_block_butterfly_layout, leading_svd)
 from tests.utils import SensGrads, shared_fixture_dir
 
 CASES = ["sparselr_256x1024_b32_bf8_nf2_r32.npz", "sparselr_1024x256_b32_bf8_nf2_r32.npz",
@@ -138,6 +138,19 @@ def test_leading_dimensions_and_amp_o2():
     y = half(x).asnumpy()
     assert not np.array_equal(y, expected)  # computed in fp16 (O2 returns fp32)
     np.testing.assert_allclose(y, expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("shape", [(300, 70), (70, 300)])
+def test_leading_svd_equals_numpy_svd(shape):
+    matrix = np.random.default_rng(3).uniform(-1, 1, shape)
+    u, s, vt = leading_svd(matrix, 32)
+    u_ref, s_ref, vt_ref = np.linalg.svd(matrix, full_matrices=False)
+    assert u.shape == (shape[0], 32) and vt.shape == (32, shape[1])
+    np.testing.assert_allclose(s, s_ref[:32], rtol=1e-10)
+    np.testing.assert_allclose(u.T @ u, np.eye(32), atol=1e-10)
+    np.testing.assert_allclose(vt @ vt.T, np.eye(32), atol=1e-10)
+    # The best rank-32 approximation is unique here (distinct singular values), whatever the signs.
+    np.testing.assert_allclose((u * s) @ vt, (u_ref[:, :32] * s_ref[:32]) @ vt_ref[:32], atol=1e-10)
 
 
 def test_mixer_init_uses_dense_xavier_projections():
