@@ -17,7 +17,7 @@ import mindspore as ms
 import train
 from mindcv_ext.engine.runtime import build_model, set_seed
 from tests.data.test_datasets import _cifar_arrays, _write_cifar
-from tests.utils import REPO_ROOT
+from tests.utils import REPO_ROOT, write_jpeg_folder
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
 TINY = ["-c", str(QUICKSTART), "--model_kwargs", "{patch_size: 4, num_blocks: 2, embed_dim: 32}", "--log_interval", "1"]
@@ -197,14 +197,8 @@ def test_every_config_builds_in_a_dry_run(config, imagenet_folder, caplog):
 @pytest.fixture(scope="module")
 def imagenet_folder(tmp_path_factory):
     """An ImageNet-style folder of real JPEG files, big enough for one batch of every config."""
-    root = tmp_path_factory.mktemp("imagenet")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 64), ("val", 4)):
-        for synset in ("n01440764", "n01443537"):
-            (root / split / synset).mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
-                    root / split / synset / f"{i:03d}.JPEG", quality=90)
+    root = write_jpeg_folder(tmp_path_factory.mktemp("imagenet"), {"train": 64, "val": 4},
+                             ("n01440764", "n01443537"), (40, 48), seed=0)
     # The CIFAR recipes read the official archives from the same data_dir.
     for name, classes in (("cifar10", 10), ("cifar100", 100)):
         _write_cifar(root, name, "binary", _cifar_arrays(128, classes, 0), _cifar_arrays(8, classes, 1))

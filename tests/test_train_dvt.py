@@ -6,13 +6,12 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import mindspore as ms
 
 import eval as evaluation
 import train
-from tests.utils import REPO_ROOT
+from tests.utils import REPO_ROOT, write_jpeg_folder
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
 TINY_DVT = ["--model", "dvt_t2t_vit_12", "--img_size", "64", "--image_resize", "64", "--mlp_layer", "None",
@@ -32,15 +31,8 @@ def trained_dvt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """Real JPEG files: a train split (to calibrate the exits) and a val split."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(3)
-    for split, count in (("train", 12), ("val", 6)):
-        for synset in ("n01440764", "n01443537"):
-            (root / split / synset).mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(
-                    root / split / synset / f"{i:03d}.JPEG", quality=90)
-    return root
+    return write_jpeg_folder(tmp_path_factory.mktemp("folder"), {"train": 12, "val": 6}, ("n01440764", "n01443537"),
+                             (72, 80), seed=3)
 
 
 def test_tiny_dvt_trains_under_o2_in_graph_mode(trained_dvt, caplog):

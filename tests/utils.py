@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 import os
 from pathlib import Path
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -12,6 +13,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO_ROOT / "tests" / "data"
 # CI checks out the project with shared/ beside it; the big fixtures are read from there.
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+def write_jpeg_folder(root: Path, counts: Dict[str, int], classes: Sequence[str], size: Tuple[int, int],
+                      seed: int) -> Path:
+    """A folder dataset of real JPEG files with random pixels: ``root/<split>/<class>/<NNN>.JPEG``, ``counts[split]``
+    images per class, each ``size`` = (height, width)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i:03d}.JPEG", quality=90)
+    return root
 
 
 def rel_err(actual, expected) -> float:

@@ -12,7 +12,7 @@ from mindcv_ext.convert import ConversionError, ConversionReport, convert_state_
 from mindcv_ext.convert.converter import extract_state_dict, torch_names
 from mindcv_ext.models import count_params
 from scripts.convert_checkpoint import main as convert_main
-from tests.utils import SHARED_FIXTURES, shared_fixture_dir
+from tests.utils import SHARED_FIXTURES, shared_fixture_dir, write_jpeg_folder
 
 FIXTURES = ["t2t_vit_14", "t2t_vit_t_14_full", "t2t_vit_t_14_local", "t2t_vit_t_14_performer",
             "t2t_vit_t_14_sblocal"]
@@ -151,15 +151,7 @@ def test_performer_t2t_rejects_attention_settings():
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """A folder dataset of real JPEG files: val/<class>/<image>."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("t2t_images")
-    rng = np.random.default_rng(0)
-    for cls in ("n01", "n02", "n03"):
-        (root / "val" / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (80, 72, 3), dtype=np.uint8)).save(root / "val" / cls / f"{i}.JPEG")
-    return root
+    return write_jpeg_folder(tmp_path_factory.mktemp("t2t_images"), {"val": 2}, ("n01", "n02", "n03"), (80, 72), seed=0)
 
 
 def _direct_loss(model_kwargs, ckpt, folder):
