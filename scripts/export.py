@@ -71,6 +71,10 @@ def export_model(args) -> dict:
                           args.mlp_layer, args.nblocks, args.model_kwargs, **model_arguments(args))
     _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)
+    # The fused CPU kernels are calls into a library on this machine; an exported graph must not name it.
+    from mindcv_ext.layers import set_cpu_kernels
+
+    report_kernels = set_cpu_kernels(network, False)
     size = args.image_resize or args.img_size or (getattr(network, "default_cfg", {}) or {}).get(
         "input_size", (3, 224, 224))[-1]
     sample = ms.Tensor(np.random.default_rng(0).standard_normal(
@@ -81,7 +85,8 @@ def export_model(args) -> dict:
     # Export under a temporary name beside the output and rename once checked: no half-written artefact.
     stem = tempfile.mktemp(prefix=f".{args.model}-export-", dir=directory)
     produced = stem + _EXTENSIONS[args.format]
-    report = {"format": args.format, "output": output, "input_shape": list(sample.shape)}
+    report = {"format": args.format, "output": output, "input_shape": list(sample.shape),
+              "cpu_kernels_disabled": report_kernels}
     try:
         if args.format == "ONNX":
             from mindcv_ext.layers import GELU, ErfFreeGELU, replace_cells

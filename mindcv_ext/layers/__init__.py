@@ -10,6 +10,7 @@ from .attention import (
     create_attention,
     gaussian_orthogonal_random_matrix,
 )
+from .cpu_kernels import cpu_kernel_library, set_cpu_kernels
 from .drop_path import DropPath
 from .helpers import GELU, ErfFreeGELU, LayerNorm, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
 from .monarch import (
@@ -38,6 +39,8 @@ __all__ = [
     "create_attention",
     "gaussian_orthogonal_random_matrix",
     "DropPath",
+    "cpu_kernel_library",
+    "set_cpu_kernels",
     "PatchEmbed",
     "Mlp",
     "GatedMlp",

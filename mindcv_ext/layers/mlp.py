@@ -4,7 +4,7 @@ from typing import Any, Callable, Dict, Optional
 import mindspore as ms
 from mindspore import nn
 
-from .helpers import gelu
+from .helpers import GELU, gelu
 from .monarch import MonarchLinear, _check_positive_int, monarch_mlp, monarch_pair_fusable
 from .pixelfly import SparseLRLinear, butterfly_base_mask
 
@@ -60,10 +60,13 @@ class Mlp(nn.Cell):
         # Two Monarch layers run as one block-major computation (same results, fewer data movements).
         self.fused = isinstance(self.fc1, MonarchLinear) and isinstance(self.fc2, MonarchLinear) and \
             monarch_pair_fusable(self.fc1, self.fc2)
+        # ...with the exact GELU and the regrouping between the layers as one CPU kernel, when it was built.
+        self.fused_gelu = self.fused and isinstance(self.act, GELU) and self.act.cpu_regroup is not None
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.fused:
-            return self.drop2(monarch_mlp(x, self.fc1, self.act, self.drop1, self.fc2))
+            fused_gelu = self.fused_gelu and self.act.use_cpu_kernel
+            return self.drop2(monarch_mlp(x, self.fc1, self.act, self.drop1, self.fc2, fused_gelu))
         x = self.drop1(self.act(self.fc1(x)))
         return self.drop2(self.fc2(x))
 

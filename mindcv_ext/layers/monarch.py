@@ -116,7 +116,8 @@ def monarch_pair_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
     return (fc1.out_features == l1 * s1 == fc2.in_features == k2 * p2) and p2 % l1 == 0
 
 
-def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear") -> ms.Tensor:
+def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear",
+                fused_gelu: bool = False) -> ms.Tensor:
     """``fc2(drop(act(fc1(x))))`` for two Monarch layers, with fc1's output left block-major.
 
     fc1's second matmul yields ``(l, B, s)``, feature ss*l + ll. Its standard order would cost a transpose
@@ -126,6 +127,10 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
     match. fc1's bias rides in its matmul as an extra input column of ones: a broadcast add over the middle
     axis would cost a strided reduction in the backward pass. The elementwise activation and dropout do
     not care about the order. Results equal the unfused layers (a permutation of the same sums).
+
+    With ``fused_gelu`` (``act`` is a ``GELU`` holding the CPU kernels), float32 inputs take fc1's bias, the
+    activation and the regrouping in one kernel, ``act.cpu_regroup``, forward and backward; fc1's second
+    matmul then has no column of ones.
     """
     lead_shape = x.shape[:-1]
     x = x.reshape(-1, fc1.in_features)
@@ -134,19 +139,27 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
     batch = x.shape[0]
     w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
     l, s, _ = w2.shape
-    h = _stage1(_to_blocks(x, w1.shape[0], w1.shape[2]), w1, l)  # (l, B, r)
-    if fc1.has_bias:
-        bias = ops.cast(fc1.bias, x.dtype).reshape(s, l).transpose(1, 0).reshape(l, s, 1)
-        h = ops.concat((h, ops.ones((l, batch, 1), h.dtype)), axis=2)
-        w2 = ops.concat((w2, bias), axis=2)
-    y = drop(act(_bmm_nt(h, w2)))  # (l, B, s)
-
-    u1 = ops.cast(fc2.blkdiag1, y.dtype)
+    u1 = ops.cast(fc2.blkdiag1, x.dtype)
     k2, q2, p2 = u1.shape
-    c = p2 // l
-    z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)  # block kk2 in (ll, ss) order
+    c = p2 // l  # s == k2 * c
+    h = _stage1(_to_blocks(x, w1.shape[0], w1.shape[2]), w1, l)  # (l, B, r)
+    # z: block kk2 of fc2's input, in (ll, ss) order.
+    if fused_gelu and x.dtype == ms.float32:
+        if fc1.has_bias:
+            bias = fc1.bias.reshape(s, l).transpose(1, 0).reshape(l, k2, c)
+        else:
+            bias = ops.zeros((l, k2, c), ms.float32)
+        z = act.cpu_regroup(_bmm_nt(h, w2).reshape(l, batch, k2, c), bias)
+        z = drop(z).reshape(k2, batch, p2)
+    else:
+        if fc1.has_bias:
+            bias = ops.cast(fc1.bias, x.dtype).reshape(s, l).transpose(1, 0).reshape(l, s, 1)
+            h = ops.concat((h, ops.ones((l, batch, 1), h.dtype)), axis=2)
+            w2 = ops.concat((w2, bias), axis=2)
+        y = drop(act(_bmm_nt(h, w2)))  # (l, B, s)
+        z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)
     u1 = u1.reshape(k2, q2, c, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in the same order
-    u2 = ops.cast(fc2.blkdiag2, y.dtype)
+    u2 = ops.cast(fc2.blkdiag2, z.dtype)
     out = _from_blocks(_bmm_nt(_stage1(z, u1, u2.shape[0]), u2))
     if fc2.out_features_extended > fc2.out_features:
         out = out[:, :fc2.out_features]

@@ -1,0 +1,184 @@
+"""Fused CPU kernels (``kernels/cpu_ops.cc``), compiled once per machine and run through ``ops.Custom``.
+
+MindSpore's CPU backend has no fused exact GELU: it runs five operators, each a pass over memory, and a
+scalar ``Erf``. On the 1,568x3,072 hidden activation of a Mixer-B MLP that is most of the time not spent in
+matmuls. The kernels here do the same arithmetic in one vectorised, multi-threaded pass.
+
+They are an optional fast path:
+- used only on the CPU backend, for float32, and only if the C++ source compiles (``g++``, or ``$CXX``);
+  otherwise the standard operators run, with one warning that says why;
+- ``MINDCV_EXT_CPU_KERNELS=0`` turns them off;
+- exported graphs never contain them (``scripts/export.py`` switches them off first), so a MindIR file
+  does not point at a library on the machine that wrote it.
+
+The library is built with ``-march=native`` into ``<cache>/kernels/<hash>/`` (the cache of
+``mindcv_ext.data.default_cache_dir``), keyed by the source, the flags, the compiler and the CPU, so a home
+directory shared by different machines never hands one of them the other's instructions.
+"""
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
+
+import mindspore as ms
+from mindspore import nn, ops
+
+__all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu", "CpuBiasGeluRegroup"]
+
+_logger = logging.getLogger("mindcv_ext")
+SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
+# -fno-math-errno lets GCC call libmvec's vector erff/expf; no -ffast-math (see the source).
+FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+LIBS = ("-lmvec", "-lm")
+ENV_SWITCH = "MINDCV_EXT_CPU_KERNELS"
+
+
+def _cpu_identity() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    wanted = ("model name", "flags")
+    return platform.machine() + "".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build_cpu_kernels(cache_dir: Optional[os.PathLike] = None, compiler: Optional[str] = None,
+                      flags: Sequence[str] = FLAGS) -> Path:
+    """Compile ``kernels/cpu_ops.cc`` into ``<cache_dir>/kernels/<hash>/`` unless already there; return the .so.
+
+    Raises ``RuntimeError`` naming the compiler and its output when the build fails.
+    """
+    compiler = compiler or os.environ.get("CXX") or "g++"
+    executable = shutil.which(compiler)
+    if executable is None:
+        raise RuntimeError(f"C++ compiler {compiler!r} not found (set $CXX, or install g++)")
+    if cache_dir is None:
+        from ..data.digits import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags + LIBS).encode(), _compiler_version(executable).encode(),
+                                     _cpu_identity().encode()])).hexdigest()[:16]
+    target = Path(cache_dir) / "kernels" / key / "libmindcv_ext_cpu.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build under a private name and rename: concurrent workers (msrun) never load half a library.
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    command = [executable, *flags, str(SOURCE), "-o", partial, *LIBS]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"building the CPU kernels failed ({' '.join(command)}):\n{result.stderr.strip()}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+@lru_cache(maxsize=None)
+def cpu_kernel_library() -> Optional[str]:
+    """Path of the compiled kernel library, or None (with one warning) when it cannot be had."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if platform.system() != "Linux":
+        return None  # the AOT kernel interface is Linux-only
+    try:
+        library = build_cpu_kernels()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        _logger.warning(f"fused CPU kernels unavailable, using MindSpore's standard operators (slower on CPU): "
+                        f"{exc}. Set {ENV_SWITCH}=0 to silence this.")
+        return None
+    allowed = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
+    if allowed and os.path.commonpath([os.path.realpath(library), os.path.realpath(allowed)]) != \
+            os.path.realpath(allowed):
+        _logger.warning(f"fused CPU kernels not used: {library} is outside MS_CUSTOM_AOT_WHITE_LIST={allowed}")
+        return None
+    return str(library)
+
+
+def cpu_kernels_wanted(requested: Optional[bool] = None) -> bool:
+    """Whether a layer built now should use the fused CPU kernels (``None``: yes on CPU when they build)."""
+    if requested is False:
+        return False
+    on_cpu = ms.get_context("device_target") == "CPU"
+    if requested and not on_cpu:
+        raise ValueError(f"the fused CPU kernels need device_target='CPU'; this context targets "
+                         f"{ms.get_context('device_target')!r} (leave cpu_kernel unset to choose automatically)")
+    return on_cpu and cpu_kernel_library() is not None
+
+
+def _aot(function: str, inputs: int) -> ops.Custom:
+    shape = (lambda x: x) if inputs == 1 else (lambda x, *_: x)
+    return ops.Custom(f"{cpu_kernel_library()}:{function}", out_shape=shape, out_dtype=shape, func_type="aot")
+
+
+class CpuGelu(nn.Cell):
+    """Exact GELU of a float32 tensor, forward and backward each one fused kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_kernel = _aot("GeluForward", 1)
+        self.backward_kernel = _aot("GeluBackward", 2)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x)
+
+    def bprop(self, x, out, dout):
+        return (self.backward_kernel(x, dout),)
+
+
+class CpuBiasGeluRegroup(nn.Cell):
+    """``gelu(y + bias)`` of a float32 ``(l, B, k, c)`` tensor (bias ``(l, k, c)``), returned as ``(k, B, l, c)``.
+
+    Between two Monarch layers, fc1's bias, the activation and the regrouping into fc2's blocks are each a
+    pass over the largest tensor of the MLP; here they are one pass forward and one backward (which also
+    sums the bias gradient).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        library = cpu_kernel_library()
+        self.forward_kernel = ops.Custom(f"{library}:BiasGeluRegroupForward",
+                                         out_shape=lambda y, bias: (y[2], y[1], y[0], y[3]),
+                                         out_dtype=lambda y, bias: y, func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:BiasGeluRegroupBackward",
+                                          out_shape=lambda y, bias, dz: (y, bias),
+                                          out_dtype=lambda y, bias, dz: (y, bias), func_type="aot")
+
+    def construct(self, y: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(y, bias)
+
+    def bprop(self, y, bias, out, dout):
+        dy, dbias = self.backward_kernel(y, bias, dout)
+        return dy, dbias
+
+
+def set_cpu_kernels(network: nn.Cell, enabled: bool) -> int:
+    """Switch the fused CPU kernels of every layer in ``network`` on or off; returns how many layers changed.
+
+    Call it before the network's first call: a graph already compiled keeps the choice it was compiled with.
+    Layers built without kernels cannot be switched on.
+    """
+    changed = 0
+    for _, cell in network.cells_and_names():
+        if hasattr(cell, "use_cpu_kernel") and getattr(cell, "cpu_kernel", None) is not None:
+            if cell.use_cpu_kernel != bool(enabled):
+                cell.use_cpu_kernel = bool(enabled)
+                changed += 1
+    return changed
