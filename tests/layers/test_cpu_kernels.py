@@ -1,0 +1,85 @@
+"""layers/cpu_kernels.py: the fused CPU kernels build once, fail loudly but harmlessly, and never leak into exports."""
+import os
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from mindcv_ext.layers import GELU, Mlp, cpu_kernel_library, set_cpu_kernels
+from mindcv_ext.layers import cpu_kernels
+from tests.utils import rel_err
+
+needs_kernels = pytest.mark.skipif(cpu_kernel_library() is None, reason="the CPU kernels did not build here")
+
+
+def test_build_is_cached(tmp_path):
+    library = cpu_kernels.build_cpu_kernels(tmp_path)
+    assert library.is_file() and library.parent.parent == tmp_path / "kernels"
+    stamp = library.stat().st_mtime_ns
+    assert cpu_kernels.build_cpu_kernels(tmp_path) == library and library.stat().st_mtime_ns == stamp
+    # Other flags are another build, beside the first.
+    other = cpu_kernels.build_cpu_kernels(tmp_path, flags=tuple(f for f in cpu_kernels.FLAGS if f != "-O3"))
+    assert other != library and other.is_file()
+
+
+def test_missing_compiler_is_named(tmp_path):
+    with pytest.raises(RuntimeError, match="no-such-c\\+\\+"):
+        cpu_kernels.build_cpu_kernels(tmp_path, compiler="no-such-c++")
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    with pytest.raises(RuntimeError, match="building the CPU kernels failed"):
+        cpu_kernels.build_cpu_kernels(tmp_path, flags=("-shared", "--no-such-flag"))
+    assert not [p for p in (tmp_path / "kernels").rglob("*") if p.is_file()]
+
+
+def test_environment_switch_falls_back_to_operators(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    cpu_kernel_library.cache_clear()
+    try:
+        assert cpu_kernel_library() is None
+        gelu = GELU()
+        assert gelu.cpu_kernel is None and not gelu.use_cpu_kernel
+        assert not Mlp(64, 256, mlp_layer="monarch").fused_gelu
+    finally:
+        monkeypatch.undo()
+        cpu_kernel_library.cache_clear()
+
+
+@needs_kernels
+def test_export_never_names_the_library(graph_mode, tmp_path):
+    """A MindIR written with the kernels on would call this machine's .so; set_cpu_kernels(net, False) prevents it."""
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32))
+    library = cpu_kernel_library().encode()
+
+    with_kernels = Mlp(64, 256, mlp_layer="monarch")
+    ms.export(with_kernels, x, file_name=str(tmp_path / "on"), file_format="MINDIR")
+    assert library in (tmp_path / "on.mindir").read_bytes()  # the check below can fail
+
+    mlp = Mlp(64, 256, mlp_layer="monarch")
+    assert set_cpu_kernels(mlp, False) == 1 and not mlp.act.use_cpu_kernel
+    ms.export(mlp, x, file_name=str(tmp_path / "off"), file_format="MINDIR")
+    exported = (tmp_path / "off.mindir").read_bytes()
+    assert library not in exported and b"Custom" not in exported
+    reloaded = ms.nn.GraphCell(ms.load(str(tmp_path / "off.mindir")))(x).asnumpy()
+    assert rel_err(reloaded, mlp(x).asnumpy()) < 1e-6
+    assert set_cpu_kernels(mlp, False) == 0  # nothing left to switch
+
+
+@needs_kernels
+def test_kernels_only_for_float32(graph_mode):
+    gelu = GELU()
+    assert gelu.use_cpu_kernel and os.path.isfile(cpu_kernel_library())
+    x = np.random.default_rng(1).standard_normal((3, 50)).astype(np.float32)
+    # float64 has no kernel: the operators path runs, in float64.
+    out64 = gelu(ms.Tensor(x.astype(np.float64))).asnumpy()
+    assert out64.dtype == np.float64 and rel_err(out64, gelu(ms.Tensor(x)).asnumpy()) < 1e-6
+
+
+def test_asking_for_kernels_off_cpu_is_an_error(monkeypatch):
+    real = ms.get_context
+    monkeypatch.setattr(cpu_kernels.ms, "get_context", lambda key: "GPU" if key == "device_target" else real(key))
+    assert cpu_kernels.cpu_kernels_wanted(None) is False  # automatic choice: standard operators off CPU
+    with pytest.raises(ValueError, match="device_target='CPU'.*'GPU'"):
+        cpu_kernels.cpu_kernels_wanted(True)
