@@ -18,10 +18,13 @@ from .monarch import (
     MonarchLinear,
     blockdiag_butterfly_multiply,
     monarch_factor_shapes,
+    monarch_gated_fusable,
+    monarch_gated_mlp,
     monarch_mlp,
     monarch_pair_fusable,
     monarch_to_dense,
     project_to_monarch,
+    reorder_features,
 )
 from .mlp import MLP_LAYERS, PIXELFLY_DEFAULTS, GatedMlp, Mlp, create_linear
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
@@ -64,10 +67,13 @@ __all__ = [
     "BlockdiagLinear",
     "blockdiag_butterfly_multiply",
     "monarch_factor_shapes",
+    "monarch_gated_fusable",
+    "monarch_gated_mlp",
     "monarch_mlp",
     "monarch_pair_fusable",
     "monarch_to_dense",
     "project_to_monarch",
+    "reorder_features",
     "monarchize",
     "MonarchizeReport",
     "LayerSwap",

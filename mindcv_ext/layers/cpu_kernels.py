@@ -29,12 +29,14 @@ from typing import Optional, Sequence
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu", "CpuBiasGeluRegroup"]
+__all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu", "CpuBiasGeluRegroup",
+           "CpuBiasGeluSplit", "CpuLayerNorm"]
 
 _logger = logging.getLogger("mindcv_ext")
 SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
-# -fno-math-errno lets GCC call libmvec's vector erff/expf; no -ffast-math (see the source).
-FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+# -fno-math-errno lets GCC call libmvec's vector erff/expf; no -ffast-math (see the source). OpenMP only
+# vectorises (-fopenmp-simd): the threads are the source's own pool, which sleeps when idle.
+FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-fPIC", "-shared")
 LIBS = ("-lmvec", "-lm")
 ENV_SWITCH = "MINDCV_EXT_CPU_KERNELS"
 
@@ -167,6 +169,53 @@ class CpuBiasGeluRegroup(nn.Cell):
     def bprop(self, y, bias, out, dout):
         dy, dbias = self.backward_kernel(y, bias, dout)
         return dy, dbias
+
+
+class CpuBiasGeluSplit(nn.Cell):
+    """``gelu(y + bias)`` of a float32 ``(l, B, k, c)`` tensor, returned token-major as two halves ``(B, k/2, l, c)``.
+
+    The gated MLP's version of ``CpuBiasGeluRegroup``: the halves are the gating unit's two inputs, already in
+    the order its token projection and fc2 read, so neither needs a transpose.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        library = cpu_kernel_library()
+        half = lambda y: (y[1], y[2] // 2, y[0], y[3])  # noqa: E731
+        self.forward_kernel = ops.Custom(f"{library}:BiasGeluSplitForward",
+                                         out_shape=lambda y, bias: (half(y), half(y)),
+                                         out_dtype=lambda y, bias: (y, y), func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:BiasGeluSplitBackward",
+                                          out_shape=lambda y, bias, du, dv: (y, bias),
+                                          out_dtype=lambda y, bias, du, dv: (y, bias), func_type="aot")
+
+    def construct(self, y: ms.Tensor, bias: ms.Tensor):
+        return self.forward_kernel(y, bias)
+
+    def bprop(self, y, bias, out, dout):
+        dy, dbias = self.backward_kernel(y, bias, dout[0], dout[1])
+        return dy, dbias
+
+
+class CpuLayerNorm(nn.Cell):
+    """LayerNorm over the last axis of a float32 tensor (given ``gamma``, ``beta``), forward and backward each
+    one kernel; the backward recomputes the row statistics instead of keeping them."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = ms.Tensor([eps], ms.float32)
+        library = cpu_kernel_library()
+        self.forward_kernel = ops.Custom(f"{library}:LayerNormForward", out_shape=lambda x, *_: x,
+                                         out_dtype=lambda x, *_: x, func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:LayerNormBackward",
+                                          out_shape=lambda x, gamma, eps, dy: (x, gamma, gamma),
+                                          out_dtype=lambda x, gamma, eps, dy: (x, gamma, gamma), func_type="aot")
+
+    def construct(self, x: ms.Tensor, gamma: ms.Tensor, beta: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x, gamma, beta, self.eps)
+
+    def bprop(self, x, gamma, beta, out, dout):
+        return self.backward_kernel(x, gamma, self.eps, dout)
 
 
 def set_cpu_kernels(network: nn.Cell, enabled: bool) -> int:

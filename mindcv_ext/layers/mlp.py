@@ -5,7 +5,8 @@ import mindspore as ms
 from mindspore import nn
 
 from .helpers import GELU, gelu
-from .monarch import MonarchLinear, _check_positive_int, monarch_mlp, monarch_pair_fusable
+from .monarch import (MonarchLinear, _check_positive_int, monarch_gated_fusable, monarch_gated_mlp, monarch_mlp,
+                      monarch_pair_fusable)
 from .pixelfly import SparseLRLinear, butterfly_base_mask
 
 __all__ = ["MLP_LAYERS", "PIXELFLY_DEFAULTS", "create_linear", "Mlp", "GatedMlp"]
@@ -74,7 +75,9 @@ class Mlp(nn.Cell):
 class GatedMlp(nn.Cell):
     """``fc1 -> GELU -> dropout -> gate -> fc2 -> dropout`` (timm's ``GatedMlp``, used by gMLP).
 
-    ``gate_layer(hidden)`` builds the gating unit; it halves the width, so fc2 reads ``hidden // 2``.
+    ``gate_layer(hidden)`` builds the gating unit; it halves the width, so fc2 reads ``hidden // 2``. With two
+    Monarch layers, float32 on CPU and a gate that has ``construct_reordered`` (gMLP's), the MLP runs as
+    ``monarch_gated_mlp``: the same results without the transposes around the gate.
     """
 
     def __init__(self, in_features: int, hidden_features: int, gate_layer: Callable[[int], nn.Cell],
@@ -90,8 +93,13 @@ class GatedMlp(nn.Cell):
         self.gate = gate_layer(hidden_features)
         self.fc2 = create_linear(hidden_features // 2, out_features, mlp_layer, nblocks)
         self.drop2 = nn.Dropout(p=drop)
+        self.fused_gelu = isinstance(self.fc1, MonarchLinear) and isinstance(self.fc2, MonarchLinear) and \
+            monarch_gated_fusable(self.fc1, self.fc2) and self.act.cpu_split is not None and \
+            hasattr(self.gate, "construct_reordered")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if self.fused_gelu and self.act.use_cpu_kernel and x.dtype == ms.float32:
+            return self.drop2(monarch_gated_mlp(x, self.fc1, self.act, self.drop1, self.gate, self.fc2))
         x = self.drop1(self.act(self.fc1(x)))
         x = self.gate(x)
         return self.drop2(self.fc2(x))

@@ -33,6 +33,9 @@ __all__ = [
     "blockdiag_butterfly_multiply",
     "monarch_mlp",
     "monarch_pair_fusable",
+    "monarch_gated_mlp",
+    "monarch_gated_fusable",
+    "reorder_features",
     "monarch_factor_shapes",
     "monarch_to_dense",
     "project_to_monarch",
@@ -116,6 +119,36 @@ def monarch_pair_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
     return (fc1.out_features == l1 * s1 == fc2.in_features == k2 * p2) and p2 % l1 == 0
 
 
+def _monarch_fc1_blocks(x: ms.Tensor, fc1: "MonarchLinear") -> Tuple[ms.Tensor, ms.Tensor]:
+    """fc1 up to its second matmul: ``(h, w2)`` with ``h`` the ``(l, B, r)`` blocks (``x`` is 2-D)."""
+    if fc1.in_features_extended > fc1.in_features:
+        x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
+    w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
+    return _stage1(_to_blocks(x, w1.shape[0], w1.shape[2]), w1, w2.shape[0]), w2
+
+
+def _fc1_bias_blocks(fc1: "MonarchLinear", l: int, groups: int, c: int) -> ms.Tensor:
+    """fc1's bias (feature ss*l + ll) as ``(l, groups, c)`` with ss = group*c + cc; zeros without a bias."""
+    if not fc1.has_bias:
+        return ops.zeros((l, groups, c), ms.float32)
+    return fc1.bias.reshape(groups * c, l).transpose(1, 0).reshape(l, groups, c)
+
+
+def _monarch_fc2_regrouped(z: ms.Tensor, fc2: "MonarchLinear", l: int) -> ms.Tensor:
+    """fc2 of block-major input ``z`` ``(k2, B, p2)`` whose block columns are in ``(ll, cc)`` order, feature
+    ``kk*p2 + cc*l + ll``; returns ``(B, out_features)``."""
+    u1 = ops.cast(fc2.blkdiag1, z.dtype)
+    k2, q2, p2 = u1.shape
+    u1 = u1.reshape(k2, q2, p2 // l, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in z's order
+    u2 = ops.cast(fc2.blkdiag2, z.dtype)
+    out = _from_blocks(_bmm_nt(_stage1(z, u1, u2.shape[0]), u2))
+    if fc2.out_features_extended > fc2.out_features:
+        out = out[:, :fc2.out_features]
+    if fc2.has_bias:
+        out = out + ops.cast(fc2.bias, out.dtype)
+    return out
+
+
 def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear",
                 fused_gelu: bool = False) -> ms.Tensor:
     """``fc2(drop(act(fc1(x))))`` for two Monarch layers, with fc1's output left block-major.
@@ -134,22 +167,14 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
     """
     lead_shape = x.shape[:-1]
     x = x.reshape(-1, fc1.in_features)
-    if fc1.in_features_extended > fc1.in_features:
-        x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
     batch = x.shape[0]
-    w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
+    h, w2 = _monarch_fc1_blocks(x, fc1)  # (l, B, r)
     l, s, _ = w2.shape
-    u1 = ops.cast(fc2.blkdiag1, x.dtype)
-    k2, q2, p2 = u1.shape
+    k2, _, p2 = fc2.blkdiag1.shape
     c = p2 // l  # s == k2 * c
-    h = _stage1(_to_blocks(x, w1.shape[0], w1.shape[2]), w1, l)  # (l, B, r)
     # z: block kk2 of fc2's input, in (ll, ss) order.
     if fused_gelu and x.dtype == ms.float32:
-        if fc1.has_bias:
-            bias = fc1.bias.reshape(s, l).transpose(1, 0).reshape(l, k2, c)
-        else:
-            bias = ops.zeros((l, k2, c), ms.float32)
-        z = act.cpu_regroup(_bmm_nt(h, w2).reshape(l, batch, k2, c), bias)
+        z = act.cpu_regroup(_bmm_nt(h, w2).reshape(l, batch, k2, c), _fc1_bias_blocks(fc1, l, k2, c))
         z = drop(z).reshape(k2, batch, p2)
     else:
         if fc1.has_bias:
@@ -158,14 +183,45 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
             w2 = ops.concat((w2, bias), axis=2)
         y = drop(act(_bmm_nt(h, w2)))  # (l, B, s)
         z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)
-    u1 = u1.reshape(k2, q2, c, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in the same order
-    u2 = ops.cast(fc2.blkdiag2, z.dtype)
-    out = _from_blocks(_bmm_nt(_stage1(z, u1, u2.shape[0]), u2))
-    if fc2.out_features_extended > fc2.out_features:
-        out = out[:, :fc2.out_features]
-    if fc2.has_bias:
-        out = out + ops.cast(fc2.bias, out.dtype)
-    return out.reshape(lead_shape + (fc2.out_features,))
+    return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
+
+
+def monarch_gated_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
+    """Whether ``monarch_gated_mlp`` can run ``fc1 -> gate (halves the width) -> fc2`` block-major."""
+    l1, s1, _ = fc1.blkdiag2.shape
+    k2, _, p2 = fc2.blkdiag1.shape
+    return fc1.out_features == l1 * s1 == 2 * fc2.in_features == 2 * k2 * p2 and p2 % l1 == 0
+
+
+def reorder_features(param: ms.Tensor, feature_order: Tuple[int, int, int]) -> ms.Tensor:
+    """A per-feature vector in the order of ``monarch_gated_mlp``'s gate inputs (see there)."""
+    k, l, c = feature_order
+    return param.reshape(k, c, l).transpose(0, 2, 1).reshape(-1)
+
+
+def monarch_gated_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, gate: nn.Cell,
+                      fc2: "MonarchLinear") -> ms.Tensor:
+    """``fc2(gate(drop(act(fc1(x)))))`` for two Monarch layers around a gate that halves the width (gMLP).
+
+    Float32 and ``act.cpu_split`` (a ``GELU`` with the CPU kernels) only. As in ``monarch_mlp``, fc1's
+    block-major output never takes the standard order: one kernel adds fc1's bias, applies GELU and writes
+    the two halves ``u, v`` token-major, with features in a fixed permutation that fc2's first blocks read
+    directly. ``gate.construct_reordered(u, v, feature_order)`` gates them in that order: feature
+    ``(kk*c + cc)*l + ll`` sits at ``(kk*l + ll)*c + cc``, ``feature_order = (k, l, c)``, and
+    ``reorder_features`` puts per-feature parameters in the same order.
+    """
+    lead_shape = x.shape[:-1]
+    x = x.reshape(-1, fc1.in_features)
+    batch = x.shape[0]
+    h, w2 = _monarch_fc1_blocks(x, fc1)
+    l = w2.shape[0]
+    k2, _, p2 = fc2.blkdiag1.shape
+    c = p2 // l
+    u, v = act.cpu_split(_bmm_nt(h, w2).reshape(l, batch, 2 * k2, c), _fc1_bias_blocks(fc1, l, 2 * k2, c))
+    half_shape = lead_shape + (k2 * p2,)
+    z = gate.construct_reordered(drop(u).reshape(half_shape), drop(v).reshape(half_shape), (k2, l, c))
+    z = z.reshape(batch, k2, p2).transpose(1, 0, 2)
+    return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
 
 
 def _block_diag(blocks: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, GatedMlp, PatchEmbed, layer_norm
+from ..layers import DropPath, GatedMlp, PatchEmbed, layer_norm, reorder_features
 from ..layers.mlp import check_mlp_layer
 from ..layers.weight_init import constant_, normal_
 from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_model, init_mixer_weights, make_cfg
@@ -31,24 +31,53 @@ default_cfgs = {
 }
 
 
+_bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+
+class TokenProjection(nn.Cell):
+    """``weight @ v + bias[:, None]`` for every sample of ``v`` ``(N, T, C)``: a linear map across tokens.
+
+    timm writes it as ``nn.Linear`` on ``v.transpose(-1, -2)`` and transposes back; multiplying from the left
+    reads ``v`` as it is. The backward is written out so that the bias gradient sums along contiguous rows
+    first (the automatic one reduces over a strided axis, slowly on CPU).
+    """
+
+    def construct(self, v: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        return ops.matmul(weight, v) + bias.reshape(-1, 1)
+
+    def bprop(self, v, weight, bias, out, dout):
+        dv = ops.matmul(weight.transpose(1, 0), dout)
+        dweight = _bmm_nt(dout, v).sum(0)
+        return dv, dweight, dout.sum(-1).sum(0)
+
+
 class SpatialGatingUnit(nn.Cell):
     """Split channels in halves ``u, v``; gate ``u`` with ``v`` normalised and projected across tokens."""
 
     def __init__(self, dim: int, seq_len: int) -> None:
         super().__init__()
         self.norm = layer_norm(dim // 2, eps=1e-5)  # timm leaves this one at PyTorch's default
-        self.proj = nn.Dense(seq_len, seq_len)
+        self.proj = nn.Dense(seq_len, seq_len)  # holds the parameters, named as timm's
+        self.token_projection = TokenProjection()
 
     def init_weights(self) -> None:
         # Near-zero weights and unit bias: the unit starts as the identity gate (paper, Sec. 2.1).
         normal_(self.proj.weight, std=1e-6)
         constant_(self.proj.bias, 1.0)
 
+    def _project(self, v: ms.Tensor) -> ms.Tensor:
+        weight, bias = ops.cast(self.proj.weight, v.dtype), ops.cast(self.proj.bias, v.dtype)
+        return self.token_projection(v, weight, bias)
+
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         u, v = ops.split(x, x.shape[-1] // 2, axis=-1)
-        v = self.norm(v)
-        v = self.proj(v.transpose(0, 2, 1))
-        return u * v.transpose(0, 2, 1)
+        return u * self._project(self.norm(v))
+
+    def construct_reordered(self, u: ms.Tensor, v: ms.Tensor, feature_order: tuple) -> ms.Tensor:
+        """The same gate on halves whose features come in ``monarch_gated_mlp``'s order."""
+        gamma = reorder_features(self.norm.gamma, feature_order)
+        beta = reorder_features(self.norm.beta, feature_order)
+        return u * self._project(self.norm.normalize(v, gamma, beta))
 
 
 class SpatialGatingBlock(nn.Cell):

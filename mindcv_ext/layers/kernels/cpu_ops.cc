@@ -6,11 +6,21 @@
 // the standard operators for other dtypes, other backends and exported graphs.
 //
 // Signature fixed by MindSpore's AOT interface: params holds the inputs then the outputs.
+//
+// Threads come from a small pool of our own whose idle workers sleep. OpenMP's threads would spin after each
+// kernel (libgomp's default wait policy, fixed when MindSpore loads it) and take the cores from MindSpore's
+// own thread pool: a gMLP block then ran 1.6x slower. "omp simd" pragmas only vectorise (-fopenmp-simd).
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <vector>
-
-#include <omp.h>
 
 // glibc's vector erff/expf (libmvec, glibc >= 2.35), declared here rather than through <cmath> under
 // -ffast-math: linking a shared library with -ffast-math would flush denormals to zero in the whole process.
@@ -18,6 +28,91 @@ extern "C" float erff(float) __attribute__((simd("notinbranch")));
 extern "C" float expf(float) __attribute__((simd("notinbranch")));
 
 namespace {
+
+// Runs job(part, parts) on `parts` threads (the caller is part 0) and returns when all are done. Calls from
+// several threads at once take turns. A forked child starts a new pool (the parent's workers are not in it).
+class ThreadPool {
+ public:
+  static ThreadPool &Get() {
+    std::lock_guard<std::mutex> guard(instance_mutex_);
+    if (instance_ == nullptr) {
+      instance_ = new ThreadPool();  // never destroyed: detached workers may outlive static destructors
+      static const int registered = pthread_atfork(nullptr, nullptr, [] { instance_ = nullptr; });
+      (void)registered;
+    }
+    return *instance_;
+  }
+  int Size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void Run(const std::function<void(int, int)> &job) {
+    const int parts = Size();
+    if (parts == 1) return job(0, 1);
+    std::lock_guard<std::mutex> turn(run_mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    job_ = &job;
+    pending_ = parts - 1;
+    ++generation_;
+    start_.notify_all();
+    lock.unlock();
+    job(0, parts);
+    lock.lock();
+    done_.wait(lock, [this] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  ThreadPool() {
+    cpu_set_t cpus;
+    int count = static_cast<int>(std::thread::hardware_concurrency());
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) count = CPU_COUNT(&cpus);
+    for (int part = 1; part < std::max(count, 1); ++part) workers_.emplace_back([this, part] { Work(part); });
+    for (auto &worker : workers_) worker.detach();
+  }
+
+  void Work(int part) {
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      start_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      const std::function<void(int, int)> *job = job_;
+      const int parts = Size();
+      lock.unlock();
+      (*job)(part, parts);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  static inline ThreadPool *instance_ = nullptr;
+  static inline std::mutex instance_mutex_;
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_, mutex_;
+  std::condition_variable start_, done_;
+  const std::function<void(int, int)> *job_ = nullptr;
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// body(part, begin, end) over [0, n) in one contiguous range per thread.
+template <typename Body>
+void ParallelFor(int64_t n, Body body) {
+  ThreadPool::Get().Run([&](int part, int parts) {
+    const int64_t begin = n * part / parts, end = n * (part + 1) / parts;
+    if (begin < end) body(part, begin, end);
+  });
+}
+
+int NumParts() { return ThreadPool::Get().Size(); }
+
+// Partial sums, one row of `size` per thread, added in a fixed order (no atomics; deterministic).
+void SumParts(const std::vector<float> &partial, int64_t size, float *total) {
+  for (int64_t i = 0; i < size; ++i) {
+    float sum = 0.0f;
+    for (int t = 0; t < NumParts(); ++t) sum += partial[t * size + i];
+    total[i] = sum;
+  }
+}
 
 constexpr float kSqrtHalf = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
@@ -42,6 +137,37 @@ inline float GeluValue(float v) { return 0.5f * v * (1.0f + erff(v * kSqrtHalf))
 #pragma omp declare simd notinbranch
 inline float GeluSlope(float v) { return 0.5f * (1.0f + erff(v * kSqrtHalf)) + v * kInvSqrt2Pi * expf(-0.5f * v * v); }
 
+// Backward of gelu(y + bias) regrouped: g = dz * gelu'(y + bias) is written to dy in y's (l, B, k, c) order and
+// summed over B into dbias. grad_at(ll, b, kk) gives the row of the regrouped output's gradient. One partial
+// bias gradient per thread, summed at the end: no atomics, and the order of the sum is fixed.
+template <typename GradAt>
+void BiasGeluRegroupedBackward(const float *y, const float *bias, float *dy, float *dbias, int64_t l, int64_t batch,
+                               int64_t k, int64_t c, GradAt grad_at) {
+  const int64_t bias_size = l * k * c;
+  std::vector<float> partial(static_cast<size_t>(NumParts()) * bias_size, 0.0f);
+  ParallelFor(l * batch, [&](int part, int64_t begin, int64_t end) {
+    float *acc = partial.data() + part * bias_size;
+    for (int64_t row_index = begin; row_index < end; ++row_index) {
+      const int64_t ll = row_index / batch, b = row_index % batch;
+      const int64_t offset = row_index * k * c;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const float *row = y + offset + kk * c;
+        const float *shift = bias + (ll * k + kk) * c;
+        const float *grad = grad_at(ll, b, kk);
+        float *out = dy + offset + kk * c;
+        float *sum = acc + (ll * k + kk) * c;
+#pragma omp simd
+        for (int64_t cc = 0; cc < c; ++cc) {
+          const float g = grad[cc] * GeluSlope(row[cc] + shift[cc]);
+          out[cc] = g;
+          sum[cc] += g;
+        }
+      }
+    }
+  });
+  SumParts(partial, bias_size, dbias);
+}
+
 }  // namespace
 
 // y = 0.5 * x * (1 + erf(x / sqrt(2)))            params: x, y
@@ -51,8 +177,10 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = NumElements(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) y[i] = GeluValue(x[i]);
+  ParallelFor(n, [&](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) y[i] = GeluValue(x[i]);
+  });
   return 0;
 }
 
@@ -64,8 +192,10 @@ extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **sha
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = NumElements(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * GeluSlope(x[i]);
+  ParallelFor(n, [&](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) dx[i] = dy[i] * GeluSlope(x[i]);
+  });
   return 0;
 }
 
@@ -79,10 +209,10 @@ extern "C" int BiasGeluRegroupForward(int nparam, void **params, int *ndims, int
   const float *bias = static_cast<const float *>(params[1]);
   float *z = static_cast<float *>(params[2]);
   const int64_t l = shapes[0][0], batch = shapes[0][1], k = shapes[0][2], c = shapes[0][3];
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t ll = 0; ll < l; ++ll) {
-    for (int64_t b = 0; b < batch; ++b) {
-      const float *src = y + (ll * batch + b) * k * c;
+  ParallelFor(l * batch, [&](int, int64_t begin, int64_t end) {
+    for (int64_t row_index = begin; row_index < end; ++row_index) {
+      const int64_t ll = row_index / batch, b = row_index % batch;
+      const float *src = y + row_index * k * c;
       for (int64_t kk = 0; kk < k; ++kk) {
         const float *row = src + kk * c;
         const float *shift = bias + (ll * k + kk) * c;
@@ -91,7 +221,7 @@ extern "C" int BiasGeluRegroupForward(int nparam, void **params, int *ndims, int
         for (int64_t cc = 0; cc < c; ++cc) dst[cc] = GeluValue(row[cc] + shift[cc]);
       }
     }
-  }
+  });
   return 0;
 }
 
@@ -106,39 +236,145 @@ extern "C" int BiasGeluRegroupBackward(int nparam, void **params, int *ndims, in
   float *dy = static_cast<float *>(params[3]);
   float *dbias = static_cast<float *>(params[4]);
   const int64_t l = shapes[0][0], batch = shapes[0][1], k = shapes[0][2], c = shapes[0][3];
-  const int64_t bias_size = l * k * c;
-  // One partial bias gradient per thread, summed at the end: no atomics, and the order of the sum is fixed.
-  std::vector<float> partial(static_cast<size_t>(omp_get_max_threads()) * bias_size, 0.0f);
-  int used_threads = 1;
-#pragma omp parallel
-  {
-#pragma omp single
-    used_threads = omp_get_num_threads();
-    float *acc = partial.data() + omp_get_thread_num() * bias_size;
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t ll = 0; ll < l; ++ll) {
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t offset = (ll * batch + b) * k * c;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          const float *row = y + offset + kk * c;
-          const float *shift = bias + (ll * k + kk) * c;
-          const float *grad = dz + ((kk * batch + b) * l + ll) * c;
-          float *out = dy + offset + kk * c;
-          float *sum = acc + (ll * k + kk) * c;
+  BiasGeluRegroupedBackward(y, bias, dy, dbias, l, batch, k, c, [=](int64_t ll, int64_t b, int64_t kk) {
+    return dz + ((kk * batch + b) * l + ll) * c;
+  });
+  return 0;
+}
+
+// The same for a gated MLP (gMLP): fc1's output halves become the gate's two inputs, token-major, so the
+// gating unit needs no transposes (layers/monarch.py, monarch_gated_mlp):
+//   u[b, kk, ll, cc] = gelu(y[ll, b, kk, cc] + bias[ll, kk, cc])        kk <  k/2
+//   v[b, kk - k/2, ll, cc] = the same                                   kk >= k/2
+// params: y (l, B, k, c), bias (l, k, c), u (B, k/2, l, c), v (B, k/2, l, c)
+extern "C" int BiasGeluSplitForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *stream, void *extra) {
+  if (nparam != 4 || ndims[0] != 4 || shapes[0][2] % 2 != 0 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *y = static_cast<const float *>(params[0]);
+  const float *bias = static_cast<const float *>(params[1]);
+  float *halves[2] = {static_cast<float *>(params[2]), static_cast<float *>(params[3])};
+  const int64_t l = shapes[0][0], batch = shapes[0][1], k = shapes[0][2], c = shapes[0][3], half = k / 2;
+  ParallelFor(batch * l, [&](int, int64_t begin, int64_t end) {
+    for (int64_t token_index = begin; token_index < end; ++token_index) {
+      const int64_t b = token_index / l, ll = token_index % l;
+      const float *src = y + (ll * batch + b) * k * c;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const float *row = src + kk * c;
+        const float *shift = bias + (ll * k + kk) * c;
+        float *dst = halves[kk / half] + ((b * half + kk % half) * l + ll) * c;
 #pragma omp simd
-          for (int64_t cc = 0; cc < c; ++cc) {
-            const float g = grad[cc] * GeluSlope(row[cc] + shift[cc]);
-            out[cc] = g;
-            sum[cc] += g;
-          }
-        }
+        for (int64_t cc = 0; cc < c; ++cc) dst[cc] = GeluValue(row[cc] + shift[cc]);
       }
     }
-  }
-  for (int64_t i = 0; i < bias_size; ++i) {
-    float total = 0.0f;
-    for (int t = 0; t < used_threads; ++t) total += partial[t * bias_size + i];
-    dbias[i] = total;
-  }
+  });
+  return 0;
+}
+
+// params: y, bias, du, dv, dy (l, B, k, c), dbias (l, k, c)
+extern "C" int BiasGeluSplitBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  if (nparam != 6 || ndims[0] != 4 || shapes[0][2] % 2 != 0 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *y = static_cast<const float *>(params[0]);
+  const float *bias = static_cast<const float *>(params[1]);
+  const float *grads[2] = {static_cast<const float *>(params[2]), static_cast<const float *>(params[3])};
+  float *dy = static_cast<float *>(params[4]);
+  float *dbias = static_cast<float *>(params[5]);
+  const int64_t l = shapes[0][0], batch = shapes[0][1], k = shapes[0][2], c = shapes[0][3], half = k / 2;
+  BiasGeluRegroupedBackward(y, bias, dy, dbias, l, batch, k, c, [=](int64_t ll, int64_t b, int64_t kk) {
+    return grads[kk / half] + ((b * half + kk % half) * l + ll) * c;
+  });
+  return 0;
+}
+
+// LayerNorm over the last axis, forward and backward each one pass over the rows (MindSpore's CPU LayerNorm
+// takes ~3 ms on a 1568x768 input and its gradient several operators). Statistics in float as MindSpore's:
+// mean, then the variance of the centred row. eps arrives as a one-element tensor.
+namespace {
+
+inline void RowStatistics(const float *row, int64_t dim, float eps, float *mean, float *rstd) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < dim; ++i) sum += row[i];
+  const float mu = sum / static_cast<float>(dim);
+  float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t i = 0; i < dim; ++i) squares += (row[i] - mu) * (row[i] - mu);
+  *mean = mu;
+  *rstd = 1.0f / __builtin_sqrtf(squares / static_cast<float>(dim) + eps);
+}
+
+}  // namespace
+
+// params: x (..., D), gamma (D), beta (D), eps (1), y (..., D)
+extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                void *stream, void *extra) {
+  if (nparam != 5 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t dim = shapes[0][ndims[0] - 1];
+  const int64_t rows = NumElements(ndims[0], shapes[0]) / dim;
+  ParallelFor(rows, [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float *row = x + r * dim;
+      float *out = y + r * dim;
+      float mean, rstd;
+      RowStatistics(row, dim, eps, &mean, &rstd);
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) out[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+    }
+  });
+  return 0;
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma; dgamma = sum dy * xhat; dbeta = sum dy
+// params: x, gamma, eps, dy, dx, dgamma, dbeta
+extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                 void *stream, void *extra) {
+  if (nparam != 7 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float eps = *static_cast<const float *>(params[2]);
+  const float *dy = static_cast<const float *>(params[3]);
+  float *dx = static_cast<float *>(params[4]);
+  float *dgamma = static_cast<float *>(params[5]);
+  float *dbeta = static_cast<float *>(params[6]);
+  const int64_t dim = shapes[0][ndims[0] - 1];
+  const int64_t rows = NumElements(ndims[0], shapes[0]) / dim;
+  // Per-thread partial parameter gradients (gamma then beta), summed in a fixed order at the end.
+  std::vector<float> partial(static_cast<size_t>(NumParts()) * 2 * dim, 0.0f);
+  ParallelFor(rows, [&](int part, int64_t begin, int64_t end) {
+    float *acc_gamma = partial.data() + part * 2 * dim;
+    float *acc_beta = acc_gamma + dim;
+    for (int64_t r = begin; r < end; ++r) {
+      const float *row = x + r * dim;
+      const float *grad = dy + r * dim;
+      float *out = dx + r * dim;
+      float mean, rstd;
+      RowStatistics(row, dim, eps, &mean, &rstd);
+      float sum_g = 0.0f, sum_gx = 0.0f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+      for (int64_t i = 0; i < dim; ++i) {
+        const float xhat = (row[i] - mean) * rstd;
+        const float g = grad[i] * gamma[i];
+        sum_g += g;
+        sum_gx += g * xhat;
+        acc_gamma[i] += grad[i] * xhat;
+        acc_beta[i] += grad[i];
+      }
+      const float mean_g = sum_g / static_cast<float>(dim), mean_gx = sum_gx / static_cast<float>(dim);
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) {
+        const float xhat = (row[i] - mean) * rstd;
+        out[i] = rstd * (grad[i] * gamma[i] - mean_g - xhat * mean_gx);
+      }
+    }
+  });
+  std::vector<float> totals(2 * dim);
+  SumParts(partial, 2 * dim, totals.data());
+  std::copy(totals.begin(), totals.begin() + dim, dgamma);
+  std::copy(totals.begin() + dim, totals.end(), dbeta);
   return 0;
 }
