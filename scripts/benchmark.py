@@ -349,8 +349,9 @@ def _model_worker(args) -> dict:
 
     import mindcv_ext
     from mindcv_ext.engine import NetWithLoss, TrainStep
-    from mindcv_ext.layers import MonarchLinear, PatchEmbed, SparseLRLinear
+    from mindcv_ext.layers import GatedMlp, Mlp, MonarchLinear, PatchEmbed, SparseLRLinear
     from mindcv_ext.models import count_params
+    from mindcv_ext.models.gmlp import SpatialGatingUnit
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     name, batch, size = args._worker_model, args.batch_size, args.img_size
@@ -373,13 +374,23 @@ def _model_worker(args) -> dict:
             macs[0] += math.prod(output.shape[:-1]) * cell.proj.weight.size
         elif isinstance(cell, nn.Conv2d):
             macs[0] += output.size * cell.weight.size // cell.weight.shape[0]
+        elif isinstance(cell, SpatialGatingUnit):  # gMLP's token projection (T, T) on half of x (N, T, 2C)
+            macs[0] += inputs[0].size // 2 * cell.proj.in_channels
 
     handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names()
-               if isinstance(cell, (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d))]
+               if isinstance(cell, (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d, SpatialGatingUnit))]
+    # The fused MLP paths use fc1/fc2's weights without calling them: count on the plain path (PyNative reads
+    # the flags at every call).
+    fused = [(cell, name) for _, cell in net.cells_and_names() for name in ("fused", "fused_gelu")
+             if isinstance(cell, (Mlp, GatedMlp)) and getattr(cell, name, False)]
+    for cell, flag in fused:
+        setattr(cell, flag, False)
     net.set_train(False)
     net(ms.Tensor(np.zeros((1, 3, size, size), np.float32)))
     for handle in handles:
         handle.remove()
+    for cell, flag in fused:
+        setattr(cell, flag, True)
 
     ms.set_context(mode=ms.GRAPH_MODE)
     images = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
