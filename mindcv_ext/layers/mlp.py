@@ -66,7 +66,7 @@ class Mlp(nn.Cell):
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.fused:
-            fused_gelu = self.fused_gelu and self.act.use_cpu_kernel
+            fused_gelu = self.fused_gelu and getattr(self.act, "use_cpu_kernel", False)  # export may swap act
             return self.drop2(monarch_mlp(x, self.fc1, self.act, self.drop1, self.fc2, fused_gelu))
         x = self.drop1(self.act(self.fc1(x)))
         return self.drop2(self.fc2(x))
@@ -98,7 +98,7 @@ class GatedMlp(nn.Cell):
             hasattr(self.gate, "construct_reordered")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.fused_gelu and self.act.use_cpu_kernel and x.dtype == ms.float32:
+        if self.fused_gelu and getattr(self.act, "use_cpu_kernel", False) and x.dtype == ms.float32:
             return self.drop2(monarch_gated_mlp(x, self.fc1, self.act, self.drop1, self.gate, self.fc2))
         x = self.drop1(self.act(self.fc1(x)))
         x = self.gate(x)
