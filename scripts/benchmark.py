@@ -90,6 +90,18 @@ def _sync(output) -> None:
         output.asnumpy()
 
 
+def time_samples(call: Callable[[], object], repeats: int, warmup: int) -> List[float]:
+    """Wall times (ms) of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append(1000.0 * (time.perf_counter() - start))
+    return samples
+
+
 def time_alternating(calls: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Dict[str, float]:
     """Median wall time (ms) of each call, with the calls interleaved round by round."""
     for call in calls.values():
@@ -397,13 +409,24 @@ def _model_worker(args) -> dict:
     labels = ms.Tensor(np.arange(batch) % 1000, ms.int32)
     step = TrainStep(NetWithLoss(net, nn.CrossEntropyLoss()), nn.AdamWeightDecay(net.trainable_params(), 1e-4))
     step.set_train()
-    train = time_alternating({"train": lambda: _sync(step(images, labels)[0])}, args.model_repeats, 2)["train"]
+    train = time_samples(lambda: _sync(step(images, labels)[0]), args.model_repeats, args.model_warmup)
     net.set_train(False)
-    infer = time_alternating({"infer": lambda: _sync(net(images))}, args.model_repeats, 2)["infer"]
+    infer = time_samples(lambda: _sync(net(images)), args.model_repeats, args.model_warmup)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"model": name, "params": count_params(net), "macs_g": round(macs[0] / 1e9, 3), "batch_size": batch,
-            "img_size": size, "train_step_ms": round(train, 1), "train_img_s": round(1000 * batch / train, 2),
-            "infer_ms": round(infer, 1), "infer_img_s": round(1000 * batch / infer, 2), "peak_rss_mb": round(peak)}
+            "img_size": size, "train_samples_ms": train, "infer_samples_ms": infer, "peak_rss_mb": round(peak)}
+
+
+def summarize_model(worker_results: List[dict]) -> dict:
+    """One model's row from its workers (one per round): medians over every timed step, the largest peak."""
+    row = {key: value for key, value in worker_results[0].items() if not key.endswith("_samples_ms")}
+    train = float(np.median([t for result in worker_results for t in result["train_samples_ms"]]))
+    infer = float(np.median([t for result in worker_results for t in result["infer_samples_ms"]]))
+    batch = row["batch_size"]
+    row.update(train_step_ms=round(train, 1), train_img_s=round(1000 * batch / train, 2), infer_ms=round(infer, 1),
+               infer_img_s=round(1000 * batch / infer, 2),
+               peak_rss_mb=max(result["peak_rss_mb"] for result in worker_results))
+    return row
 
 
 def _current_rss_mb() -> float:
@@ -511,19 +534,24 @@ def run_models(args, progress) -> List[dict]:
         raise ValueError(f"no registered model matches --models {args.models}")
     rows = []
     for base in progress(bases, desc="models"):
-        measured = {}
-        for variant, label, name, mlp_layer in model_variants(base, registered, args.pixelfly_models):
-            command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
-                       str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
-                       str(args.model_repeats), "--device_target", args.device_target,
-                       "--model_kwargs", json.dumps(args.model_kwargs)]
-            if mlp_layer:
-                command += ["--_worker_mlp_layer", mlp_layer]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"benchmark worker for {label} failed:\n{result.stderr[-3000:]}")
-            measured[variant] = dict(json.loads(result.stdout.strip().splitlines()[-1]), model=label,
-                                     variant=variant)
+        variants = model_variants(base, registered, args.pixelfly_models)
+        results = {variant: [] for variant, _, _, _ in variants}
+        # Each variant in a fresh process (peak memory is per process); rounds alternate the variants, so a machine
+        # that drifts over the minutes a model takes affects dense and Monarch alike.
+        for _ in range(args.model_rounds):
+            for variant, label, name, mlp_layer in variants:
+                command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
+                           str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
+                           str(args.model_repeats), "--model_warmup", str(args.model_warmup), "--device_target",
+                           args.device_target, "--model_kwargs", json.dumps(args.model_kwargs)]
+                if mlp_layer:
+                    command += ["--_worker_mlp_layer", mlp_layer]
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(f"benchmark worker for {label} failed:\n{result.stderr[-3000:]}")
+                results[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        measured = {variant: dict(summarize_model(results[variant]), model=label, variant=variant)
+                    for variant, label, _, _ in variants}
         for row in measured.values():
             row["train_speedup_vs_dense"] = round(measured["dense"]["train_step_ms"] / row["train_step_ms"], 2)
             row["infer_speedup_vs_dense"] = round(measured["dense"]["infer_ms"] / row["infer_ms"], 2)
@@ -642,7 +670,11 @@ def parse_args(argv=None):
                         help="models also measured with Pixelfly channel MLPs, as <model>_pixelfly (MLP-Mixer only)")
     parser.add_argument("--batch_size", type=int, default=8, help="model batch size")
     parser.add_argument("--img_size", type=int, default=224, help="model input size")
-    parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model (median reported)")
+    parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model and round")
+    parser.add_argument("--model_warmup", type=int, default=5,
+                        help="untimed steps first: compilation, and the first few steps run up to 40%% slower")
+    parser.add_argument("--model_rounds", type=int, default=1,
+                        help="worker processes per model, alternating dense and Monarch (median over all steps)")
     parser.add_argument("--model_kwargs", type=_mapping, default={},
                         help="extra entrypoint arguments for every model, e.g. '{num_blocks: 4}' for shallower "
                              "Mixers and gMLPs")
@@ -660,8 +692,8 @@ def parse_args(argv=None):
     parser.add_argument("--_worker_mlp_layer", default="", help=argparse.SUPPRESS)
     parser.add_argument("--_worker_attention", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.model_repeats < 1 or args.warmup < 0:
-        parser.error("--repeats and --model_repeats must be >= 1 and --warmup >= 0")
+    if min(args.repeats, args.model_repeats, args.model_rounds) < 1 or min(args.warmup, args.model_warmup) < 0:
+        parser.error("--repeats, --model_repeats and --model_rounds must be >= 1, --warmup and --model_warmup >= 0")
     return args
 
 
@@ -717,7 +749,8 @@ def main(argv=None) -> int:
     if args.suite in ("models", "all"):
         rows = run_models(args, progress)
         print(f"\n### Models, batch {args.batch_size}, {args.img_size} px, fp32, graph mode (medians of "
-              f"{args.model_repeats} steps)\n" + markdown_table(rows, MODEL_FIELDS))
+              f"{args.model_rounds} x {args.model_repeats} steps, each after {args.model_warmup} untimed)\n"
+              + markdown_table(rows, MODEL_FIELDS))
         if args.out:
             write_csv(os.path.join(args.out, "models.csv"), MODEL_FIELDS, rows)
             plot_models(rows, os.path.join(args.out, "models.png"))

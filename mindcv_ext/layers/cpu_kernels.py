@@ -30,7 +30,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 __all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu", "CpuBiasGeluRegroup",
-           "CpuBiasGeluSplit", "CpuLayerNorm"]
+           "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm"]
 
 _logger = logging.getLogger("mindcv_ext")
 SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
@@ -195,6 +195,28 @@ class CpuBiasGeluSplit(nn.Cell):
     def bprop(self, y, bias, out, dout):
         dy, dbias = self.backward_kernel(y, bias, dout[0], dout[1])
         return dy, dbias
+
+
+class CpuGateToBlocks(nn.Cell):
+    """gMLP's gate ``u * (p + bias)`` on float32 ``(R, k, q)`` rows (``bias`` per token, row ``r`` is token
+    ``r % T``), returned as fc2's input blocks ``(k, R, q)``: the bias add, the product and the gather are one pass
+    forward and one backward (which also sums the bias gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        library = cpu_kernel_library()
+        self.forward_kernel = ops.Custom(f"{library}:GateToBlocksForward",
+                                         out_shape=lambda u, p, bias: (u[1], u[0], u[2]),
+                                         out_dtype=lambda u, p, bias: u, func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:GateToBlocksBackward",
+                                          out_shape=lambda u, p, bias, dz: (u, p, bias),
+                                          out_dtype=lambda u, p, bias, dz: (u, p, bias), func_type="aot")
+
+    def construct(self, u: ms.Tensor, p: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(u, p, bias)
+
+    def bprop(self, u, p, bias, out, dout):
+        return self.backward_kernel(u, p, bias, dout)
 
 
 class CpuLayerNorm(nn.Cell):

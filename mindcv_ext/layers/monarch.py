@@ -206,9 +206,10 @@ def monarch_gated_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn
     Float32 and ``act.cpu_split`` (a ``GELU`` with the CPU kernels) only. As in ``monarch_mlp``, fc1's
     block-major output never takes the standard order: one kernel adds fc1's bias, applies GELU and writes
     the two halves ``u, v`` token-major, with features in a fixed permutation that fc2's first blocks read
-    directly. ``gate.construct_reordered(u, v, feature_order)`` gates them in that order: feature
+    directly. ``gate.construct_reordered(u, v, feature_order)`` gates them in that order (feature
     ``(kk*c + cc)*l + ll`` sits at ``(kk*l + ll)*c + cc``, ``feature_order = (k, l, c)``, and
-    ``reorder_features`` puts per-feature parameters in the same order.
+    ``reorder_features`` puts per-feature parameters in the same order) and returns fc2's input blocks
+    ``(k, B, p)``.
     """
     lead_shape = x.shape[:-1]
     x = x.reshape(-1, fc1.in_features)
@@ -220,7 +221,6 @@ def monarch_gated_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn
     u, v = act.cpu_split(_bmm_nt(h, w2).reshape(l, batch, 2 * k2, c), _fc1_bias_blocks(fc1, l, 2 * k2, c))
     half_shape = lead_shape + (k2 * p2,)
     z = gate.construct_reordered(drop(u).reshape(half_shape), drop(v).reshape(half_shape), (k2, l, c))
-    z = z.reshape(batch, k2, p2).transpose(1, 0, 2)
     return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
 
 

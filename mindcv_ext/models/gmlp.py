@@ -13,6 +13,7 @@ from mindspore import nn, ops
 from mindcv.models.registry import register_model
 
 from ..layers import DropPath, GatedMlp, PatchEmbed, layer_norm, reorder_features
+from ..layers.cpu_kernels import CpuGateToBlocks, cpu_kernels_wanted
 from ..layers.mlp import check_mlp_layer
 from ..layers.weight_init import constant_, normal_
 from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_model, init_mixer_weights, make_cfg
@@ -39,16 +40,24 @@ class TokenProjection(nn.Cell):
 
     timm writes it as ``nn.Linear`` on ``v.transpose(-1, -2)`` and transposes back; multiplying from the left
     reads ``v`` as it is. The backward is written out so that the bias gradient sums along contiguous rows
-    first (the automatic one reduces over a strided axis, slowly on CPU).
+    first (the automatic one reduces over a strided axis, slowly on CPU). With ``add_bias=False`` the bias is
+    left to the caller (its gradient here is zero).
     """
 
+    def __init__(self, add_bias: bool = True) -> None:
+        super().__init__()
+        self.add_bias = add_bias
+
     def construct(self, v: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
-        return ops.matmul(weight, v) + bias.reshape(-1, 1)
+        if self.add_bias:
+            return ops.matmul(weight, v) + bias.reshape(-1, 1)
+        return ops.matmul(weight, v)
 
     def bprop(self, v, weight, bias, out, dout):
         dv = ops.matmul(weight.transpose(1, 0), dout)
         dweight = _bmm_nt(dout, v).sum(0)
-        return dv, dweight, dout.sum(-1).sum(0)
+        dbias = dout.sum(-1).sum(0) if self.add_bias else ops.zeros_like(bias)
+        return dv, dweight, dbias
 
 
 class SpatialGatingUnit(nn.Cell):
@@ -59,25 +68,34 @@ class SpatialGatingUnit(nn.Cell):
         self.norm = layer_norm(dim // 2, eps=1e-5)  # timm leaves this one at PyTorch's default
         self.proj = nn.Dense(seq_len, seq_len)  # holds the parameters, named as timm's
         self.token_projection = TokenProjection()
+        # construct_reordered on CPU: the bias is added in the kernel that gates and gathers fc2's blocks.
+        self.cpu_gate = CpuGateToBlocks() if cpu_kernels_wanted() else None
+        self.token_product = TokenProjection(add_bias=False)
 
     def init_weights(self) -> None:
         # Near-zero weights and unit bias: the unit starts as the identity gate (paper, Sec. 2.1).
         normal_(self.proj.weight, std=1e-6)
         constant_(self.proj.bias, 1.0)
 
-    def _project(self, v: ms.Tensor) -> ms.Tensor:
-        weight, bias = ops.cast(self.proj.weight, v.dtype), ops.cast(self.proj.bias, v.dtype)
-        return self.token_projection(v, weight, bias)
-
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         u, v = ops.split(x, x.shape[-1] // 2, axis=-1)
-        return u * self._project(self.norm(v))
+        v = self.norm(v)
+        return u * self.token_projection(v, ops.cast(self.proj.weight, v.dtype), ops.cast(self.proj.bias, v.dtype))
 
     def construct_reordered(self, u: ms.Tensor, v: ms.Tensor, feature_order: tuple) -> ms.Tensor:
-        """The same gate on halves whose features come in ``monarch_gated_mlp``'s order."""
+        """The same gate on halves ``(N, T, C)`` whose features come in ``monarch_gated_mlp``'s order; returns
+        fc2's input blocks ``(k, N*T, C/k)``, ``k = feature_order[0]``."""
         gamma = reorder_features(self.norm.gamma, feature_order)
         beta = reorder_features(self.norm.beta, feature_order)
-        return u * self._project(self.norm.normalize(v, gamma, beta))
+        v = self.norm.normalize(v, gamma, beta)
+        weight, bias = ops.cast(self.proj.weight, v.dtype), ops.cast(self.proj.bias, v.dtype)
+        k = feature_order[0]
+        rows = u.shape[0] * u.shape[1]
+        if self.cpu_gate is not None and u.dtype == ms.float32:
+            p = self.token_product(v, weight, bias)
+            return self.cpu_gate(u.reshape(rows, k, -1), p.reshape(rows, k, -1), bias)
+        z = u * self.token_projection(v, weight, bias)
+        return z.reshape(rows, k, -1).transpose(1, 0, 2)
 
 
 class SpatialGatingBlock(nn.Cell):

@@ -91,3 +91,23 @@ def test_library_brings_no_openmp_runtime():
     the kernels use a sleeping thread pool of their own instead."""
     assert "-fopenmp" not in cpu_kernels.FLAGS
     assert b"libgomp" not in open(cpu_kernel_library(), "rb").read()
+
+
+@needs_kernels
+def test_gate_to_blocks_kernel_against_float64(graph_mode):
+    """gMLP's gate kernel: z[k, r] = u[r, k] * (p[r, k] + bias[r % T]) gathered block-major, and its three gradients
+    (the bias one sums every sample's rows of its token), against NumPy in float64."""
+    samples, tokens, k, q = 3, 5, 4, 6
+    rng = np.random.default_rng(7)
+    u, p, sens = (rng.standard_normal(shape).astype(np.float32)
+                  for shape in ((samples * tokens, k, q), (samples * tokens, k, q), (k, samples * tokens, q)))
+    bias = rng.standard_normal(tokens).astype(np.float32)
+    gate = cpu_kernels.CpuGateToBlocks()
+    grads = ms.ops.GradOperation(get_all=True, sens_param=True)(gate)
+    z = gate(ms.Tensor(u), ms.Tensor(p), ms.Tensor(bias)).asnumpy()
+    du, dp, dbias = (g.asnumpy() for g in grads(ms.Tensor(u), ms.Tensor(p), ms.Tensor(bias), ms.Tensor(sens)))
+    u64, p64, sens64 = u.astype(np.float64), p.astype(np.float64), sens.astype(np.float64).transpose(1, 0, 2)
+    shifted = p64 + np.tile(bias.astype(np.float64), samples)[:, None, None]
+    assert z.shape == (k, samples * tokens, q) and rel_err(z, (u64 * shifted).transpose(1, 0, 2)) < 1e-6
+    assert rel_err(du, sens64 * shifted) < 1e-6 and rel_err(dp, sens64 * u64) < 1e-6
+    assert rel_err(dbias, (sens64 * u64).sum(axis=(1, 2)).reshape(samples, tokens).sum(0)) < 1e-6

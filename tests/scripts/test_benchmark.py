@@ -13,6 +13,7 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
     code = benchmark.main(["--suite", "all", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
                            "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--repeats", "2",
+                           "--model_rounds", "2", "--model_warmup", "1",
                            "--model_kwargs", "{num_blocks: 2}",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
                            "--attentions", "local", "--attn_lengths", "128", "--attn_baseline_tokens", "64",
@@ -122,10 +123,25 @@ def test_pixelfly_model_variants_and_selection():
         ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
 
 
+def test_summarize_model_pools_rounds():
+    """Rounds pool their steps into one median; the peak is the largest of the workers'."""
+    rounds = [dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[100.0, 300.0],
+                   infer_samples_ms=[40.0, 40.0], peak_rss_mb=500),
+              dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[200.0, 900.0],
+                   infer_samples_ms=[10.0, 20.0], peak_rss_mb=700)]
+    row = benchmark.summarize_model(rounds)
+    assert row["train_step_ms"] == 250.0 and row["train_img_s"] == 32.0
+    assert row["infer_ms"] == 30.0 and row["peak_rss_mb"] == 700 and row["params"] == 10
+    assert not any(key.endswith("_samples_ms") for key in row)
+
+
 def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--repeats", "0"])
-    assert "--repeats and --model_repeats must be >= 1" in capsys.readouterr().err
+    assert "--repeats, --model_repeats and --model_rounds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model_rounds", "0"])
+    assert "--model_rounds must be >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no registered model matches"):
         benchmark.main(["--suite", "models", "--models", "resnet50"])
 

@@ -286,6 +286,76 @@ extern "C" int BiasGeluSplitBackward(int nparam, void **params, int *ndims, int6
   return 0;
 }
 
+// gMLP's gate and the gather into fc2's first blocks in one pass (models/gmlp.py, SpatialGatingUnit): the bias
+// add, the product and the transpose would each be a pass over the gate's output, forward and backward.
+//   z[kk, r, qq] = u[r, kk, qq] * (p[r, kk, qq] + bias[r % T])
+// params: u (R, k, q), p (R, k, q), bias (T), z (k, R, q)
+extern "C" int GateToBlocksForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *stream, void *extra) {
+  if (nparam != 4 || ndims[0] != 3 || ndims[2] != 1 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *u = static_cast<const float *>(params[0]);
+  const float *p = static_cast<const float *>(params[1]);
+  const float *bias = static_cast<const float *>(params[2]);
+  float *z = static_cast<float *>(params[3]);
+  const int64_t rows = shapes[0][0], k = shapes[0][1], q = shapes[0][2], tokens = shapes[2][0];
+  if (tokens < 1 || rows % tokens != 0) return 1;
+  ParallelFor(rows, [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float shift = bias[r % tokens];
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const float *gate = u + (r * k + kk) * q;
+        const float *projected = p + (r * k + kk) * q;
+        float *dst = z + (kk * rows + r) * q;
+#pragma omp simd
+        for (int64_t qq = 0; qq < q; ++qq) dst[qq] = gate[qq] * (projected[qq] + shift);
+      }
+    }
+  });
+  return 0;
+}
+
+// du = dz * (p + bias);  dp = dz * u;  dbias[t] = sum of dp over the rows r with r % T == t
+// params: u, p, bias, dz (k, R, q), du (R, k, q), dp (R, k, q), dbias (T)
+extern "C" int GateToBlocksBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *stream, void *extra) {
+  if (nparam != 7 || ndims[0] != 3 || ndims[2] != 1 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *u = static_cast<const float *>(params[0]);
+  const float *p = static_cast<const float *>(params[1]);
+  const float *bias = static_cast<const float *>(params[2]);
+  const float *dz = static_cast<const float *>(params[3]);
+  float *du = static_cast<float *>(params[4]);
+  float *dp = static_cast<float *>(params[5]);
+  float *dbias = static_cast<float *>(params[6]);
+  const int64_t rows = shapes[0][0], k = shapes[0][1], q = shapes[0][2], tokens = shapes[2][0];
+  if (tokens < 1 || rows % tokens != 0) return 1;
+  // One sum per row, added per token in a fixed order afterwards: deterministic whatever the threads.
+  std::vector<float> row_sums(rows);
+  ParallelFor(rows, [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float shift = bias[r % tokens];
+      float sum = 0.0f;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const int64_t offset = (r * k + kk) * q;
+        const float *grad = dz + (kk * rows + r) * q;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t qq = 0; qq < q; ++qq) {
+          const float g = grad[qq] * u[offset + qq];
+          du[offset + qq] = grad[qq] * (p[offset + qq] + shift);
+          dp[offset + qq] = g;
+          sum += g;
+        }
+      }
+      row_sums[r] = sum;
+    }
+  });
+  for (int64_t t = 0; t < tokens; ++t) {
+    float sum = 0.0f;
+    for (int64_t r = t; r < rows; r += tokens) sum += row_sums[r];
+    dbias[t] = sum;
+  }
+  return 0;
+}
+
 // LayerNorm over the last axis, forward and backward each one pass over the rows (MindSpore's CPU LayerNorm
 // takes ~3 ms on a 1568x768 input and its gradient several operators). Statistics in float as MindSpore's:
 // mean, then the variance of the centred row. eps arrives as a one-element tensor.
