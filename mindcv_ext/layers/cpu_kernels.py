@@ -29,8 +29,9 @@ from typing import Optional, Sequence
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu", "CpuBiasGeluRegroup",
-           "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm"]
+__all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu",
+           "CpuBiasGeluRegroup", "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm", "CpuColumnsOfRows",
+           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat"]
 
 _logger = logging.getLogger("mindcv_ext")
 SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
@@ -195,6 +196,79 @@ class CpuBiasGeluSplit(nn.Cell):
     def bprop(self, y, bias, out, dout):
         dy, dbias = self.backward_kernel(y, bias, dout[0], dout[1])
         return dy, dbias
+
+
+def _regroup(function: str, blocks: int, out_shape=None, out_dtype=None) -> ops.Custom:
+    """A regrouping kernel into ``blocks`` blocks. The count is also a primitive attribute: PyNative caches shape
+    inference by primitive and input shapes, and the same kernel regroups equal shapes into different blocks."""
+    kernel = ops.Custom(f"{cpu_kernel_library()}:{function}", out_shape=out_shape or _blocks_of(blocks),
+                        out_dtype=out_dtype or (lambda x, *rest: x), func_type="aot")
+    kernel.add_prim_attr("blocks", blocks)
+    return kernel
+
+
+def _blocks_of(blocks: int):
+    """out_shape of a regrouping into ``blocks`` blocks, ``(blocks, B, size / blocks)``, from the first input's
+    shape; one block is the 2-D token-major ``(B, size)``, as an input too."""
+    def shape(x, *rest):
+        batch, size = (x[0], x[1]) if len(x) == 2 else (x[1], x[0] * x[2])
+        return (batch, size) if blocks == 1 else (blocks, batch, size // blocks)
+    return shape
+
+
+class CpuColumnsOfRows(nn.Cell):
+    """Block-major ``x (R, B, C)`` whose blocks are, per token, the rows of an R x C matrix, to the matrix's columns
+    one after another (feature ``c*R + r``), cut into ``blocks`` blocks ``(blocks, B, R*C/blocks)``. One pass each
+    way: the backward is ``CpuColumnsOfFlat``'s forward. ``in_blocks`` is R. One block is token-major ``(B, n)``,
+    2-D, in and out (a reshape would copy).
+
+    MonarchLinear's output permutation is ``blocks=1``; splitting a token-major input into blocks is ``R=1``.
+    """
+
+    def __init__(self, blocks: int, in_blocks: int) -> None:
+        super().__init__()
+        self.forward_kernel = _regroup("ColumnsOfRows", blocks)
+        self.backward_kernel = _regroup("ColumnsOfFlat", in_blocks)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x)
+
+    def bprop(self, x, out, dout):
+        return (self.backward_kernel(dout),)
+
+
+class CpuColumnsOfRowsBias(nn.Cell):
+    """``CpuColumnsOfRows`` plus a bias indexed by the output feature, in the same pass; the backward also sums the
+    bias gradient (MonarchLinear's output permutation and bias)."""
+
+    def __init__(self, blocks: int, in_blocks: int) -> None:
+        super().__init__()
+        self.forward_kernel = _regroup("ColumnsOfRows", blocks)
+        self.backward_kernel = _regroup("ColumnsOfFlat", in_blocks, lambda dy, bias: (_blocks_of(in_blocks)(dy), bias),
+                                        lambda dy, bias: (dy, bias))
+
+    def construct(self, x: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x, bias)
+
+    def bprop(self, x, bias, out, dout):
+        return self.backward_kernel(dout, bias)
+
+
+class CpuColumnsOfFlat(nn.Cell):
+    """Block-major ``x (m, B, n)`` whose features, per token and in order, are an R x C matrix row by row, to the
+    matrix's columns as blocks ``(C, B, R)``, ``C = blocks``: Monarch's permutation between its two factors. One
+    pass each way: the backward is ``CpuColumnsOfRows``'s forward. ``in_blocks`` is m."""
+
+    def __init__(self, blocks: int, in_blocks: int) -> None:
+        super().__init__()
+        self.forward_kernel = _regroup("ColumnsOfFlat", blocks)
+        self.backward_kernel = _regroup("ColumnsOfRows", in_blocks)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x)
+
+    def bprop(self, x, out, dout):
+        return (self.backward_kernel(dout),)
 
 
 class CpuGateToBlocks(nn.Cell):

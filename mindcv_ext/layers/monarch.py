@@ -27,6 +27,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
 
+from .cpu_kernels import CpuColumnsOfFlat, CpuColumnsOfRows, CpuColumnsOfRowsBias, cpu_kernels_wanted
+
 __all__ = [
     "MonarchLinear",
     "BlockdiagLinear",
@@ -82,14 +84,22 @@ def monarch_factor_shapes(in_features: int, out_features: int, nblocks: int) -> 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
-def _to_blocks(x: ms.Tensor, k: int, p: int) -> ms.Tensor:
+def _kernels_apply(layer: "MonarchLinear", x: ms.Tensor) -> bool:
+    return layer.use_cpu_kernel and x.dtype == ms.float32
+
+
+def _to_blocks(x: ms.Tensor, k: int, p: int, layer: Optional["MonarchLinear"] = None) -> ms.Tensor:
     """``(B, k*p)`` to the first factor's input blocks ``(k, B, p)``."""
+    if layer is not None and _kernels_apply(layer, x):
+        return layer.cpu_split(x)
     return x.reshape(x.shape[0], k, p).transpose(1, 0, 2)
 
 
-def _stage1(x_blocks: ms.Tensor, blkdiag1: ms.Tensor, l: int) -> ms.Tensor:
+def _stage1(x_blocks: ms.Tensor, blkdiag1: ms.Tensor, l: int, layer: Optional["MonarchLinear"] = None) -> ms.Tensor:
     """First factor on input blocks ``(k, B, p)``; returns the second factor's input blocks ``(l, B, r)``."""
     h = _bmm_nt(x_blocks, blkdiag1)  # (k, B, q)
+    if layer is not None and _kernels_apply(layer, h):
+        return layer.cpu_stage1(h)
     batch = h.shape[1]
     # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
     return h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)
@@ -99,6 +109,20 @@ def _from_blocks(y: ms.Tensor) -> ms.Tensor:
     """``(l, B, s)`` stage-2 output to ``(B, s*l)``: output index ss*l + ll."""
     l, batch, s = y.shape
     return y.transpose(1, 2, 0).reshape(batch, s * l)
+
+
+def _output(y: ms.Tensor, layer: "MonarchLinear") -> ms.Tensor:
+    """A layer's stage-2 output ``(l, B, s)`` to ``(B, out_features)``, with its bias."""
+    if _kernels_apply(layer, y):
+        if layer.has_bias:
+            return layer.cpu_output(y, ops.cast(layer.bias, y.dtype))
+        return layer.cpu_output(y)
+    out = _from_blocks(y)
+    if layer.out_features_extended > layer.out_features:
+        out = out[:, :layer.out_features]
+    if layer.has_bias:
+        out = out + ops.cast(layer.bias, out.dtype)
+    return out
 
 
 def blockdiag_butterfly_multiply(x: ms.Tensor, blkdiag1: ms.Tensor, blkdiag2: ms.Tensor) -> ms.Tensor:
@@ -124,7 +148,7 @@ def _monarch_fc1_blocks(x: ms.Tensor, fc1: "MonarchLinear") -> Tuple[ms.Tensor, 
     if fc1.in_features_extended > fc1.in_features:
         x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
     w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
-    return _stage1(_to_blocks(x, w1.shape[0], w1.shape[2]), w1, w2.shape[0]), w2
+    return _stage1(_to_blocks(x, w1.shape[0], w1.shape[2], fc1), w1, w2.shape[0], fc1), w2
 
 
 def _fc1_bias_blocks(fc1: "MonarchLinear", l: int, groups: int, c: int) -> ms.Tensor:
@@ -141,12 +165,7 @@ def _monarch_fc2_regrouped(z: ms.Tensor, fc2: "MonarchLinear", l: int) -> ms.Ten
     k2, q2, p2 = u1.shape
     u1 = u1.reshape(k2, q2, p2 // l, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in z's order
     u2 = ops.cast(fc2.blkdiag2, z.dtype)
-    out = _from_blocks(_bmm_nt(_stage1(z, u1, u2.shape[0]), u2))
-    if fc2.out_features_extended > fc2.out_features:
-        out = out[:, :fc2.out_features]
-    if fc2.has_bias:
-        out = out + ops.cast(fc2.bias, out.dtype)
-    return out
+    return _output(_bmm_nt(_stage1(z, u1, u2.shape[0], fc2), u2), fc2)
 
 
 def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear",
@@ -334,6 +353,21 @@ class MonarchLinear(nn.Cell):
         self.blkdiag1 = _uniform(1.0 / math.sqrt(shape1[-1]), shape1, "blkdiag1")
         self.blkdiag2 = _uniform(1.0 / math.sqrt(shape2[-1]), shape2, "blkdiag2")
         self.bias = _uniform(1.0 / math.sqrt(self.out_features), (self.out_features,), "bias") if has_bias else None
+        # On CPU (float32, no padding) the three permutations are one pass each, forward and backward.
+        fast = cpu_kernels_wanted() and self.in_features_extended == self.in_features and \
+            self.out_features_extended == self.out_features
+        k, l = shape1[0], shape2[0]
+        self.cpu_split = CpuColumnsOfRows(k, 1) if fast else None
+        self.cpu_stage1 = CpuColumnsOfFlat(l, k) if fast else None
+        output = CpuColumnsOfRowsBias if has_bias else CpuColumnsOfRows
+        self.cpu_output = output(1, l) if fast else None
+        # Read at graph compilation; set_cpu_kernels(net, False) turns it off, e.g. before an export.
+        self.use_cpu_kernel = fast
+
+    @property
+    def cpu_kernel(self) -> Optional[nn.Cell]:
+        """The permutation kernels (``set_cpu_kernels`` switches layers that have them)."""
+        return self.cpu_stage1
 
     def extend_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -352,12 +386,9 @@ class MonarchLinear(nn.Cell):
             x = ops.pad(x, (0, self.in_features_extended - self.in_features))
         w1 = ops.cast(self.blkdiag1, x.dtype)
         w2 = ops.cast(self.blkdiag2, x.dtype)
-        out = blockdiag_butterfly_multiply(x, w1, w2)
-        if self.out_features_extended > self.out_features:
-            out = out[:, :self.out_features]
-        if self.has_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        return out.reshape(lead_shape + (self.out_features,))
+        k, _, p = w1.shape
+        h = _stage1(_to_blocks(x, k, p, self), w1, w2.shape[0], self)
+        return _output(_bmm_nt(h, w2), self).reshape(lead_shape + (self.out_features,))
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight (float32 Tensor)."""

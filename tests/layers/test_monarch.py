@@ -10,11 +10,13 @@ from mindspore import amp, nn, ops
 from mindcv_ext.layers import (
     BlockdiagLinear,
     MonarchLinear,
+    cpu_kernel_library,
     monarch_factor_shapes,
     monarch_to_dense,
     project_to_monarch,
+    set_cpu_kernels,
 )
-from tests.utils import TEST_DATA, rel_err, shared_fixture_dir
+from tests.utils import TEST_DATA, SensGrads, rel_err, shared_fixture_dir
 
 FIXTURES = sorted((TEST_DATA / "monarch").glob("*.npz"))
 TOL = 1e-5
@@ -278,3 +280,26 @@ def test_blockdiag_linear_is_block_diagonal(in_features, out_features, nblocks, 
     assert y.shape == (2, 3, out_features)
     assert rel_err(y, x @ dense.T + layer.bias.asnumpy()) <= TOL
     assert np.abs(weight).max() <= 1.0 / np.sqrt(in_blk)
+
+
+@pytest.mark.parametrize("in_features,out_features,nblocks,has_bias", [
+    (64, 256, 4, True), (256, 64, 4, False), (48, 96, 2, True), (30, 50, 4, True)])
+def test_permutation_kernels_equal_the_transposes(in_features, out_features, nblocks, has_bias, rng, graph_mode):
+    """On CPU, float32 layers without padding permute with one kernel pass each (forward and backward); the rest,
+    and every layer after set_cpu_kernels(layer, False), transpose with MindSpore's operators. Same values."""
+    fast = MonarchLinear(in_features, out_features, nblocks, has_bias=has_bias)
+    plain = MonarchLinear(in_features, out_features, nblocks, has_bias=has_bias)
+    for mine, theirs in zip(fast.get_parameters(), plain.get_parameters()):
+        theirs.set_data(mine.data)
+    padded = fast.in_features_extended > in_features or fast.out_features_extended > out_features
+    assert fast.use_cpu_kernel is (cpu_kernel_library() is not None and not padded)
+    assert set_cpu_kernels(plain, False) == int(fast.use_cpu_kernel) and not plain.use_cpu_kernel
+    x = ms.Tensor(rng.standard_normal((2, 9, in_features)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((2, 9, out_features)).astype(np.float32))
+    assert rel_err(fast(x).asnumpy(), plain(x).asnumpy()) < 1e-6
+    (dx_fast,), grads_fast = SensGrads(fast)(x, sens)
+    (dx_plain,), grads_plain = SensGrads(plain)(x, sens)
+    assert rel_err(dx_fast.asnumpy(), dx_plain.asnumpy()) < 1e-6
+    assert len(grads_fast) == len(grads_plain) == 2 + has_bias
+    for mine, theirs in zip(grads_fast, grads_plain):  # the bias gradient sums in another order
+        assert rel_err(mine.asnumpy(), theirs.asnumpy()) < 1e-6

@@ -286,6 +286,104 @@ extern "C" int BiasGeluSplitBackward(int nparam, void **params, int *ndims, int6
   return 0;
 }
 
+// Monarch's permutations (layers/monarch.py, MonarchLinear), each one pass instead of MindSpore's one or two
+// transposes, the slowest of which moves 4-float rows. Activations are block-major, (blocks, B, width): token b's
+// features are the concatenation of its rows in every block. The two kernels are each other's inverse.
+//
+// A 2-D (B, n) tensor stands for one block (1, B, n): token-major.
+namespace {
+
+bool BlockShape(int ndim, const int64_t *shape, int64_t *blocks, int64_t *batch, int64_t *width) {
+  if (ndim == 2) {
+    *blocks = 1, *batch = shape[0], *width = shape[1];
+    return true;
+  }
+  if (ndim != 3) return false;
+  *blocks = shape[0], *batch = shape[1], *width = shape[2];
+  return true;
+}
+
+}  // namespace
+
+// ColumnsOfRows: x (R, B, C): token b's blocks are the rows of an R x C matrix; writes its columns one after the
+// other (feature c*R + r), cut into y's blocks (m, B, n), m*n == R*C, plus bias[c*R + r] when given.
+// params: x, [bias (R*C)], y
+extern "C" int ColumnsOfRows(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                             void *stream, void *extra) {
+  int64_t rows, batch, cols, blocks, out_batch, width;
+  if ((nparam != 2 && nparam != 3) || !AllFloat32(nparam, dtypes) ||
+      !BlockShape(ndims[0], shapes[0], &rows, &batch, &cols) ||
+      !BlockShape(ndims[nparam - 1], shapes[nparam - 1], &blocks, &out_batch, &width))
+    return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *bias = nparam == 3 ? static_cast<const float *>(params[1]) : nullptr;
+  float *y = static_cast<float *>(params[nparam - 1]);
+  if (out_batch != batch || blocks * width != rows * cols) return 1;
+  ParallelFor(batch, [&](int, int64_t begin, int64_t end) {
+    std::vector<float> token(rows * cols);
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const float *src = x + (r * batch + b) * cols;
+        for (int64_t c = 0; c < cols; ++c) token[c * rows + r] = src[c];
+      }
+      for (int64_t m = 0; m < blocks; ++m) {
+        const float *src = token.data() + m * width;
+        float *dst = y + (m * batch + b) * width;
+        if (bias == nullptr) {
+          std::memcpy(dst, src, width * sizeof(float));
+        } else {
+          const float *shift = bias + m * width;
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) dst[i] = src[i] + shift[i];
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// ColumnsOfFlat: x (m, B, n): token b's features, in order, are an R x C matrix row by row; writes its columns
+// as y's blocks (C, B, R). Given a bias (only its shape is read), it also sums x over the tokens into dbias: the
+// backward of ColumnsOfRows with its bias.
+// params: x, y  or  x, bias, y, dbias (m*n)
+extern "C" int ColumnsOfFlat(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                             void *stream, void *extra) {
+  const int out = nparam == 4 ? 2 : 1;
+  int64_t blocks, batch, width, cols, out_batch, rows;
+  if ((nparam != 2 && nparam != 4) || !AllFloat32(nparam, dtypes) ||
+      !BlockShape(ndims[0], shapes[0], &blocks, &batch, &width) ||
+      !BlockShape(ndims[out], shapes[out], &cols, &out_batch, &rows))
+    return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[out]);
+  float *dbias = nparam == 4 ? static_cast<float *>(params[3]) : nullptr;
+  if (out_batch != batch || blocks * width != rows * cols) return 1;
+  if (dbias != nullptr && NumElements(ndims[3], shapes[3]) != rows * cols) return 1;
+  const int64_t size = rows * cols;
+  std::vector<float> partial(dbias != nullptr ? static_cast<size_t>(NumParts()) * size : 0, 0.0f);
+  ParallelFor(batch, [&](int part, int64_t begin, int64_t end) {
+    std::vector<float> token(size);
+    float *acc = dbias != nullptr ? partial.data() + part * size : nullptr;
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t m = 0; m < blocks; ++m) {
+        const float *src = x + (m * batch + b) * width;
+        std::memcpy(token.data() + m * width, src, width * sizeof(float));
+        if (acc != nullptr) {
+          float *sum = acc + m * width;
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) sum[i] += src[i];
+        }
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        float *dst = y + (c * batch + b) * rows;
+        for (int64_t r = 0; r < rows; ++r) dst[r] = token[r * cols + c];
+      }
+    }
+  });
+  if (dbias != nullptr) SumParts(partial, size, dbias);
+  return 0;
+}
+
 // gMLP's gate and the gather into fc2's first blocks in one pass (models/gmlp.py, SpatialGatingUnit): the bias
 // add, the product and the transpose would each be a pass over the gate's output, forward and backward.
 //   z[kk, r, qq] = u[r, kk, qq] * (p[r, kk, qq] + bias[r % T])
