@@ -216,7 +216,22 @@ def _blocks_of(blocks: int):
     return shape
 
 
-class CpuColumnsOfRows(nn.Cell):
+class _CpuPermutation(nn.Cell):
+    """A regrouping kernel into ``blocks`` blocks whose backward is its inverse, back into ``in_blocks``."""
+
+    def __init__(self, function: str, inverse: str, blocks: int, in_blocks: int) -> None:
+        super().__init__()
+        self.forward_kernel = _regroup(function, blocks)
+        self.backward_kernel = _regroup(inverse, in_blocks)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x)
+
+    def bprop(self, x, out, dout):
+        return (self.backward_kernel(dout),)
+
+
+class CpuColumnsOfRows(_CpuPermutation):
     """Block-major ``x (R, B, C)`` whose blocks are, per token, the rows of an R x C matrix, to the matrix's columns
     one after another (feature ``c*R + r``), cut into ``blocks`` blocks ``(blocks, B, R*C/blocks)``. One pass each
     way: the backward is ``CpuColumnsOfFlat``'s forward. ``in_blocks`` is R. One block is token-major ``(B, n)``,
@@ -226,15 +241,16 @@ class CpuColumnsOfRows(nn.Cell):
     """
 
     def __init__(self, blocks: int, in_blocks: int) -> None:
-        super().__init__()
-        self.forward_kernel = _regroup("ColumnsOfRows", blocks)
-        self.backward_kernel = _regroup("ColumnsOfFlat", in_blocks)
+        super().__init__("ColumnsOfRows", "ColumnsOfFlat", blocks, in_blocks)
 
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        return self.forward_kernel(x)
 
-    def bprop(self, x, out, dout):
-        return (self.backward_kernel(dout),)
+class CpuColumnsOfFlat(_CpuPermutation):
+    """Block-major ``x (m, B, n)`` whose features, per token and in order, are an R x C matrix row by row, to the
+    matrix's columns as blocks ``(C, B, R)``, ``C = blocks``: Monarch's permutation between its two factors. One
+    pass each way: the backward is ``CpuColumnsOfRows``'s forward. ``in_blocks`` is m."""
+
+    def __init__(self, blocks: int, in_blocks: int) -> None:
+        super().__init__("ColumnsOfFlat", "ColumnsOfRows", blocks, in_blocks)
 
 
 class CpuColumnsOfRowsBias(nn.Cell):
@@ -252,23 +268,6 @@ class CpuColumnsOfRowsBias(nn.Cell):
 
     def bprop(self, x, bias, out, dout):
         return self.backward_kernel(dout, bias)
-
-
-class CpuColumnsOfFlat(nn.Cell):
-    """Block-major ``x (m, B, n)`` whose features, per token and in order, are an R x C matrix row by row, to the
-    matrix's columns as blocks ``(C, B, R)``, ``C = blocks``: Monarch's permutation between its two factors. One
-    pass each way: the backward is ``CpuColumnsOfRows``'s forward. ``in_blocks`` is m."""
-
-    def __init__(self, blocks: int, in_blocks: int) -> None:
-        super().__init__()
-        self.forward_kernel = _regroup("ColumnsOfFlat", blocks)
-        self.backward_kernel = _regroup("ColumnsOfRows", in_blocks)
-
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        return self.forward_kernel(x)
-
-    def bprop(self, x, out, dout):
-        return (self.backward_kernel(dout),)
 
 
 class CpuGateToBlocks(nn.Cell):
