@@ -144,7 +144,8 @@ def monarch_pair_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
 
 
 def _monarch_fc1_blocks(x: ms.Tensor, fc1: "MonarchLinear") -> Tuple[ms.Tensor, ms.Tensor]:
-    """fc1 up to its second matmul: ``(h, w2)`` with ``h`` the ``(l, B, r)`` blocks (``x`` is 2-D)."""
+    """A Monarch layer (fc1 of an MLP) up to its second matmul: ``(h, w2)`` with ``h`` the ``(l, B, r)`` blocks
+    (``x`` is 2-D)."""
     if fc1.in_features_extended > fc1.in_features:
         x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
     w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
@@ -335,8 +336,12 @@ class MonarchLinear(nn.Cell):
         Tensor of shape ``(*, out_features)`` in the input's dtype.
 
     Parameters are named ``blkdiag1``, ``blkdiag2`` and ``bias`` as in fly, so fly checkpoints
-    load without renaming. Under AMP (``auto_mixed_precision(net, "O2")``) the factors stay fp32
-    and are cast to the input's dtype for the multiply.
+    load without renaming. On CPU, float32 layers without padding make each of the three permutations
+    (input into blocks, between the factors, output with the bias) one pass of a fused kernel
+    (``cpu_kernels.CpuColumnsOfRows``/``CpuColumnsOfFlat``) instead of one or two transposes; other dtypes,
+    backends and exports use the transposes (``set_cpu_kernels``). Under AMP
+    (``auto_mixed_precision(net, "O2")``) the factors stay fp32 and are cast to the input's dtype for the
+    multiply.
     """
 
     def __init__(self, in_features: int, out_features: int, nblocks: int = 4, has_bias: bool = True) -> None:
@@ -382,12 +387,7 @@ class MonarchLinear(nn.Cell):
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         lead_shape = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
-        if self.in_features_extended > self.in_features:
-            x = ops.pad(x, (0, self.in_features_extended - self.in_features))
-        w1 = ops.cast(self.blkdiag1, x.dtype)
-        w2 = ops.cast(self.blkdiag2, x.dtype)
-        k, _, p = w1.shape
-        h = _stage1(_to_blocks(x, k, p, self), w1, w2.shape[0], self)
+        h, w2 = _monarch_fc1_blocks(x, self)
         return _output(_bmm_nt(h, w2), self).reshape(lead_shape + (self.out_features,))
 
     def to_dense(self) -> ms.Tensor:
