@@ -15,6 +15,7 @@ The library is built with ``-march=native`` into ``<cache>/kernels/<hash>/`` (th
 ``mindcv_ext.data.default_cache_dir``), keyed by the source, the flags, the compiler and the CPU, so a home
 directory shared by different machines never hands one of them the other's instructions.
 """
+import ctypes
 import hashlib
 import logging
 import os
@@ -31,7 +32,7 @@ from mindspore import nn, ops
 
 __all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu",
            "CpuBiasGeluRegroup", "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm", "CpuColumnsOfRows",
-           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat"]
+           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat", "cpu_sgemm_available", "CpuBlocksMatmul"]
 
 _logger = logging.getLogger("mindcv_ext")
 SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
@@ -124,6 +125,20 @@ def cpu_kernels_wanted(requested: Optional[bool] = None) -> bool:
         raise ValueError(f"the fused CPU kernels need device_target='CPU'; this context targets "
                          f"{ms.get_context('device_target')!r} (leave cpu_kernel unset to choose automatically)")
     return on_cpu and cpu_kernel_library() is not None
+
+
+@lru_cache(maxsize=None)
+def cpu_sgemm_available() -> bool:
+    """Whether ``CpuBlocksMatmul`` can run: the kernels build and MindSpore has loaded oneDNN (``libdnnl.so.3``)
+    with its ``dnnl_sgemm``, as the CPU wheels do. The kernel library finds it the same way, without loading a
+    copy of its own."""
+    if cpu_kernel_library() is None:
+        return False
+    try:
+        onednn = ctypes.CDLL("libdnnl.so.3", mode=os.RTLD_NOW | os.RTLD_NOLOAD)
+    except OSError:
+        return False
+    return hasattr(onednn, "dnnl_sgemm")
 
 
 def _aot(function: str, inputs: int) -> ops.Custom:
@@ -290,6 +305,32 @@ class CpuGateToBlocks(nn.Cell):
 
     def bprop(self, u, p, bias, out, dout):
         return self.backward_kernel(u, p, bias, dout)
+
+
+class CpuBlocksMatmul(nn.Cell):
+    """``y[kk] = x[kk] . w[kk]^T`` for the float32 blocks of ``w (k, q, p)``: a batched matmul with the weight
+    transposed, through oneDNN's sgemm (see ``cpu_sgemm_available``). ``x`` is block-major ``(k, B, p)``, or
+    token-major ``(B, k*p)`` with block ``kk`` in columns ``[kk*p, (kk+1)*p)``, read in place; ``y`` is
+    ``(k, B, q)``. The backward is one more kernel: ``dx`` in ``x``'s layout and ``dw``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        library = cpu_kernel_library()
+        self.forward_kernel = ops.Custom(f"{library}:BlocksMatmul", out_shape=_blocks_matmul_shape,
+                                         out_dtype=lambda x, w: x, func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:BlocksMatmulBackward", out_shape=lambda x, w, dy: (x, w),
+                                          out_dtype=lambda x, w, dy: (x, w), func_type="aot")
+
+    def construct(self, x: ms.Tensor, w: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x, w)
+
+    def bprop(self, x, w, out, dout):
+        return self.backward_kernel(x, w, dout)
+
+
+def _blocks_matmul_shape(x, w):
+    batch = x[0] if len(x) == 2 else x[1]
+    return (w[0], batch, w[1])
 
 
 class CpuLayerNorm(nn.Cell):

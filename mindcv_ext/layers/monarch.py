@@ -27,7 +27,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
 
-from .cpu_kernels import CpuColumnsOfFlat, CpuColumnsOfRows, CpuColumnsOfRowsBias, cpu_kernels_wanted
+from .cpu_kernels import (CpuBlocksMatmul, CpuColumnsOfFlat, CpuColumnsOfRows, CpuColumnsOfRowsBias,
+                          cpu_kernels_wanted, cpu_sgemm_available)
 
 __all__ = [
     "MonarchLinear",
@@ -89,17 +90,26 @@ def _kernels_apply(layer: "MonarchLinear", x: ms.Tensor) -> bool:
 
 
 def _to_blocks(x: ms.Tensor, k: int, p: int, layer: Optional["MonarchLinear"] = None) -> ms.Tensor:
-    """``(B, k*p)`` to the first factor's input blocks ``(k, B, p)``."""
+    """``(B, k*p)`` to the first factor's input blocks ``(k, B, p)``; with the sgemm kernel, ``x`` itself (it
+    reads the blocks in place)."""
     if layer is not None and _kernels_apply(layer, x):
-        return layer.cpu_split(x)
+        return x if layer.cpu_matmul1 is not None else layer.cpu_split(x)
     return x.reshape(x.shape[0], k, p).transpose(1, 0, 2)
 
 
+def _matmul(x: ms.Tensor, w: ms.Tensor, layer: Optional["MonarchLinear"], kernel: Optional[nn.Cell]) -> ms.Tensor:
+    """``x[kk] . w[kk]^T`` over the blocks: a layer's sgemm kernel when it applies, else ``BatchMatMul``."""
+    if kernel is not None and _kernels_apply(layer, x):
+        return kernel(x, w)
+    return _bmm_nt(x, w)
+
+
 def _stage1(x_blocks: ms.Tensor, blkdiag1: ms.Tensor, l: int, layer: Optional["MonarchLinear"] = None) -> ms.Tensor:
-    """First factor on input blocks ``(k, B, p)``; returns the second factor's input blocks ``(l, B, r)``."""
+    """First factor on input blocks ``(k, B, p)`` (or what ``_to_blocks`` gave); returns the second factor's input
+    blocks ``(l, B, r)``."""
+    if layer is not None and _kernels_apply(layer, x_blocks):
+        return layer.cpu_stage1(_matmul(x_blocks, blkdiag1, layer, layer.cpu_matmul1))
     h = _bmm_nt(x_blocks, blkdiag1)  # (k, B, q)
-    if layer is not None and _kernels_apply(layer, h):
-        return layer.cpu_stage1(h)
     batch = h.shape[1]
     # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
     return h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)
@@ -166,7 +176,7 @@ def _monarch_fc2_regrouped(z: ms.Tensor, fc2: "MonarchLinear", l: int) -> ms.Ten
     k2, q2, p2 = u1.shape
     u1 = u1.reshape(k2, q2, p2 // l, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in z's order
     u2 = ops.cast(fc2.blkdiag2, z.dtype)
-    return _output(_bmm_nt(_stage1(z, u1, u2.shape[0], fc2), u2), fc2)
+    return _output(_matmul(_stage1(z, u1, u2.shape[0], fc2), u2, fc2, fc2.cpu_matmul2), fc2)
 
 
 def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear",
@@ -194,14 +204,15 @@ def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell,
     c = p2 // l  # s == k2 * c
     # z: block kk2 of fc2's input, in (ll, ss) order.
     if fused_gelu and x.dtype == ms.float32:
-        z = act.cpu_regroup(_bmm_nt(h, w2).reshape(l, batch, k2, c), _fc1_bias_blocks(fc1, l, k2, c))
+        z = act.cpu_regroup(_matmul(h, w2, fc1, fc1.cpu_matmul2).reshape(l, batch, k2, c),
+                            _fc1_bias_blocks(fc1, l, k2, c))
         z = drop(z).reshape(k2, batch, p2)
     else:
         if fc1.has_bias:
             bias = ops.cast(fc1.bias, x.dtype).reshape(s, l).transpose(1, 0).reshape(l, s, 1)
             h = ops.concat((h, ops.ones((l, batch, 1), h.dtype)), axis=2)
             w2 = ops.concat((w2, bias), axis=2)
-        y = drop(act(_bmm_nt(h, w2)))  # (l, B, s)
+        y = drop(act(_matmul(h, w2, fc1, fc1.cpu_matmul2)))  # (l, B, s)
         z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)
     return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
 
@@ -238,7 +249,8 @@ def monarch_gated_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn
     l = w2.shape[0]
     k2, _, p2 = fc2.blkdiag1.shape
     c = p2 // l
-    u, v = act.cpu_split(_bmm_nt(h, w2).reshape(l, batch, 2 * k2, c), _fc1_bias_blocks(fc1, l, 2 * k2, c))
+    u, v = act.cpu_split(_matmul(h, w2, fc1, fc1.cpu_matmul2).reshape(l, batch, 2 * k2, c),
+                         _fc1_bias_blocks(fc1, l, 2 * k2, c))
     half_shape = lead_shape + (k2 * p2,)
     z = gate.construct_reordered(drop(u).reshape(half_shape), drop(v).reshape(half_shape), (k2, l, c))
     return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
@@ -336,10 +348,11 @@ class MonarchLinear(nn.Cell):
         Tensor of shape ``(*, out_features)`` in the input's dtype.
 
     Parameters are named ``blkdiag1``, ``blkdiag2`` and ``bias`` as in fly, so fly checkpoints
-    load without renaming. On CPU, float32 layers without padding make each of the three permutations
-    (input into blocks, between the factors, output with the bias) one pass of a fused kernel
-    (``cpu_kernels.CpuColumnsOfRows``/``CpuColumnsOfFlat``) instead of one or two transposes; other dtypes,
-    backends and exports use the transposes (``set_cpu_kernels``). Under AMP
+    load without renaming. On CPU, float32 layers without padding run their two batched matmuls through
+    oneDNN's sgemm (``cpu_kernels.CpuBlocksMatmul``; the first reads the input's blocks in place) and each
+    remaining permutation (between the factors, output with the bias) as one pass of a fused kernel
+    (``CpuColumnsOfFlat``/``CpuColumnsOfRows``) instead of one or two transposes; other dtypes, backends and
+    exports use ``BatchMatMul`` and transposes (``set_cpu_kernels``). Under AMP
     (``auto_mixed_precision(net, "O2")``) the factors stay fp32 and are cast to the input's dtype for the
     multiply.
     """
@@ -362,7 +375,11 @@ class MonarchLinear(nn.Cell):
         fast = cpu_kernels_wanted() and self.in_features_extended == self.in_features and \
             self.out_features_extended == self.out_features
         k, l = shape1[0], shape2[0]
-        self.cpu_split = CpuColumnsOfRows(k, 1) if fast else None
+        # Both batched matmuls through oneDNN's sgemm when MindSpore ships it; the first reads x in place.
+        sgemm = fast and cpu_sgemm_available()
+        self.cpu_matmul1 = CpuBlocksMatmul() if sgemm else None
+        self.cpu_matmul2 = CpuBlocksMatmul() if sgemm else None
+        self.cpu_split = CpuColumnsOfRows(k, 1) if fast and not sgemm else None
         self.cpu_stage1 = CpuColumnsOfFlat(l, k) if fast else None
         output = CpuColumnsOfRowsBias if has_bias else CpuColumnsOfRows
         self.cpu_output = output(1, l) if fast else None
@@ -388,7 +405,7 @@ class MonarchLinear(nn.Cell):
         lead_shape = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
         h, w2 = _monarch_fc1_blocks(x, self)
-        return _output(_bmm_nt(h, w2), self).reshape(lead_shape + (self.out_features,))
+        return _output(_matmul(h, w2, self, self.cpu_matmul2), self).reshape(lead_shape + (self.out_features,))
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight (float32 Tensor)."""

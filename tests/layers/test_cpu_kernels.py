@@ -111,3 +111,36 @@ def test_gate_to_blocks_kernel_against_float64(graph_mode):
     assert z.shape == (k, samples * tokens, q) and rel_err(z, (u64 * shifted).transpose(1, 0, 2)) < 1e-6
     assert rel_err(du, sens64 * shifted) < 1e-6 and rel_err(dp, sens64 * u64) < 1e-6
     assert rel_err(dbias, (sens64 * u64).sum(axis=(1, 2)).reshape(samples, tokens).sum(0)) < 1e-6
+
+
+needs_sgemm = pytest.mark.skipif(not cpu_kernels.cpu_sgemm_available(), reason="MindSpore here has no oneDNN sgemm")
+
+
+@needs_sgemm
+@pytest.mark.parametrize("token_major", [False, True], ids=["block-major", "token-major"])
+@pytest.mark.parametrize("blocks, batch, p, q", [(4, 10, 6, 3), (3, 7, 5, 8), (1, 9, 4, 4)])
+def test_blocks_matmul_against_float64(blocks, batch, p, q, token_major, graph_mode):
+    """y[k] = x[k] . w[k]^T and both gradients, x block-major or read in place token-major (block k in columns
+    [k*p, (k+1)*p)), against NumPy in float64; 3 and 1 blocks split their rows between the threads."""
+    rng = np.random.default_rng(11)
+    x_blocks = rng.standard_normal((blocks, batch, p)).astype(np.float32)
+    w, sens = (rng.standard_normal(shape).astype(np.float32) for shape in ((blocks, q, p), (blocks, batch, q)))
+    x = x_blocks.transpose(1, 0, 2).reshape(batch, blocks * p) if token_major else x_blocks
+    matmul = cpu_kernels.CpuBlocksMatmul()
+    y = matmul(ms.Tensor(x), ms.Tensor(w)).asnumpy()
+    dx, dw = (g.asnumpy() for g in ms.ops.GradOperation(get_all=True, sens_param=True)(matmul)(
+        ms.Tensor(x), ms.Tensor(w), ms.Tensor(sens)))
+    x64, w64, sens64 = x_blocks.astype(np.float64), w.astype(np.float64), sens.astype(np.float64)
+    assert y.shape == (blocks, batch, q) and rel_err(y, x64 @ w64.transpose(0, 2, 1)) < 1e-6
+    dx_blocks = sens64 @ w64
+    assert dx.shape == x.shape
+    assert rel_err(dx, dx_blocks.transpose(1, 0, 2).reshape(batch, -1) if token_major else dx_blocks) < 1e-6
+    assert rel_err(dw, sens64.transpose(0, 2, 1) @ x64) < 1e-6
+
+
+@needs_sgemm
+def test_blocks_matmul_rejects_mismatched_shapes():
+    """A width that does not match the weight's is an error from the kernel, not a read past the input."""
+    matmul = cpu_kernels.CpuBlocksMatmul()
+    with pytest.raises(RuntimeError):
+        matmul(ms.Tensor(np.ones((4, 5, 6), np.float32)), ms.Tensor(np.ones((4, 3, 7), np.float32))).asnumpy()

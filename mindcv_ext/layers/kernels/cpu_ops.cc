@@ -14,6 +14,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -545,4 +546,113 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   std::copy(totals.begin(), totals.begin() + dim, dgamma);
   std::copy(totals.begin() + dim, totals.end(), dbeta);
   return 0;
+}
+
+// Monarch's batched matmuls through oneDNN's sgemm, the library MindSpore itself loads (libdnnl.so.3). On this
+// kind of CPU, BatchMatMul reached ~150 GFLOP/s at Monarch's block shapes and sgemm, one block per thread, ~205.
+// oneDNN is built for MindSpore's thread pool: called with none, as here, each sgemm runs on the calling thread,
+// and the blocks and their rows are shared between our own threads. The first factor also reads its input
+// token-major, block kk being columns [kk*p, (kk+1)*p) of each row (sgemm's leading dimension), so no kernel
+// has to cut it into blocks first.
+#include <dlfcn.h>
+
+namespace {
+
+using Sgemm = int (*)(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                      int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+// dnnl_sgemm from the copy MindSpore has loaded, or nullptr (then the kernels fail and say so by their status).
+Sgemm FindSgemm() {
+  static const Sgemm sgemm = [] {
+    void *library = dlopen("libdnnl.so.3", RTLD_NOW | RTLD_NOLOAD);
+    return library == nullptr ? nullptr : reinterpret_cast<Sgemm>(dlsym(library, "dnnl_sgemm"));
+  }();
+  return sgemm;
+}
+
+// Layout of the matmul's activation: block kk, row b starts at data + kk * block_stride + b * row_stride.
+struct Blocks {
+  int64_t blocks, batch, width, block_stride, row_stride;
+};
+
+// x (k, B, p) block-major, or (B, k*p) token-major when `blocks` (the weight's) is given for a 2-D x.
+bool ActivationBlocks(int ndim, const int64_t *shape, int64_t blocks, Blocks *out) {
+  if (ndim == 3 && shape[0] == blocks) {
+    *out = {blocks, shape[1], shape[2], shape[1] * shape[2], shape[2]};
+    return true;
+  }
+  if (ndim == 2 && shape[1] % blocks == 0) {
+    *out = {blocks, shape[0], shape[1] / blocks, shape[1] / blocks, shape[1]};
+    return true;
+  }
+  return false;
+}
+
+// gemm(block, begin, end) for rows [begin, end) of every block, the blocks x rows shared evenly between threads
+// (whole blocks each when they divide evenly, as for nblocks 4 on 2 cores).
+template <typename Gemm>
+void OverBlockRows(int64_t blocks, int64_t rows, Gemm gemm) {
+  ThreadPool::Get().Run([&](int part, int parts) {
+    const int64_t total = blocks * rows, begin = total * part / parts, end = total * (part + 1) / parts;
+    for (int64_t unit = begin; unit < end;) {
+      const int64_t block = unit / rows, first = unit % rows, stop = std::min(end - block * rows, rows);
+      gemm(block, first, stop);
+      unit = block * rows + stop;
+    }
+  });
+}
+
+}  // namespace
+
+// y[kk] = x[kk] . w[kk]^T for every block.      params: x (k, B, p) or (B, k*p), w (k, q, p), y (k, B, q)
+extern "C" int BlocksMatmul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                            void *stream, void *extra) {
+  const Sgemm sgemm = FindSgemm();
+  if (sgemm == nullptr || nparam != 3 || !AllFloat32(nparam, dtypes) || ndims[1] != 3 || ndims[2] != 3) return 1;
+  const int64_t k = shapes[1][0], q = shapes[1][1], p = shapes[1][2];
+  Blocks x;
+  if (!ActivationBlocks(ndims[0], shapes[0], k, &x) || x.width != p || shapes[2][0] != k ||
+      shapes[2][1] != x.batch || shapes[2][2] != q)
+    return 1;
+  const float *input = static_cast<const float *>(params[0]);
+  const float *weight = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  std::atomic<int> status{0};
+  OverBlockRows(k, x.batch, [&](int64_t kk, int64_t begin, int64_t end) {
+    const float *a = input + kk * x.block_stride + begin * x.row_stride;
+    if (sgemm('N', 'T', end - begin, q, p, 1.0f, a, x.row_stride, weight + kk * q * p, p, 0.0f,
+              y + (kk * x.batch + begin) * q, q) != 0)
+      status = 1;
+  });
+  return status.load();
+}
+
+// dx[kk] = dy[kk] . w[kk] (in x's layout), dw[kk] = dy[kk]^T . x[kk].      params: x, w, dy, dx, dw
+extern "C" int BlocksMatmulBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *stream, void *extra) {
+  const Sgemm sgemm = FindSgemm();
+  if (sgemm == nullptr || nparam != 5 || !AllFloat32(nparam, dtypes) || ndims[1] != 3 || ndims[2] != 3) return 1;
+  const int64_t k = shapes[1][0], q = shapes[1][1], p = shapes[1][2];
+  Blocks x;
+  if (!ActivationBlocks(ndims[0], shapes[0], k, &x) || x.width != p || shapes[2][0] != k ||
+      shapes[2][1] != x.batch || shapes[2][2] != q)
+    return 1;
+  const float *input = static_cast<const float *>(params[0]);
+  const float *weight = static_cast<const float *>(params[1]);
+  const float *dy = static_cast<const float *>(params[2]);
+  float *dx = static_cast<float *>(params[3]);
+  float *dw = static_cast<float *>(params[4]);
+  std::atomic<int> status{0};
+  OverBlockRows(k, x.batch, [&](int64_t kk, int64_t begin, int64_t end) {
+    if (sgemm('N', 'N', end - begin, p, q, 1.0f, dy + (kk * x.batch + begin) * q, q, weight + kk * q * p, p, 0.0f,
+              dx + kk * x.block_stride + begin * x.row_stride, x.row_stride) != 0)
+      status = 1;
+  });
+  // Rows [begin, end) of dw[kk] are columns [begin, end) of dy[kk], transposed.
+  OverBlockRows(k, q, [&](int64_t kk, int64_t begin, int64_t end) {
+    if (sgemm('T', 'N', end - begin, p, x.batch, 1.0f, dy + kk * x.batch * q + begin, q, input + kk * x.block_stride,
+              x.row_stride, 0.0f, dw + (kk * q + begin) * p, p) != 0)
+      status = 1;
+  });
+  return status.load();
 }
