@@ -26,7 +26,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -573,6 +573,34 @@ def markdown_table(rows: List[dict], fields: List[str]) -> str:
     return "\n".join(lines)
 
 
+def _monarch_versus_torch(rows: List[dict]) -> Dict[str, List[Tuple[str, float]]]:
+    """Per pass, (case label, PyTorch Monarch ms / MindSpore Monarch ms) for every layer case timed in both."""
+    def key(r):
+        return r["in_features"], r["out_features"], r["nblocks"], r["tokens"], r["pass"]
+
+    torch_ms = {key(r): r["ms"] for r in rows if r["kind"] == "layer" and r["impl"] == "monarch"
+                and r["framework"] == "torch"}
+    ratios: Dict[str, List[Tuple[str, float]]] = {}
+    for r in rows:
+        if r["kind"] == "layer" and r["impl"] == "monarch" and r["framework"] == "mindspore" and key(r) in torch_ms:
+            label = f"{r['in_features']}->{r['out_features']} nb{r['nblocks']} t{r['tokens']}"
+            ratios.setdefault(r["pass"], []).append((label, torch_ms[key(r)] / r["ms"]))
+    return ratios
+
+
+def _plot_versus_torch(axis, ratios: Dict[str, List[Tuple[str, float]]]) -> None:
+    width = 0.4
+    for offset, (pass_name, points) in enumerate(sorted(ratios.items())):
+        positions = [i + (offset - 0.5) * width for i in range(len(points))]
+        axis.bar(positions, [v for _, v in points], width=width, label=pass_name)
+    labels = [label for label, _ in next(iter(ratios.values()))]
+    axis.set_xticks(range(len(labels)), labels, rotation=70, fontsize=7)
+    axis.axhline(1.0, color="grey", lw=0.8)
+    axis.set(title="MindSpore Monarch against PyTorch Monarch", ylabel="PyTorch ms / MindSpore ms (>1: MS faster)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=8)
+
+
 def plot_layers(rows: List[dict], path: str) -> Optional[str]:
     try:
         import matplotlib
@@ -588,7 +616,10 @@ def plot_layers(rows: List[dict], path: str) -> Optional[str]:
                (768, 3072, 1568), lambda r: str(r["nblocks"])),
               ("tokens, 768->3072, nblocks 4", lambda r: (r["in_features"], r["out_features"], r["nblocks"]) ==
                (768, 3072, 4), lambda r: str(r["tokens"]))]
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    versus_torch = _monarch_versus_torch(rows)
+    figure, axes = plt.subplots(1, 4 if versus_torch else 3, figsize=(21 if versus_torch else 16, 4.5))
+    if versus_torch:
+        _plot_versus_torch(axes[3], versus_torch)
     for axis, (title, keep, label) in zip(axes, sweeps):
         series = {}
         for r in structured:
@@ -600,6 +631,8 @@ def plot_layers(rows: List[dict], path: str) -> Optional[str]:
             series.setdefault((r["impl"], r["framework"], r["pass"]), []).append((label(r), r["speedup_vs_dense"]))
         for (impl, framework, pass_name), points in sorted(series.items()):
             labels = list(dict.fromkeys(p[0] for p in points))
+            if all(x.isdigit() for x in labels):  # nblocks, tokens: in numeric order, not the sweep's
+                labels.sort(key=int)
             values = [dict(points)[x] for x in labels]
             axis.plot(labels, values, marker="o" if impl == "monarch" else "s",
                       linestyle="-" if impl == "monarch" else "--", label=f"{impl} {framework} {pass_name}")

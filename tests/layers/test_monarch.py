@@ -16,6 +16,7 @@ from mindcv_ext.layers import (
     project_to_monarch,
     set_cpu_kernels,
 )
+from mindcv_ext.layers import cpu_kernels
 from tests.utils import TEST_DATA, SensGrads, rel_err, shared_fixture_dir
 
 FIXTURES = sorted((TEST_DATA / "monarch").glob("*.npz"))
@@ -285,14 +286,17 @@ def test_blockdiag_linear_is_block_diagonal(in_features, out_features, nblocks, 
 @pytest.mark.parametrize("in_features,out_features,nblocks,has_bias", [
     (64, 256, 4, True), (256, 64, 4, False), (48, 96, 2, True), (30, 50, 4, True)])
 def test_permutation_kernels_equal_the_transposes(in_features, out_features, nblocks, has_bias, rng, graph_mode):
-    """On CPU, float32 layers without padding permute with one kernel pass each (forward and backward); the rest,
-    and every layer after set_cpu_kernels(layer, False), transpose with MindSpore's operators. Same values."""
+    """On CPU, float32 layers without padding permute with one kernel pass each and multiply with oneDNN's sgemm
+    (forward and backward); the rest, and every layer after set_cpu_kernels(layer, False), transpose and multiply
+    with MindSpore's operators. Same values."""
     fast = MonarchLinear(in_features, out_features, nblocks, has_bias=has_bias)
     plain = MonarchLinear(in_features, out_features, nblocks, has_bias=has_bias)
     for mine, theirs in zip(fast.get_parameters(), plain.get_parameters()):
         theirs.set_data(mine.data)
     padded = fast.in_features_extended > in_features or fast.out_features_extended > out_features
     assert fast.use_cpu_kernel is (cpu_kernel_library() is not None and not padded)
+    assert (fast.cpu_matmul1 is not None) is (fast.cpu_matmul2 is not None) is \
+        (fast.use_cpu_kernel and cpu_kernels.cpu_sgemm_available())
     assert set_cpu_kernels(plain, False) == int(fast.use_cpu_kernel) and not plain.use_cpu_kernel
     x = ms.Tensor(rng.standard_normal((2, 9, in_features)).astype(np.float32))
     sens = ms.Tensor(rng.standard_normal((2, 9, out_features)).astype(np.float32))
