@@ -602,18 +602,25 @@ void OverBlockRows(int64_t blocks, int64_t rows, Gemm gemm) {
   });
 }
 
+// Float32 x (params[0]: k blocks of width p, either layout), w (k, q, p) and the blocks (k, B, q) of y or dy
+// (params[2]), all consistent.
+bool MatmulShapes(int *ndims, int64_t **shapes, const char **dtypes, int nparam, int64_t *k,
+                  int64_t *q, int64_t *p, Blocks *x) {
+  if (!AllFloat32(nparam, dtypes) || ndims[1] != 3 || ndims[2] != 3) return false;
+  *k = shapes[1][0], *q = shapes[1][1], *p = shapes[1][2];
+  return ActivationBlocks(ndims[0], shapes[0], *k, x) && x->width == *p && shapes[2][0] == *k &&
+         shapes[2][1] == x->batch && shapes[2][2] == *q;
+}
+
 }  // namespace
 
 // y[kk] = x[kk] . w[kk]^T for every block.      params: x (k, B, p) or (B, k*p), w (k, q, p), y (k, B, q)
 extern "C" int BlocksMatmul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                             void *stream, void *extra) {
   const Sgemm sgemm = FindSgemm();
-  if (sgemm == nullptr || nparam != 3 || !AllFloat32(nparam, dtypes) || ndims[1] != 3 || ndims[2] != 3) return 1;
-  const int64_t k = shapes[1][0], q = shapes[1][1], p = shapes[1][2];
+  int64_t k, q, p;
   Blocks x;
-  if (!ActivationBlocks(ndims[0], shapes[0], k, &x) || x.width != p || shapes[2][0] != k ||
-      shapes[2][1] != x.batch || shapes[2][2] != q)
-    return 1;
+  if (sgemm == nullptr || nparam != 3 || !MatmulShapes(ndims, shapes, dtypes, nparam, &k, &q, &p, &x)) return 1;
   const float *input = static_cast<const float *>(params[0]);
   const float *weight = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
@@ -631,12 +638,9 @@ extern "C" int BlocksMatmul(int nparam, void **params, int *ndims, int64_t **sha
 extern "C" int BlocksMatmulBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                     void *stream, void *extra) {
   const Sgemm sgemm = FindSgemm();
-  if (sgemm == nullptr || nparam != 5 || !AllFloat32(nparam, dtypes) || ndims[1] != 3 || ndims[2] != 3) return 1;
-  const int64_t k = shapes[1][0], q = shapes[1][1], p = shapes[1][2];
+  int64_t k, q, p;
   Blocks x;
-  if (!ActivationBlocks(ndims[0], shapes[0], k, &x) || x.width != p || shapes[2][0] != k ||
-      shapes[2][1] != x.batch || shapes[2][2] != q)
-    return 1;
+  if (sgemm == nullptr || nparam != 5 || !MatmulShapes(ndims, shapes, dtypes, nparam, &k, &q, &p, &x)) return 1;
   const float *input = static_cast<const float *>(params[0]);
   const float *weight = static_cast<const float *>(params[1]);
   const float *dy = static_cast<const float *>(params[2]);
