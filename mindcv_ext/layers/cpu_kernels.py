@@ -309,6 +309,12 @@ class CpuGateToBlocks(nn.Cell):
         return self.backward_kernel(u, p, bias, dout)
 
 
+def _blocks_matmul_shape(x, w):
+    """``(k, B, q)`` for x ``(k, B, p)`` or token-major ``(B, k*p)`` and w ``(k, q, p)``."""
+    batch = x[0] if len(x) == 2 else x[1]
+    return (w[0], batch, w[1])
+
+
 class CpuBlocksMatmul(nn.Cell):
     """``y[kk] = x[kk] . w[kk]^T`` for the float32 blocks of ``w (k, q, p)``: a batched matmul with the weight
     transposed, through oneDNN's sgemm (see ``cpu_sgemm_available``). ``x`` is block-major ``(k, B, p)``, or
@@ -328,11 +334,6 @@ class CpuBlocksMatmul(nn.Cell):
 
     def bprop(self, x, w, out, dout):
         return self.backward_kernel(x, w, dout)
-
-
-def _blocks_matmul_shape(x, w):
-    batch = x[0] if len(x) == 2 else x[1]
-    return (w[0], batch, w[1])
 
 
 class CpuLayerNorm(nn.Cell):
