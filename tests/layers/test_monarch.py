@@ -285,7 +285,7 @@ def test_blockdiag_linear_is_block_diagonal(in_features, out_features, nblocks, 
 
 @pytest.mark.parametrize("in_features,out_features,nblocks,has_bias", [
     (64, 256, 4, True), (256, 64, 4, False), (48, 96, 2, True), (30, 50, 4, True)])
-def test_permutation_kernels_equal_the_transposes(in_features, out_features, nblocks, has_bias, rng, graph_mode):
+def test_cpu_kernels_equal_the_standard_operators(in_features, out_features, nblocks, has_bias, rng, graph_mode):
     """On CPU, float32 layers without padding permute with one kernel pass each and multiply with oneDNN's sgemm
     (forward and backward); the rest, and every layer after set_cpu_kernels(layer, False), transpose and multiply
     with MindSpore's operators. Same values."""
