@@ -70,11 +70,9 @@ def export_model(args) -> dict:
     network = build_model(args.model, num_classes, args.in_channels, False, None, None, args.img_size,
                           args.mlp_layer, args.nblocks, args.model_kwargs, **model_arguments(args))
     _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
+    # The plain network, never accelerate(network): the CPU kernels are calls into a library on this machine,
+    # and an exported graph must run anywhere.
     network.set_train(False)
-    # The fused CPU kernels are calls into a library on this machine; an exported graph must not name it.
-    from mindcv_ext.layers import set_cpu_kernels
-
-    report_kernels = set_cpu_kernels(network, False)
     size = args.image_resize or args.img_size or (getattr(network, "default_cfg", {}) or {}).get(
         "input_size", (3, 224, 224))[-1]
     sample = ms.Tensor(np.random.default_rng(0).standard_normal(
@@ -85,15 +83,13 @@ def export_model(args) -> dict:
     # Export under a temporary name beside the output and rename once checked: no half-written artefact.
     stem = tempfile.mktemp(prefix=f".{args.model}-export-", dir=directory)
     produced = stem + _EXTENSIONS[args.format]
-    report = {"format": args.format, "output": output, "input_shape": list(sample.shape),
-              "cpu_kernels_disabled": report_kernels}
+    report = {"format": args.format, "output": output, "input_shape": list(sample.shape)}
     try:
         if args.format == "ONNX":
-            from mindcv_ext.layers import GELU, ErfFreeGELU, replace_cells
+            from mindcv_ext.layers import ErfFreeGELU, is_exact_gelu, replace_cells
 
             # MindSpore's ONNX exporter has no Erf; an erf-free exact GELU keeps the numerics (< 1.5e-7).
-            exact = lambda _, cell: isinstance(cell, GELU) or (isinstance(cell, nn.GELU) and cell.approximate == "none")
-            swapped = replace_cells(network, exact, lambda _: ErfFreeGELU())
+            swapped = replace_cells(network, lambda _, cell: is_exact_gelu(cell), lambda _: ErfFreeGELU())
             report["gelu_replaced"] = swapped
             ms.onnx.export(network, sample, file_name=produced, input_names=["image"], output_names=["logits"])
         else:

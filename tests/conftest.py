@@ -39,6 +39,26 @@ def graph_mode():
     ms.set_context(mode=previous)
 
 
+@pytest.fixture(scope="session")
+def kernel_library(dataset_cache):
+    """The CPU kernels, built once per test session into its cache (not at collection); a skip only when
+    MINDCV_EXT_CPU_KERNELS=0 switches them off, a failure when they do not build."""
+    from mindcv_ext.accel import cpu_kernels
+
+    if cpu_kernels.kernels_disabled():
+        pytest.skip(f"{cpu_kernels.ENV_SWITCH}=0: the CPU kernels are off")
+    return cpu_kernels.cpu_kernel_library()
+
+
+@pytest.fixture(params=["plain", "accel"])
+def net_path(request):
+    """Run the test on the plain network (what GPU and Ascend run) and on the accelerated one; apply it with
+    ``tests.utils.on_path``."""
+    if request.param == "accel":
+        request.getfixturevalue("kernel_library")
+    return request.param
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

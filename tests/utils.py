@@ -31,6 +31,19 @@ def write_jpeg_folder(root: Path, counts: Dict[str, int], classes: Sequence[str]
     return root
 
 
+def on_path(net: nn.Cell, path: str, has_twins: bool = True) -> nn.Cell:
+    """``net`` as it runs on ``path`` (the ``net_path`` fixture): plain as built, or accelerated. ``has_twins``: the
+    accelerator must swap something (else the test would check the plain path twice); False for cells it leaves
+    as they are (Pixelfly's), where that is what the accelerated path runs."""
+    if path == "plain":
+        return net
+    from mindcv_ext.accel import accelerate, accelerated_cells
+
+    net = accelerate(net, "on")
+    assert bool(accelerated_cells(net)) is has_twins, accelerated_cells(net)
+    return net
+
+
 def rel_err(actual, expected) -> float:
     """Largest absolute difference relative to the largest magnitude of ``expected``."""
     actual = np.asarray(actual, dtype=np.float64)

@@ -10,21 +10,14 @@ from .attention import (
     create_attention,
     gaussian_orthogonal_random_matrix,
 )
-from .cpu_kernels import cpu_kernel_library, set_cpu_kernels
 from .drop_path import DropPath
-from .helpers import GELU, ErfFreeGELU, LayerNorm, gelu, layer_norm, replace_cell, replace_cells, to_2tuple
+from .helpers import ErfFreeGELU, gelu, is_exact_gelu, layer_norm, replace_cell, replace_cells, to_2tuple
 from .monarch import (
     BlockdiagLinear,
     MonarchLinear,
-    blockdiag_butterfly_multiply,
     monarch_factor_shapes,
-    monarch_gated_fusable,
-    monarch_gated_mlp,
-    monarch_mlp,
-    monarch_pair_fusable,
     monarch_to_dense,
     project_to_monarch,
-    reorder_features,
 )
 from .mlp import MLP_LAYERS, PIXELFLY_DEFAULTS, GatedMlp, Mlp, create_linear
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
@@ -42,8 +35,6 @@ __all__ = [
     "create_attention",
     "gaussian_orthogonal_random_matrix",
     "DropPath",
-    "cpu_kernel_library",
-    "set_cpu_kernels",
     "PatchEmbed",
     "Mlp",
     "GatedMlp",
@@ -57,23 +48,16 @@ __all__ = [
     "create_linear",
     "gelu",
     "layer_norm",
-    "LayerNorm",
     "to_2tuple",
-    "GELU",
     "ErfFreeGELU",
+    "is_exact_gelu",
     "replace_cell",
     "replace_cells",
     "MonarchLinear",
     "BlockdiagLinear",
-    "blockdiag_butterfly_multiply",
     "monarch_factor_shapes",
-    "monarch_gated_fusable",
-    "monarch_gated_mlp",
-    "monarch_mlp",
-    "monarch_pair_fusable",
     "monarch_to_dense",
     "project_to_monarch",
-    "reorder_features",
     "monarchize",
     "MonarchizeReport",
     "LayerSwap",

@@ -1,14 +1,12 @@
 """Small constructors that pin down the PyTorch-reference defaults MindSpore does not share."""
 import collections.abc
 import math
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from .cpu_kernels import CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuGelu, CpuLayerNorm, cpu_kernels_wanted
-
-__all__ = ["to_2tuple", "LayerNorm", "layer_norm", "gelu", "GELU", "ErfFreeGELU", "replace_cell", "replace_cells"]
+__all__ = ["to_2tuple", "layer_norm", "gelu", "ErfFreeGELU", "is_exact_gelu", "replace_cell", "replace_cells"]
 
 
 def to_2tuple(value: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -20,123 +18,15 @@ def to_2tuple(value: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     return (value, value)
 
 
-class _LayerNormLastAxis(nn.Cell):
-    """``ops.LayerNorm`` over the last axis, differentiated by hand.
-
-    MindSpore 2.10's CPU ``LayerNormGrad`` kernel spends ~16 ms on a 1568x768 input; the same gradient from
-    elementwise ops and sums takes ~7 ms. It is a third of a gMLP training step's non-matmul time.
-    """
-
-    def __init__(self, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-
-    def construct(self, x: ms.Tensor, gamma: ms.Tensor, beta: ms.Tensor) -> ms.Tensor:
-        return self.norm(x, gamma, beta)[0]
-
-    def bprop(self, x, gamma, beta, out, dout):
-        dim = x.shape[-1]
-        rows, drows = x.reshape(-1, dim), dout.reshape(-1, dim)
-        centred = rows - rows.mean(-1, keep_dims=True)
-        rstd = ops.rsqrt((centred * centred).mean(-1, keep_dims=True) + self.eps)
-        normed = centred * rstd
-        dnormed = drows * gamma
-        dx = (dnormed - dnormed.mean(-1, keep_dims=True) - normed * (dnormed * normed).mean(-1, keep_dims=True)) * rstd
-        return dx.reshape(x.shape), (drows * normed).sum(0), drows.sum(0)
-
-
-class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last dimension, faster on CPU.
-
-    Parameters (``gamma``, ``beta``), results and AMP handling (it is still an ``nn.LayerNorm``, kept in fp32
-    under O2) are MindSpore's. On CPU, float32 inputs run one fused kernel forward and one backward
-    (``cpu_kernels.CpuLayerNorm``: ~0.4 ms forward on 1568x768 instead of ~3 ms); other dtypes, or without
-    the kernels, take MindSpore's forward with a hand-written backward. GPU and Ascend keep their fused
-    ``LayerNorm``/``LayerNormGrad`` kernels.
-
-    Args:
-        dim: width of the last dimension.
-        eps: added to the variance. Default: 1e-6.
-        custom_backward: use the hand-written backward. Default None: on the CPU backend.
-        cpu_kernel: use the fused CPU kernels. Default None: on the CPU backend when they compile.
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-6, custom_backward: Optional[bool] = None,
-                 cpu_kernel: Optional[bool] = None) -> None:
-        super().__init__((dim,), epsilon=eps)
-        if custom_backward is None:
-            custom_backward = ms.get_context("device_target") == "CPU"
-        self.custom_backward = bool(custom_backward)
-        self.norm_last_axis = _LayerNormLastAxis(eps)
-        self.cpu_kernel = CpuLayerNorm(eps) if cpu_kernels_wanted(cpu_kernel) else None
-        # Read at graph compilation; set_cpu_kernels(net, False) turns it off, e.g. before an export.
-        self.use_cpu_kernel = self.cpu_kernel is not None
-
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        return self.normalize(x, self.gamma, self.beta)
-
-    def normalize(self, x: ms.Tensor, gamma: ms.Tensor, beta: ms.Tensor) -> ms.Tensor:
-        """The same normalisation with given parameters (e.g. this layer's, reordered to match ``x``'s features)."""
-        gamma, beta = gamma.astype(x.dtype), beta.astype(x.dtype)
-        if self.use_cpu_kernel and x.dtype == ms.float32:
-            return self.cpu_kernel(x, gamma, beta)
-        if self.custom_backward:
-            return self.norm_last_axis(x, gamma, beta)
-        return self.layer_norm(x, gamma, beta)[0]
-
-
 def layer_norm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
-    """LayerNorm over the last dimension; MindSpore's own default epsilon (1e-7) matches no reference."""
-    return LayerNorm(dim, eps)
-
-
-class _Erf(nn.Cell):
-    """erf whose gradient 2/sqrt(pi) * exp(-z*z) squares with a multiply: autodiff's Pow costs 7 ms per
-    1568x3072 activation on CPU, a quarter of GELU's backward."""
-
-    def construct(self, z: ms.Tensor) -> ms.Tensor:
-        return ops.erf(z)
-
-    def bprop(self, z, out, dout):
-        return (dout * (2.0 / math.sqrt(math.pi)) * ops.exp(-(z * z)),)
-
-
-class GELU(nn.Cell):
-    """Exact GELU, ``0.5 * x * (1 + erf(x / sqrt(2)))``, as PyTorch's default.
-
-    On CPU, float32 inputs run one fused kernel forward and one backward (``cpu_kernels.CpuGelu``): a
-    1568x3072 activation takes ~6 ms forward and backward instead of ~30 ms. Elsewhere (other dtypes, GPU,
-    Ascend, ``cpu_kernel=False``) it is written from MindSpore operators: equal to
-    ``nn.GELU(approximate=False)`` within 2.4e-7 and with the same gradient accuracy (8e-7 against float64),
-    but faster on CPU, with a multiply by 1/sqrt(2) where MindSpore's lowering divides, and the erf gradient
-    above.
-
-    Args:
-        cpu_kernel: use the fused CPU kernel. Default None: on the CPU backend when it compiles.
-    """
-
-    def __init__(self, cpu_kernel: Optional[bool] = None) -> None:
-        super().__init__()
-        self.erf = _Erf()
-        wanted = cpu_kernels_wanted(cpu_kernel)
-        self.cpu_kernel = CpuGelu() if wanted else None
-        # The same GELU fused with a Monarch MLP's bias and regrouping (monarch_mlp uses it).
-        self.cpu_regroup = CpuBiasGeluRegroup() if wanted else None
-        # ...and with a gated MLP's bias and split into the gate's halves (monarch_gated_mlp).
-        self.cpu_split = CpuBiasGeluSplit() if wanted else None
-        # Read at graph compilation; set_cpu_kernels(net, False) turns it off, e.g. before an export.
-        self.use_cpu_kernel = self.cpu_kernel is not None
-
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.use_cpu_kernel and x.dtype == ms.float32:
-            return self.cpu_kernel(x)
-        return 0.5 * x * (1.0 + self.erf(x * (1.0 / math.sqrt(2.0))))
+    """``nn.LayerNorm`` over the last dimension with an explicit epsilon: MindSpore's default (1e-7) matches no
+    PyTorch reference (1e-5, or timm's 1e-6)."""
+    return nn.LayerNorm((dim,), epsilon=eps)
 
 
 def gelu() -> nn.Cell:
     """Exact (erf) GELU as in PyTorch; MindSpore's ``nn.GELU()`` default is the tanh approximation."""
-    return GELU()
+    return nn.GELU(approximate=False)
 
 
 class ErfFreeGELU(nn.Cell):
@@ -158,6 +48,11 @@ class ErfFreeGELU(nn.Cell):
         # sign(z) without a Sign operator: |erf| vanishes like |z| near 0, so the 1e-12 never shows.
         erf = ops.div(z, magnitude + 1e-12) * (one - poly * ops.exp(-z * z))
         return 0.5 * x * (1.0 + erf)
+
+
+def is_exact_gelu(cell: nn.Cell) -> bool:
+    """Whether ``cell`` is ``nn.GELU(approximate=False)``, what ``gelu()`` builds."""
+    return isinstance(cell, nn.GELU) and getattr(cell, "approximate", None) == "none"
 
 
 def replace_cell(net: nn.Cell, name: str, new: nn.Cell) -> None:

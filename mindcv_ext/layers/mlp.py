@@ -4,9 +4,8 @@ from typing import Any, Callable, Dict, Optional
 import mindspore as ms
 from mindspore import nn
 
-from .helpers import GELU, gelu
-from .monarch import (MonarchLinear, _check_positive_int, monarch_gated_fusable, monarch_gated_mlp, monarch_mlp,
-                      monarch_pair_fusable)
+from .helpers import gelu
+from .monarch import MonarchLinear, _check_positive_int
 from .pixelfly import SparseLRLinear, butterfly_base_mask
 
 __all__ = ["MLP_LAYERS", "PIXELFLY_DEFAULTS", "create_linear", "Mlp", "GatedMlp"]
@@ -16,13 +15,12 @@ MLP_LAYERS = ("dense", "monarch", "pixelfly")
 PIXELFLY_DEFAULTS = dict(butterfly_size=8, n_factors=2, block=32, rank=32, gating=True, global_size=0, shuffle=False)
 
 
-def check_mlp_layer(mlp_layer: str, nblocks: int, pixelfly: Optional[Dict[str, Any]] = None,
-                    choices: tuple = MLP_LAYERS) -> None:
-    """Validate the MLP settings; ``choices`` narrows the layers a model family supports."""
+def check_mlp_layer(mlp_layer: str, pixelfly: Optional[Dict[str, Any]] = None, choices: tuple = MLP_LAYERS) -> None:
+    """Validate a model's MLP choice once, before any layer is built; ``choices`` narrows the layers a model family
+    supports. ``nblocks`` is ``MonarchLinear``'s to check."""
     if mlp_layer not in choices:
         hint = " (Pixelfly layers are built for the MLP-Mixer family)" if mlp_layer == "pixelfly" else ""
         raise ValueError(f"mlp_layer must be one of {choices}, got {mlp_layer!r}{hint}")
-    _check_positive_int("MonarchLinear", "nblocks", nblocks)
     if mlp_layer == "pixelfly":
         settings = dict(PIXELFLY_DEFAULTS, **(pixelfly or {}))
         unknown = sorted(set(settings) - set(PIXELFLY_DEFAULTS))
@@ -35,7 +33,8 @@ def check_mlp_layer(mlp_layer: str, nblocks: int, pixelfly: Optional[Dict[str, A
 def create_linear(in_features: int, out_features: int, mlp_layer: str = "dense", nblocks: int = 4,
                   has_bias: bool = True, pixelfly: Optional[Dict[str, Any]] = None) -> nn.Cell:
     """``nn.Dense``, ``MonarchLinear`` or ``SparseLRLinear`` (settings in ``pixelfly``) with the same (in, out)."""
-    check_mlp_layer(mlp_layer, nblocks, pixelfly)
+    if mlp_layer not in MLP_LAYERS:
+        raise ValueError(f"mlp_layer must be one of {MLP_LAYERS}, got {mlp_layer!r}")
     if mlp_layer == "monarch":
         return MonarchLinear(in_features, out_features, nblocks=nblocks, has_bias=has_bias)
     if mlp_layer == "pixelfly":
@@ -58,16 +57,8 @@ class Mlp(nn.Cell):
         self.drop1 = nn.Dropout(p=drop)
         self.fc2 = create_linear(hidden_features, out_features, mlp_layer, nblocks, pixelfly=pixelfly)
         self.drop2 = nn.Dropout(p=drop)
-        # Two Monarch layers run as one block-major computation (same results, fewer data movements).
-        self.fused = isinstance(self.fc1, MonarchLinear) and isinstance(self.fc2, MonarchLinear) and \
-            monarch_pair_fusable(self.fc1, self.fc2)
-        # ...with the exact GELU and the regrouping between the layers as one CPU kernel, when it was built.
-        self.fused_gelu = self.fused and isinstance(self.act, GELU) and self.act.cpu_regroup is not None
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.fused:
-            fused_gelu = self.fused_gelu and getattr(self.act, "use_cpu_kernel", False)  # export may swap act
-            return self.drop2(monarch_mlp(x, self.fc1, self.act, self.drop1, self.fc2, fused_gelu))
         x = self.drop1(self.act(self.fc1(x)))
         return self.drop2(self.fc2(x))
 
@@ -75,9 +66,7 @@ class Mlp(nn.Cell):
 class GatedMlp(nn.Cell):
     """``fc1 -> GELU -> dropout -> gate -> fc2 -> dropout`` (timm's ``GatedMlp``, used by gMLP).
 
-    ``gate_layer(hidden)`` builds the gating unit; it halves the width, so fc2 reads ``hidden // 2``. With two
-    Monarch layers, float32 on CPU and a gate that has ``construct_reordered`` (gMLP's), the MLP runs as
-    ``monarch_gated_mlp``: the same results without the transposes around the gate.
+    ``gate_layer(hidden)`` builds the gating unit; it halves the width, so fc2 reads ``hidden // 2``.
     """
 
     def __init__(self, in_features: int, hidden_features: int, gate_layer: Callable[[int], nn.Cell],
@@ -93,13 +82,8 @@ class GatedMlp(nn.Cell):
         self.gate = gate_layer(hidden_features)
         self.fc2 = create_linear(hidden_features // 2, out_features, mlp_layer, nblocks)
         self.drop2 = nn.Dropout(p=drop)
-        self.fused_gelu = isinstance(self.fc1, MonarchLinear) and isinstance(self.fc2, MonarchLinear) and \
-            monarch_gated_fusable(self.fc1, self.fc2) and self.act.cpu_split is not None and \
-            hasattr(self.gate, "construct_reordered")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.fused_gelu and getattr(self.act, "use_cpu_kernel", False) and x.dtype == ms.float32:
-            return self.drop2(monarch_gated_mlp(x, self.fc1, self.act, self.drop1, self.gate, self.fc2))
         x = self.drop1(self.act(self.fc1(x)))
         x = self.gate(x)
         return self.drop2(self.fc2(x))

@@ -27,18 +27,9 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
 
-from .cpu_kernels import (CpuBlocksMatmul, CpuColumnsOfFlat, CpuColumnsOfRows, CpuColumnsOfRowsBias,
-                          cpu_kernels_wanted, cpu_sgemm_available)
-
 __all__ = [
     "MonarchLinear",
     "BlockdiagLinear",
-    "blockdiag_butterfly_multiply",
-    "monarch_mlp",
-    "monarch_pair_fusable",
-    "monarch_gated_mlp",
-    "monarch_gated_fusable",
-    "reorder_features",
     "monarch_factor_shapes",
     "monarch_to_dense",
     "project_to_monarch",
@@ -83,177 +74,6 @@ def monarch_factor_shapes(in_features: int, out_features: int, nblocks: int) -> 
 
 # Weights enter the batched matmuls transposed by the kernel (transpose_b) rather than by a Transpose op.
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
-
-
-def _kernels_apply(layer: "MonarchLinear", x: ms.Tensor) -> bool:
-    return layer.use_cpu_kernel and x.dtype == ms.float32
-
-
-def _to_blocks(x: ms.Tensor, k: int, p: int, layer: Optional["MonarchLinear"] = None) -> ms.Tensor:
-    """``(B, k*p)`` to the first factor's input blocks ``(k, B, p)``; with the sgemm kernel, ``x`` itself (it
-    reads the blocks in place)."""
-    if layer is not None and _kernels_apply(layer, x):
-        return x if layer.cpu_matmul1 is not None else layer.cpu_split(x)
-    return x.reshape(x.shape[0], k, p).transpose(1, 0, 2)
-
-
-def _matmul(x: ms.Tensor, w: ms.Tensor, layer: Optional["MonarchLinear"], kernel: Optional[nn.Cell]) -> ms.Tensor:
-    """``x[kk] . w[kk]^T`` over the blocks: a layer's sgemm kernel when it applies, else ``BatchMatMul``."""
-    if kernel is not None and _kernels_apply(layer, x):
-        return kernel(x, w)
-    return _bmm_nt(x, w)
-
-
-def _stage1(x_blocks: ms.Tensor, blkdiag1: ms.Tensor, l: int, layer: Optional["MonarchLinear"] = None) -> ms.Tensor:
-    """First factor on input blocks ``(k, B, p)`` (or what ``_to_blocks`` gave); returns the second factor's input
-    blocks ``(l, B, r)``."""
-    if layer is not None and _kernels_apply(layer, x_blocks):
-        return layer.cpu_stage1(_matmul(x_blocks, blkdiag1, layer, layer.cpu_matmul1))
-    h = _bmm_nt(x_blocks, blkdiag1)  # (k, B, q)
-    batch = h.shape[1]
-    # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
-    return h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)
-
-
-def _from_blocks(y: ms.Tensor) -> ms.Tensor:
-    """``(l, B, s)`` stage-2 output to ``(B, s*l)``: output index ss*l + ll."""
-    l, batch, s = y.shape
-    return y.transpose(1, 2, 0).reshape(batch, s * l)
-
-
-def _output(y: ms.Tensor, layer: "MonarchLinear") -> ms.Tensor:
-    """A layer's stage-2 output ``(l, B, s)`` to ``(B, out_features)``, with its bias."""
-    if _kernels_apply(layer, y):
-        if layer.has_bias:
-            return layer.cpu_output(y, ops.cast(layer.bias, y.dtype))
-        return layer.cpu_output(y)
-    out = _from_blocks(y)
-    if layer.out_features_extended > layer.out_features:
-        out = out[:, :layer.out_features]
-    if layer.has_bias:
-        out = out + ops.cast(layer.bias, out.dtype)
-    return out
-
-
-def blockdiag_butterfly_multiply(x: ms.Tensor, blkdiag1: ms.Tensor, blkdiag2: ms.Tensor) -> ms.Tensor:
-    """Monarch product of a 2-D input ``x`` of shape ``(B, k*p)``; returns ``(B, s*l)``.
-
-    Two batched matmuls over the blocks, with fly's permutation between them, built from
-    reshape, transpose and ``BatchMatMul`` only (``einsum`` has no CPU kernel).
-    """
-    k, _, p = blkdiag1.shape
-    h = _stage1(_to_blocks(x, k, p), blkdiag1, blkdiag2.shape[0])
-    return _from_blocks(_bmm_nt(h, blkdiag2))
-
-
-def monarch_pair_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
-    """Whether ``fc2(act(fc1(x)))`` can skip fc1's output permutation (see ``monarch_mlp``)."""
-    l1, s1, _ = fc1.blkdiag2.shape
-    k2, _, p2 = fc2.blkdiag1.shape
-    return (fc1.out_features == l1 * s1 == fc2.in_features == k2 * p2) and p2 % l1 == 0
-
-
-def _monarch_fc1_blocks(x: ms.Tensor, fc1: "MonarchLinear") -> Tuple[ms.Tensor, ms.Tensor]:
-    """A Monarch layer (fc1 of an MLP) up to its second matmul: ``(h, w2)`` with ``h`` the ``(l, B, r)`` blocks
-    (``x`` is 2-D)."""
-    if fc1.in_features_extended > fc1.in_features:
-        x = ops.pad(x, (0, fc1.in_features_extended - fc1.in_features))
-    w1, w2 = ops.cast(fc1.blkdiag1, x.dtype), ops.cast(fc1.blkdiag2, x.dtype)
-    return _stage1(_to_blocks(x, w1.shape[0], w1.shape[2], fc1), w1, w2.shape[0], fc1), w2
-
-
-def _fc1_bias_blocks(fc1: "MonarchLinear", l: int, groups: int, c: int) -> ms.Tensor:
-    """fc1's bias (feature ss*l + ll) as ``(l, groups, c)`` with ss = group*c + cc; zeros without a bias."""
-    if not fc1.has_bias:
-        return ops.zeros((l, groups, c), ms.float32)
-    return fc1.bias.reshape(groups * c, l).transpose(1, 0).reshape(l, groups, c)
-
-
-def _monarch_fc2_regrouped(z: ms.Tensor, fc2: "MonarchLinear", l: int) -> ms.Tensor:
-    """fc2 of block-major input ``z`` ``(k2, B, p2)`` whose block columns are in ``(ll, cc)`` order, feature
-    ``kk*p2 + cc*l + ll``; returns ``(B, out_features)``."""
-    u1 = ops.cast(fc2.blkdiag1, z.dtype)
-    k2, q2, p2 = u1.shape
-    u1 = u1.reshape(k2, q2, p2 // l, l).transpose(0, 1, 3, 2).reshape(k2, q2, p2)  # columns in z's order
-    u2 = ops.cast(fc2.blkdiag2, z.dtype)
-    return _output(_matmul(_stage1(z, u1, u2.shape[0], fc2), u2, fc2, fc2.cpu_matmul2), fc2)
-
-
-def monarch_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, fc2: "MonarchLinear",
-                fused_gelu: bool = False) -> ms.Tensor:
-    """``fc2(drop(act(fc1(x))))`` for two Monarch layers, with fc1's output left block-major.
-
-    fc1's second matmul yields ``(l, B, s)``, feature ss*l + ll. Its standard order would cost a transpose
-    whose innermost dimension is l (slow), and fc2 would then gather its input blocks with another one.
-    Instead, fc2's block kk reads features ss*l + ll for ss in [kk*c, (kk+1)*c), c = p/l: a slab of the
-    block-major tensor, taken with one transpose of c-long rows, with blkdiag1's columns reordered to
-    match. fc1's bias rides in its matmul as an extra input column of ones: a broadcast add over the middle
-    axis would cost a strided reduction in the backward pass. The elementwise activation and dropout do
-    not care about the order. Results equal the unfused layers (a permutation of the same sums).
-
-    With ``fused_gelu`` (``act`` is a ``GELU`` holding the CPU kernels), float32 inputs take fc1's bias, the
-    activation and the regrouping in one kernel, ``act.cpu_regroup``, forward and backward; fc1's second
-    matmul then has no column of ones.
-    """
-    lead_shape = x.shape[:-1]
-    x = x.reshape(-1, fc1.in_features)
-    batch = x.shape[0]
-    h, w2 = _monarch_fc1_blocks(x, fc1)  # (l, B, r)
-    l, s, _ = w2.shape
-    k2, _, p2 = fc2.blkdiag1.shape
-    c = p2 // l  # s == k2 * c
-    # z: block kk2 of fc2's input, in (ll, ss) order.
-    if fused_gelu and x.dtype == ms.float32:
-        z = act.cpu_regroup(_matmul(h, w2, fc1, fc1.cpu_matmul2).reshape(l, batch, k2, c),
-                            _fc1_bias_blocks(fc1, l, k2, c))
-        z = drop(z).reshape(k2, batch, p2)
-    else:
-        if fc1.has_bias:
-            bias = ops.cast(fc1.bias, x.dtype).reshape(s, l).transpose(1, 0).reshape(l, s, 1)
-            h = ops.concat((h, ops.ones((l, batch, 1), h.dtype)), axis=2)
-            w2 = ops.concat((w2, bias), axis=2)
-        y = drop(act(_matmul(h, w2, fc1, fc1.cpu_matmul2)))  # (l, B, s)
-        z = y.reshape(l, batch, k2, c).transpose(2, 1, 0, 3).reshape(k2, batch, p2)
-    return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
-
-
-def monarch_gated_fusable(fc1: "MonarchLinear", fc2: "MonarchLinear") -> bool:
-    """Whether ``monarch_gated_mlp`` can run ``fc1 -> gate (halves the width) -> fc2`` block-major."""
-    l1, s1, _ = fc1.blkdiag2.shape
-    k2, _, p2 = fc2.blkdiag1.shape
-    return fc1.out_features == l1 * s1 == 2 * fc2.in_features == 2 * k2 * p2 and p2 % l1 == 0
-
-
-def reorder_features(param: ms.Tensor, feature_order: Tuple[int, int, int]) -> ms.Tensor:
-    """A per-feature vector in the order of ``monarch_gated_mlp``'s gate inputs (see there)."""
-    k, l, c = feature_order
-    return param.reshape(k, c, l).transpose(0, 2, 1).reshape(-1)
-
-
-def monarch_gated_mlp(x: ms.Tensor, fc1: "MonarchLinear", act: nn.Cell, drop: nn.Cell, gate: nn.Cell,
-                      fc2: "MonarchLinear") -> ms.Tensor:
-    """``fc2(gate(drop(act(fc1(x)))))`` for two Monarch layers around a gate that halves the width (gMLP).
-
-    Float32 and ``act.cpu_split`` (a ``GELU`` with the CPU kernels) only. As in ``monarch_mlp``, fc1's
-    block-major output never takes the standard order: one kernel adds fc1's bias, applies GELU and writes
-    the two halves ``u, v`` token-major, with features in a fixed permutation that fc2's first blocks read
-    directly. ``gate.construct_reordered(u, v, feature_order)`` gates them in that order (feature
-    ``(kk*c + cc)*l + ll`` sits at ``(kk*l + ll)*c + cc``, ``feature_order = (k, l, c)``, and
-    ``reorder_features`` puts per-feature parameters in the same order) and returns fc2's input blocks
-    ``(k, B, p)``.
-    """
-    lead_shape = x.shape[:-1]
-    x = x.reshape(-1, fc1.in_features)
-    batch = x.shape[0]
-    h, w2 = _monarch_fc1_blocks(x, fc1)
-    l = w2.shape[0]
-    k2, _, p2 = fc2.blkdiag1.shape
-    c = p2 // l
-    u, v = act.cpu_split(_matmul(h, w2, fc1, fc1.cpu_matmul2).reshape(l, batch, 2 * k2, c),
-                         _fc1_bias_blocks(fc1, l, 2 * k2, c))
-    half_shape = lead_shape + (k2 * p2,)
-    z = gate.construct_reordered(drop(u).reshape(half_shape), drop(v).reshape(half_shape), (k2, l, c))
-    return _monarch_fc2_regrouped(z, fc2, l).reshape(lead_shape + (fc2.out_features,))
 
 
 def _block_diag(blocks: np.ndarray) -> np.ndarray:
@@ -348,11 +168,8 @@ class MonarchLinear(nn.Cell):
         Tensor of shape ``(*, out_features)`` in the input's dtype.
 
     Parameters are named ``blkdiag1``, ``blkdiag2`` and ``bias`` as in fly, so fly checkpoints
-    load without renaming. On CPU, float32 layers without padding run their two batched matmuls through
-    oneDNN's sgemm (``cpu_kernels.CpuBlocksMatmul``; the first reads the input's blocks in place) and each
-    remaining permutation (between the factors, output with the bias) as one pass of a fused kernel
-    (``CpuColumnsOfFlat``/``CpuColumnsOfRows``) instead of one or two transposes; other dtypes, backends and
-    exports use ``BatchMatMul`` and transposes (``set_cpu_kernels``). Under AMP
+    load without renaming. The forward is fly's ``blockdiag_butterfly_multiply``: two ``BatchMatMul``s over the
+    blocks with reshapes and transposes between them, the same operators on every device. Under AMP
     (``auto_mixed_precision(net, "O2")``) the factors stay fp32 and are cast to the input's dtype for the
     multiply.
     """
@@ -371,25 +188,6 @@ class MonarchLinear(nn.Cell):
         self.blkdiag1 = _uniform(1.0 / math.sqrt(shape1[-1]), shape1, "blkdiag1")
         self.blkdiag2 = _uniform(1.0 / math.sqrt(shape2[-1]), shape2, "blkdiag2")
         self.bias = _uniform(1.0 / math.sqrt(self.out_features), (self.out_features,), "bias") if has_bias else None
-        # On CPU (float32, no padding) the three permutations are one pass each, forward and backward.
-        fast = cpu_kernels_wanted() and self.in_features_extended == self.in_features and \
-            self.out_features_extended == self.out_features
-        k, l = shape1[0], shape2[0]
-        # Both batched matmuls through oneDNN's sgemm when MindSpore ships it; the first reads x in place.
-        sgemm = fast and cpu_sgemm_available()
-        self.cpu_matmul1 = CpuBlocksMatmul() if sgemm else None
-        self.cpu_matmul2 = CpuBlocksMatmul() if sgemm else None
-        self.cpu_split = CpuColumnsOfRows(k, 1) if fast and not sgemm else None
-        self.cpu_stage1 = CpuColumnsOfFlat(l, k) if fast else None
-        output = CpuColumnsOfRowsBias if has_bias else CpuColumnsOfRows
-        self.cpu_output = output(1, l) if fast else None
-        # Read at graph compilation; set_cpu_kernels(net, False) turns it off, e.g. before an export.
-        self.use_cpu_kernel = fast
-
-    @property
-    def cpu_kernel(self) -> Optional[nn.Cell]:
-        """The permutation kernels (``set_cpu_kernels`` switches layers that have them)."""
-        return self.cpu_stage1
 
     def extend_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -404,8 +202,21 @@ class MonarchLinear(nn.Cell):
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         lead_shape = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
-        h, w2 = _monarch_fc1_blocks(x, self)
-        return _output(_matmul(h, w2, self, self.cpu_matmul2), self).reshape(lead_shape + (self.out_features,))
+        if self.in_features_extended > self.in_features:
+            x = ops.pad(x, (0, self.in_features_extended - self.in_features))
+        w1, w2 = ops.cast(self.blkdiag1, x.dtype), ops.cast(self.blkdiag2, x.dtype)
+        k, _, p = w1.shape
+        l, s, _ = w2.shape
+        batch = x.shape[0]
+        h = _bmm_nt(x.reshape(batch, k, p).transpose(1, 0, 2), w1)  # (k, B, q)
+        # Re-read the flat index kk*q + qq as rr*l + ll and gather block ll's inputs.
+        h = h.transpose(1, 0, 2).reshape(batch, -1, l).transpose(2, 0, 1)  # (l, B, r)
+        out = _bmm_nt(h, w2).transpose(1, 2, 0).reshape(batch, s * l)  # output index ss*l + ll
+        if self.out_features_extended > self.out_features:
+            out = out[:, :self.out_features]
+        if self.has_bias:
+            out = out + ops.cast(self.bias, out.dtype)
+        return out.reshape(lead_shape + (self.out_features,))
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight (float32 Tensor)."""

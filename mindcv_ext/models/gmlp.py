@@ -12,13 +12,12 @@ from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, GatedMlp, PatchEmbed, layer_norm, reorder_features
-from ..layers.cpu_kernels import CpuGateToBlocks, cpu_kernels_wanted
-from ..layers.mlp import check_mlp_layer
+from ..layers import DropPath, GatedMlp, layer_norm
 from ..layers.weight_init import constant_, normal_
-from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_model, init_mixer_weights, make_cfg
+from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, make_cfg
+from .mlp_mixer import MlpMixer
 
-__all__ = ["GMLP"]
+__all__ = ["GMLP", "SpatialGatingBlock", "SpatialGatingUnit"]
 
 
 def _cfg(**kwargs):
@@ -32,45 +31,13 @@ default_cfgs = {
 }
 
 
-_bmm_nt = ops.BatchMatMul(transpose_b=True)
-
-
-class TokenProjection(nn.Cell):
-    """``weight @ v + bias[:, None]`` for every sample of ``v`` ``(N, T, C)``: a linear map across tokens.
-
-    timm writes it as ``nn.Linear`` on ``v.transpose(-1, -2)`` and transposes back; multiplying from the left
-    reads ``v`` as it is. The backward is written out so that the bias gradient sums along contiguous rows
-    first (the automatic one reduces over a strided axis, slowly on CPU). With ``add_bias=False`` the bias is
-    left to the caller (its gradient here is zero).
-    """
-
-    def __init__(self, add_bias: bool = True) -> None:
-        super().__init__()
-        self.add_bias = add_bias
-
-    def construct(self, v: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
-        if self.add_bias:
-            return ops.matmul(weight, v) + bias.reshape(-1, 1)
-        return ops.matmul(weight, v)
-
-    def bprop(self, v, weight, bias, out, dout):
-        dv = ops.matmul(weight.transpose(1, 0), dout)
-        dweight = _bmm_nt(dout, v).sum(0)
-        dbias = dout.sum(-1).sum(0) if self.add_bias else ops.zeros_like(bias)
-        return dv, dweight, dbias
-
-
 class SpatialGatingUnit(nn.Cell):
     """Split channels in halves ``u, v``; gate ``u`` with ``v`` normalised and projected across tokens."""
 
     def __init__(self, dim: int, seq_len: int) -> None:
         super().__init__()
         self.norm = layer_norm(dim // 2, eps=1e-5)  # timm leaves this one at PyTorch's default
-        self.proj = nn.Dense(seq_len, seq_len)  # holds the parameters, named as timm's
-        self.token_projection = TokenProjection()
-        # construct_reordered on CPU: the bias is added in the kernel that gates and gathers fc2's blocks.
-        self.cpu_gate = CpuGateToBlocks() if cpu_kernels_wanted() else None
-        self.token_product = TokenProjection(add_bias=False)
+        self.proj = nn.Dense(seq_len, seq_len)
 
     def init_weights(self) -> None:
         # Near-zero weights and unit bias: the unit starts as the identity gate (paper, Sec. 2.1).
@@ -80,25 +47,15 @@ class SpatialGatingUnit(nn.Cell):
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         u, v = ops.split(x, x.shape[-1] // 2, axis=-1)
         v = self.norm(v)
-        return u * self.token_projection(v, ops.cast(self.proj.weight, v.dtype), ops.cast(self.proj.bias, v.dtype))
-
-    def construct_reordered(self, u: ms.Tensor, v: ms.Tensor, feature_order: tuple) -> ms.Tensor:
-        """The same gate on halves ``(N, T, C)`` whose features come in ``monarch_gated_mlp``'s order; returns
-        fc2's input blocks ``(k, N*T, C/k)``, ``k = feature_order[0]``."""
-        gamma = reorder_features(self.norm.gamma, feature_order)
-        beta = reorder_features(self.norm.beta, feature_order)
-        v = self.norm.normalize(v, gamma, beta)
-        weight, bias = ops.cast(self.proj.weight, v.dtype), ops.cast(self.proj.bias, v.dtype)
-        k = feature_order[0]
-        rows = u.shape[0] * u.shape[1]
-        if self.cpu_gate is not None and u.dtype == ms.float32:
-            p = self.token_product(v, weight, bias)
-            return self.cpu_gate(u.reshape(rows, k, -1), p.reshape(rows, k, -1), bias)
-        z = u * self.token_projection(v, weight, bias)
-        return z.reshape(rows, k, -1).transpose(1, 0, 2)
+        v = self.proj(v.swapaxes(-1, -2))
+        return u * v.swapaxes(-1, -2)
 
 
 class SpatialGatingBlock(nn.Cell):
+    """Pre-LayerNorm gated MLP with a residual; ``MlpMixer``'s block for gMLP."""
+
+    mlp_layers = ("dense", "monarch")
+
     def __init__(self, dim: int, seq_len: int, mlp_ratio: float = 6.0, proj_drop: float = 0.0,
                  drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
         super().__init__()
@@ -111,8 +68,9 @@ class SpatialGatingBlock(nn.Cell):
         return x + self.drop_path(self.mlp_channels(self.norm(x)))
 
 
-class GMLP(nn.Cell):
-    r"""gMLP: patch embedding, spatial gating blocks, LayerNorm, mean pooling, linear head.
+class GMLP(MlpMixer):
+    r"""gMLP: ``MlpMixer``'s skeleton (patch embedding, blocks, LayerNorm, mean pooling, linear head) with spatial
+    gating blocks.
 
     Args:
         img_size: input resolution (a multiple of ``patch_size``). Default: 224.
@@ -133,32 +91,9 @@ class GMLP(nn.Cell):
                  embed_dim: int = 256, num_blocks: int = 30, mlp_ratio: float = 6.0, drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
                  nblocks: int = 4) -> None:
-        super().__init__()
-        check_mlp_layer(mlp_layer, nblocks, choices=("dense", "monarch"))
-        self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
-        self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
-        seq_len = self.stem.num_patches
-        self.blocks = nn.SequentialCell([
-            SpatialGatingBlock(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks)
-            for _ in range(num_blocks)
-        ])
-        self.norm = layer_norm(embed_dim, eps=1e-6)
-        self.head_drop = nn.Dropout(p=drop_rate)
-        self.head = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        init_mixer_weights(self)
-
-    def forward_features(self, x: ms.Tensor) -> ms.Tensor:
-        x = self.stem(x)
-        x = self.blocks(x)
-        return self.norm(x)
-
-    def forward_head(self, x: ms.Tensor) -> ms.Tensor:
-        x = x.mean(axis=1)
-        return self.head(self.head_drop(x))
-
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        return self.forward_head(self.forward_features(x))
+        super().__init__(img_size, patch_size, in_channels, num_classes, embed_dim, num_blocks, mlp_ratio,
+                         block_layer=SpatialGatingBlock, drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+                         drop_path_rate=drop_path_rate, mlp_layer=mlp_layer, nblocks=nblocks)
 
 
 _ARCHS = {
@@ -169,10 +104,7 @@ _ARCHS = {
 
 
 def _gmlp(variant: str, pretrained: bool, **kwargs) -> GMLP:
-    base, monarch, _ = variant.partition("_monarch")
-    args = dict(_ARCHS[base], mlp_layer="monarch" if monarch else "dense")
-    args.update(kwargs)
-    return build_model(GMLP, variant, pretrained, default_cfgs[variant], **args)
+    return build_variant(GMLP, variant, _ARCHS, pretrained, default_cfgs, **kwargs)
 
 
 @register_model

@@ -6,7 +6,7 @@ from mindspore import nn
 from ..layers.pixelfly import SparseLRLinear
 from ..layers.weight_init import constant_, lecun_normal_, normal_, xavier_uniform_
 
-__all__ = ["make_cfg", "build_model", "init_mixer_weights"]
+__all__ = ["make_cfg", "build_model", "build_variant", "init_mixer_weights"]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -43,6 +43,23 @@ def build_model(model_cls: Type[nn.Cell], variant: str, pretrained: bool, defaul
     model.default_cfg = dict(default_cfg)
     model.pretrained_cfg = model.default_cfg
     return model
+
+
+def build_variant(model_cls: Type[nn.Cell], variant: str, archs: Dict[str, Dict[str, Any]], pretrained: bool,
+                  default_cfgs: Dict[str, Dict[str, Any]], **kwargs) -> nn.Cell:
+    """An entrypoint's model: the architecture of ``variant``'s base name, with ``mlp_layer`` set by the name.
+
+    A ``_monarch`` suffix means ``mlp_layer="monarch"``; an explicit ``mlp_layer`` that says otherwise is an error
+    (a dense model under a Monarch name would mislabel every result). Base names take any ``mlp_layer``.
+    """
+    base, suffix, _ = variant.partition("_monarch")
+    requested = kwargs.get("mlp_layer")
+    if suffix and requested is not None and requested != "monarch":
+        raise ValueError(f"{variant}: mlp_layer={requested!r} conflicts with the model name, whose '_monarch' suffix "
+                         f"means mlp_layer='monarch'. Drop mlp_layer, or use {base!r} with mlp_layer={requested!r}.")
+    args = dict(archs[base], mlp_layer="monarch" if suffix else "dense")
+    args.update(kwargs)
+    return build_model(model_cls, variant, pretrained, default_cfgs[variant], **args)
 
 
 def init_mixer_weights(net: nn.Cell) -> None:

@@ -11,7 +11,7 @@ timm's, LayerNorm epsilon 1e-6, exact GELU, a convolution stem with bias (unlike
 ``mlp_layer="monarch"`` (or ``"pixelfly"``) the channel MLPs become Monarch (or flat block butterfly plus low
 rank) and the token MLPs stay dense, as fly's Monarch and Pixelfly Mixers.
 """
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn
@@ -21,9 +21,9 @@ from mindcv.models.registry import register_model
 from ..layers import DropPath, Mlp, PatchEmbed, layer_norm
 from ..layers.mlp import check_mlp_layer
 from ..layers.helpers import to_2tuple
-from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_model, init_mixer_weights, make_cfg
+from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, init_mixer_weights, make_cfg
 
-__all__ = ["MlpMixer"]
+__all__ = ["MlpMixer", "MixerBlock"]
 
 _ARCHS = {
     "mixer_s32_224": dict(patch_size=32, num_blocks=8, embed_dim=512),
@@ -44,10 +44,13 @@ default_cfgs = {
 class MixerBlock(nn.Cell):
     """Token mixing across patches, then channel mixing, each residual with pre-LayerNorm."""
 
-    def __init__(self, dim: int, seq_len: int, mlp_ratio: Tuple[float, float] = (0.5, 4.0), proj_drop: float = 0.0,
-                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
+    mlp_layers = ("dense", "monarch", "pixelfly")
+
+    def __init__(self, dim: int, seq_len: int, mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0),
+                 proj_drop: float = 0.0, drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
                  pixelfly: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
+        mlp_ratio = (0.5, float(mlp_ratio)) if isinstance(mlp_ratio, (int, float)) else to_2tuple(mlp_ratio)
         tokens_dim, channels_dim = (int(ratio * dim) for ratio in mlp_ratio)
         self.norm1 = layer_norm(dim, eps=1e-6)
         self.mlp_tokens = Mlp(seq_len, tokens_dim, drop=proj_drop)
@@ -64,15 +67,19 @@ class MixerBlock(nn.Cell):
 class MlpMixer(nn.Cell):
     r"""MLP-Mixer: patch embedding, Mixer blocks, LayerNorm, mean pooling, linear head.
 
+    The same skeleton builds gMLP (``block_layer=SpatialGatingBlock``), as timm builds both from its ``MlpMixer``.
+
     Args:
         img_size: input resolution (a multiple of ``patch_size``). Default: 224.
         patch_size: patch side. Default: 16.
         in_channels: input channels. Default: 3.
         num_classes: classes of the head (0 for no head). Default: 1000.
         embed_dim: token width. Default: 512.
-        num_blocks: number of Mixer blocks. Default: 8.
-        mlp_ratio: (token, channel) MLP expansion, or one number for the channel MLP with the token
-            ratio 0.5. Default: (0.5, 4.0).
+        num_blocks: number of blocks. Default: 8.
+        mlp_ratio: MLP expansion as ``block_layer`` reads it; for ``MixerBlock`` (token, channel), or one number for
+            the channel MLP with the token ratio 0.5. Default: (0.5, 4.0).
+        block_layer: the block, called as ``block_layer(dim, seq_len, mlp_ratio, proj_drop, drop_path, mlp_layer,
+            nblocks[, pixelfly])``; its ``mlp_layers`` lists the channel MLPs it supports. Default: ``MixerBlock``.
         drop_rate: dropout before the head. Default: 0.
         proj_drop_rate: dropout inside the MLPs. Default: 0.
         drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
@@ -84,21 +91,23 @@ class MlpMixer(nn.Cell):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
                  embed_dim: int = 512, num_blocks: int = 8,
-                 mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0), drop_rate: float = 0.0,
+                 mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0),
+                 block_layer: Callable[..., nn.Cell] = MixerBlock, drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
                  nblocks: int = 4, butterfly_size: int = 8, n_factors: int = 2, block: int = 32, rank=32,
                  gating: bool = True, global_size: int = 0, shuffle: bool = False) -> None:
         super().__init__()
         pixelfly = dict(butterfly_size=butterfly_size, n_factors=n_factors, block=block, rank=rank, gating=gating,
                         global_size=global_size, shuffle=shuffle)
-        check_mlp_layer(mlp_layer, nblocks, pixelfly)
-        mlp_ratio = (0.5, float(mlp_ratio)) if isinstance(mlp_ratio, (int, float)) else to_2tuple(mlp_ratio)
+        check_mlp_layer(mlp_layer, pixelfly, choices=block_layer.mlp_layers)
+        block_kwargs = dict(pixelfly=pixelfly) if mlp_layer == "pixelfly" else {}
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
         seq_len = self.stem.num_patches
         self.blocks = nn.SequentialCell([
-            MixerBlock(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks, pixelfly)
+            block_layer(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks,
+                        **block_kwargs)
             for _ in range(num_blocks)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-6)
@@ -120,10 +129,7 @@ class MlpMixer(nn.Cell):
 
 
 def _mixer(variant: str, pretrained: bool, **kwargs) -> MlpMixer:
-    base, monarch, _ = variant.partition("_monarch")
-    args = dict(_ARCHS[base], mlp_layer="monarch" if monarch else "dense")
-    args.update(kwargs)
-    return build_model(MlpMixer, variant, pretrained, default_cfgs[variant], **args)
+    return build_variant(MlpMixer, variant, _ARCHS, pretrained, default_cfgs, **kwargs)
 
 
 @register_model

@@ -26,7 +26,7 @@ from ..layers import DropPath, Mlp, layer_norm
 from ..layers.attention import ATTENTION_TYPES, MultiHeadAttention, TokenPerformer, create_attention
 from ..layers.mlp import check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
-from .helpers import build_model, make_cfg
+from .helpers import build_variant, make_cfg
 
 __all__ = ["T2T_ViT", "init_vit_weights"]
 
@@ -204,7 +204,7 @@ class T2T_ViT(nn.Cell):
                  nb_features: Pair = None, softmax_eps: Pair = None, normalization_eps: Pair = None,
                  feature_seed: int = 0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, nblocks, choices=("dense", "monarch"))
+        check_mlp_layer(mlp_layer, choices=("dense", "monarch"))
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"T2T_ViT: img_size must be a positive multiple of 16, got {img_size}")
         if tokens_type not in ("transformer", "performer"):
@@ -260,10 +260,7 @@ class T2T_ViT(nn.Cell):
 
 
 def _t2t(variant: str, pretrained: bool, **kwargs) -> T2T_ViT:
-    base, monarch, _ = variant.partition("_monarch")
-    args = dict(_ARCHS[base], mlp_layer="monarch" if monarch else "dense")
-    args.update(kwargs)
-    return build_model(T2T_ViT, variant, pretrained, default_cfgs[variant], **args)
+    return build_variant(T2T_ViT, variant, _ARCHS, pretrained, default_cfgs, **kwargs)
 
 
 @register_model

@@ -26,7 +26,7 @@ from ..layers import DropPath, Mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention, TokenPerformer
 from ..layers.mlp import check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
-from .helpers import build_model, make_cfg
+from .helpers import build_variant, make_cfg
 
 __all__ = ["ViTAE"]
 
@@ -195,7 +195,7 @@ class ViTAE(nn.Cell):
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, nblocks, choices=("dense", "monarch"))
+        check_mlp_layer(mlp_layer, choices=("dense", "monarch"))
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"ViTAE: img_size must be a positive multiple of 16, got {img_size}")
         self.num_classes = num_classes
@@ -243,10 +243,7 @@ class ViTAE(nn.Cell):
 
 
 def _vitae(variant: str, pretrained: bool, **kwargs) -> ViTAE:
-    base, monarch, _ = variant.partition("_monarch")
-    args = dict(_ARCHS[base], mlp_layer="monarch" if monarch else "dense")
-    args.update(kwargs)
-    return build_model(ViTAE, variant, pretrained, default_cfgs[variant], **args)
+    return build_variant(ViTAE, variant, _ARCHS, pretrained, default_cfgs, **kwargs)
 
 
 @register_model

@@ -1,33 +1,30 @@
-"""layers/helpers.py: the LayerNorm's CPU paths (fused kernel; hand-written backward) give MindSpore's values and
-gradients."""
+"""layers/helpers.py: layer_norm is MindSpore's nn.LayerNorm with PyTorch's epsilon; it and its accelerated twin give
+float64's values and gradients."""
 import numpy as np
 import pytest
 
 import mindspore as ms
 from mindspore import nn
 
-from mindcv_ext.layers import LayerNorm, cpu_kernel_library, layer_norm
-from tests.utils import SensGrads, rel_err
+from mindcv_ext.layers import layer_norm
+from tests.utils import SensGrads, on_path, rel_err
 
 
-def _pair(dim: int, eps: float, rng, cpu_kernel=None):
-    """Our LayerNorm (CPU path chosen by ``cpu_kernel``) and MindSpore's, holding the same random gamma and beta."""
-    ours = LayerNorm(dim, eps, custom_backward=True, cpu_kernel=cpu_kernel)
+def _pair(dim: int, eps: float, rng, path: str):
+    """``layer_norm`` on ``path`` and MindSpore's nn.LayerNorm, holding the same random gamma and beta."""
+    ours = layer_norm(dim, eps)
     reference = nn.LayerNorm((dim,), epsilon=eps)
     for name, value in (("gamma", rng.uniform(0.5, 1.5, dim)), ("beta", rng.standard_normal(dim))):
         for cell in (ours, reference):
             getattr(cell, name).set_data(ms.Tensor(value.astype(np.float32)))
-    return ours, reference
+    return on_path(ours, path), reference
 
 
 @pytest.mark.parametrize("shape, eps", [((2, 5, 96), 1e-6), ((7, 33), 1e-5), ((300, 768), 1e-6)])
-@pytest.mark.parametrize("cpu_kernel", [None, False], ids=["default", "custom-backward"])
-def test_custom_backward_matches_mindspore(ms_mode, shape, eps, cpu_kernel):
-    """default: the fused CPU kernel forward and backward (when it builds); custom-backward: MindSpore's forward
-    and the gradient written from operators."""
+def test_layer_norm_matches_float64(ms_mode, shape, eps, net_path):
+    """plain: MindSpore's LayerNorm; accel: one kernel forward and one backward."""
     rng = np.random.default_rng(0)
-    ours, reference = _pair(shape[-1], eps, rng, cpu_kernel)
-    assert ours.use_cpu_kernel is (cpu_kernel is None and cpu_kernel_library() is not None)
+    ours, reference = _pair(shape[-1], eps, rng, net_path)
     # Rows with a large offset and a tiny spread exercise the centring; the sens is not all ones, so the
     # mean-of-(dout * normed) term of the gradient is not zero.
     x = rng.standard_normal(shape).astype(np.float32) * rng.uniform(0.01, 3.0, shape[:-1] + (1,)).astype(np.float32)
@@ -58,13 +55,8 @@ def test_custom_backward_matches_mindspore(ms_mode, shape, eps, cpu_kernel):
 def test_layer_norm_is_still_an_nn_layernorm(graph_mode):
     """AMP keeps nn.LayerNorm in fp32 and the converter maps its weight/bias by that type; both must still apply."""
     norm = layer_norm(16, eps=1e-5)
-    assert isinstance(norm, nn.LayerNorm) and norm.epsilon == 1e-5
-    assert norm.custom_backward == (ms.get_context("device_target") == "CPU")
+    assert type(norm) is nn.LayerNorm and norm.epsilon == 1e-5
     assert [p.name for p in norm.get_parameters()] == ["gamma", "beta"]
     net = ms.amp.auto_mixed_precision(nn.SequentialCell([nn.Dense(16, 16), layer_norm(16)]), "O2")
     out = net(ms.Tensor(np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)))
     assert out.dtype == ms.float32 and np.isfinite(out.asnumpy()).all()
-    # The fused kernel path (GPU and Ascend) computes the same values.
-    fused = LayerNorm(16, 1e-5, custom_backward=False, cpu_kernel=False)
-    x = ms.Tensor(np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32))
-    assert rel_err(fused(x).asnumpy(), norm(x).asnumpy()) < 1e-6

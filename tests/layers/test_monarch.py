@@ -10,14 +10,11 @@ from mindspore import amp, nn, ops
 from mindcv_ext.layers import (
     BlockdiagLinear,
     MonarchLinear,
-    cpu_kernel_library,
     monarch_factor_shapes,
     monarch_to_dense,
     project_to_monarch,
-    set_cpu_kernels,
 )
-from mindcv_ext.layers import cpu_kernels
-from tests.utils import TEST_DATA, SensGrads, rel_err, shared_fixture_dir
+from tests.utils import TEST_DATA, on_path, rel_err, shared_fixture_dir
 
 FIXTURES = sorted((TEST_DATA / "monarch").glob("*.npz"))
 TOL = 1e-5
@@ -64,9 +61,9 @@ def _layer_from_fixture(data) -> MonarchLinear:
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
-def test_matches_fly_forward_and_backward(path, ms_mode):
+def test_matches_fly_forward_and_backward(path, ms_mode, net_path):
     data = np.load(path)
-    layer = _layer_from_fixture(data)
+    layer = on_path(_layer_from_fixture(data), net_path)
     assert layer.blkdiag1.shape == data["param_blkdiag1"].shape
     assert layer.blkdiag2.shape == data["param_blkdiag2"].shape
     x, grad_out = ms.Tensor(data["x"]), ms.Tensor(data["grad_out"])
@@ -281,29 +278,3 @@ def test_blockdiag_linear_is_block_diagonal(in_features, out_features, nblocks, 
     assert y.shape == (2, 3, out_features)
     assert rel_err(y, x @ dense.T + layer.bias.asnumpy()) <= TOL
     assert np.abs(weight).max() <= 1.0 / np.sqrt(in_blk)
-
-
-@pytest.mark.parametrize("in_features,out_features,nblocks,has_bias", [
-    (64, 256, 4, True), (256, 64, 4, False), (48, 96, 2, True), (30, 50, 4, True)])
-def test_cpu_kernels_equal_the_standard_operators(in_features, out_features, nblocks, has_bias, rng, graph_mode):
-    """On CPU, float32 layers without padding permute with one kernel pass each and multiply with oneDNN's sgemm
-    (forward and backward); the rest, and every layer after set_cpu_kernels(layer, False), transpose and multiply
-    with MindSpore's operators. Same values."""
-    fast = MonarchLinear(in_features, out_features, nblocks, has_bias=has_bias)
-    plain = MonarchLinear(in_features, out_features, nblocks, has_bias=has_bias)
-    for mine, theirs in zip(fast.get_parameters(), plain.get_parameters()):
-        theirs.set_data(mine.data)
-    padded = fast.in_features_extended > in_features or fast.out_features_extended > out_features
-    assert fast.use_cpu_kernel is (cpu_kernel_library() is not None and not padded)
-    assert (fast.cpu_matmul1 is not None) is (fast.cpu_matmul2 is not None) is \
-        (fast.use_cpu_kernel and cpu_kernels.cpu_sgemm_available())
-    assert set_cpu_kernels(plain, False) == int(fast.use_cpu_kernel) and not plain.use_cpu_kernel
-    x = ms.Tensor(rng.standard_normal((2, 9, in_features)).astype(np.float32))
-    sens = ms.Tensor(rng.standard_normal((2, 9, out_features)).astype(np.float32))
-    assert rel_err(fast(x).asnumpy(), plain(x).asnumpy()) < 1e-6
-    (dx_fast,), grads_fast = SensGrads(fast)(x, sens)
-    (dx_plain,), grads_plain = SensGrads(plain)(x, sens)
-    assert rel_err(dx_fast.asnumpy(), dx_plain.asnumpy()) < 1e-6
-    assert len(grads_fast) == len(grads_plain) == 2 + has_bias
-    for mine, theirs in zip(grads_fast, grads_plain):  # the bias gradient sums in another order
-        assert rel_err(mine.asnumpy(), theirs.asnumpy()) < 1e-6

@@ -8,7 +8,7 @@ import mindspore as ms
 
 from mindcv_ext.layers.pixelfly import (BlockSparseLinear, SparseLRLinear, butterfly_base_mask,
                                         flat_block_butterfly_layout, leading_svd)
-from tests.utils import SensGrads, shared_fixture_dir
+from tests.utils import SensGrads, on_path, shared_fixture_dir
 
 CASES = ["sparselr_256x1024_b32_bf8_nf2_r32.npz", "sparselr_1024x256_b32_bf8_nf2_r32.npz",
          "sparselr_128x512_b32_bf8_nf2_r32.npz", "sparselr_100x300_b32_bf8_nf2_r32.npz"]
@@ -37,11 +37,11 @@ def test_every_case_file_is_tested():
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_output_and_gradients_match_fly(name, ms_mode):
+def test_output_and_gradients_match_fly(name, ms_mode, net_path):
     directory, index = _index()
     case = index["cases"][name]
     data = np.load(directory / name)
-    layer = _layer_from_fixture(data, case)
+    layer = on_path(_layer_from_fixture(data, case), net_path, has_twins=False)  # plain Pixelfly on both paths
     assert sum(p.size for p in layer.trainable_params()) == case["num_params"]
     assert layer.saving == pytest.approx(case["saving"])
     x, grad_out = ms.Tensor(data["x"]), ms.Tensor(data["grad_out"])

@@ -16,7 +16,7 @@ from mindcv_ext.engine.early_exit import (dynamic_evaluate, early_exit, exit_pro
 from mindcv_ext.models import count_params, resolve_model_name
 from mindcv_ext.models.dvt import resample_matrix
 from scripts.convert_checkpoint import main as convert_main
-from tests.utils import SHARED_FIXTURES, shared_fixture_dir
+from tests.utils import SHARED_FIXTURES, on_path, shared_fixture_dir
 
 FIXTURE = "dvt_t2t_vit_12_depth2"
 # The reference's names; feature_reuse/relation_reuse are what DVT_T2t_vit_12 fixes, qk_scale None is the default.
@@ -52,9 +52,12 @@ def test_every_shared_fixture_is_tested():
     assert present == [FIXTURE]
 
 
-@pytest.fixture(scope="module")
-def fixture_logits(tmp_path_factory):
-    """All three exits of the release checkpoint, converted by the user's command, in graph mode."""
+@pytest.fixture(scope="module", params=["plain", "accel"])
+def fixture_logits(request, tmp_path_factory):
+    """All three exits of the release checkpoint, converted by the user's command, in graph mode, on the plain and
+    on the accelerated network."""
+    if request.param == "accel":
+        request.getfixturevalue("kernel_library")
     ms.set_context(mode=ms.GRAPH_MODE)
     directory, meta = _meta()
     dst = tmp_path_factory.mktemp("dvt") / "dvt.ckpt"
@@ -62,7 +65,7 @@ def fixture_logits(tmp_path_factory):
                          "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)]) == 0
     net = mindcv_ext.create_model(meta["model"], checkpoint_path=str(dst), **_kwargs(meta))
     net.set_train(False)
-    outputs = net(ms.Tensor(np.load(directory / meta["input"])))
+    outputs = on_path(net, request.param)(ms.Tensor(np.load(directory / meta["input"])))
     ms.set_context(mode=ms.PYNATIVE_MODE)
     return {"params": count_params(net), "macs": net.exit_macs(), "logits": [o.asnumpy() for o in outputs]}
 

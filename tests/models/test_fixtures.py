@@ -12,7 +12,7 @@ from mindcv.models import create_model
 import mindcv_ext  # noqa: F401  (registers the models)
 from mindcv_ext.models import count_params
 from scripts.convert_checkpoint import main as convert_main
-from tests.utils import SHARED_FIXTURES, TEST_DATA, shared_fixture_dir
+from tests.utils import TEST_DATA, on_path, shared_fixture_dir
 
 LOCAL = sorted(p.name for p in (TEST_DATA / "models").iterdir() if p.is_dir())
 SHARED_ONLY = ["vitae_tiny", "vitae_tiny_monarch"]  # 14-19 MB each: read from ../shared
@@ -36,18 +36,32 @@ def test_local_copies_are_current():
         assert not mismatch and not errors, name
 
 
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Each fixture's checkpoint converted once by the user's command: {name: .ckpt path}."""
+    paths = {}
+
+    def convert(name):
+        if name not in paths:
+            directory = _fixture_dir(name)
+            meta = json.loads((directory / "meta.json").read_text())
+            dst = tmp_path_factory.mktemp(name) / f"{name}.ckpt"
+            code = convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(meta["kwargs"]),
+                                 "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)])
+            assert code == 0 and dst.is_file()
+            paths[name] = dst
+        return paths[name]
+    return convert
+
+
 @pytest.mark.parametrize("name", LOCAL + SHARED_ONLY)
-def test_fixture_logits_match_reference(name, tmp_path, graph_mode):
+def test_fixture_logits_match_reference(name, converted, graph_mode, net_path):
     directory = _fixture_dir(name)
     meta = json.loads((directory / "meta.json").read_text())
-    dst = tmp_path / f"{name}.ckpt"
-    code = convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(meta["kwargs"]),
-                         "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)])
-    assert code == 0 and dst.is_file()
-
-    net = create_model(meta["model"], checkpoint_path=str(dst), **meta["kwargs"])
+    net = create_model(meta["model"], checkpoint_path=str(converted(name)), **meta["kwargs"])
     net.set_train(False)
     assert count_params(net) == meta["num_params"]
+    net = on_path(net, net_path)
     logits = net(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
     expected = np.load(directory / meta["expected_logits"])
     assert logits.shape == expected.shape

@@ -1,83 +1,45 @@
-"""models/gmlp.py: the spatial gating unit's token projection and the block-major Monarch gated MLP equal the
-plain formulation, values and every gradient."""
+"""models/gmlp.py: gMLP is MlpMixer's skeleton with spatial gating blocks, and its gating unit is timm's formula."""
 import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import nn, ops
 
-from mindcv_ext.layers import GatedMlp, cpu_kernel_library, monarch_gated_fusable, set_cpu_kernels
-from mindcv_ext.models.gmlp import SpatialGatingUnit, TokenProjection
-from tests.utils import SensGrads, rel_err
+from mindcv_ext.layers import GatedMlp
+from mindcv_ext.models import GMLP, MlpMixer, create_model
+from mindcv_ext.models.gmlp import SpatialGatingBlock, SpatialGatingUnit
+from tests.utils import rel_err
 
-
-class _TimmProjection(nn.Cell):
-    """timm's form: nn.Linear across tokens on the transposed input, transposed back; automatic gradient."""
-
-    def __init__(self, seq_len):
-        super().__init__()
-        self.proj = nn.Dense(seq_len, seq_len)
-
-    def construct(self, v):
-        return self.proj(v.transpose(0, 2, 1)).transpose(0, 2, 1)
+TINY = dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=32)
 
 
-class _Ours(nn.Cell):
-    def __init__(self, proj):
-        super().__init__()
-        self.proj = proj
-        self.token_projection = TokenProjection()
+def test_gmlp_is_built_on_the_mixer_skeleton():
+    net = create_model("gmlp_s16_224_monarch", **TINY)
+    assert isinstance(net, GMLP) and isinstance(net, MlpMixer)
+    assert all(isinstance(block, SpatialGatingBlock) for block in net.blocks)
+    mlp = net.blocks[0].mlp_channels
+    assert isinstance(mlp, GatedMlp) and isinstance(mlp.gate, SpatialGatingUnit)
+    # timm's names and shapes: the gate's projection maps the 16 tokens; fc2 reads half of fc1's 192 features.
+    shapes = {p.name: p.shape for p in net.get_parameters()}
+    assert shapes["blocks.0.mlp_channels.gate.proj.weight"] == (16, 16)
+    assert shapes["blocks.0.mlp_channels.gate.norm.gamma"] == (96,)
+    assert shapes["blocks.1.mlp_channels.fc2.blkdiag1"][0] == 4
 
-    def construct(self, v):
-        return self.token_projection(v, self.proj.weight, self.proj.bias)
 
-
-def test_token_projection_equals_timm_form(ms_mode):
+def test_gating_unit_is_timms_formula(ms_mode):
+    """u * (proj(norm(v)^T))^T with the halves of the input, norm epsilon 1e-5."""
     rng = np.random.default_rng(0)
-    timm_form = _TimmProjection(9)
-    timm_form.proj.bias.set_data(ms.Tensor(rng.standard_normal(9).astype(np.float32)))
-    ours = _Ours(timm_form.proj)
-    v = ms.Tensor(rng.standard_normal((3, 9, 10)).astype(np.float32))
-    sens = ms.Tensor(rng.standard_normal((3, 9, 10)).astype(np.float32))
-    assert rel_err(ours(v).asnumpy(), timm_form(v).asnumpy()) < 1e-6
-    (dv_ours,), (dw_ours, db_ours) = SensGrads(ours)(v, sens)
-    (dv_ref,), (dw_ref, db_ref) = SensGrads(timm_form)(v, sens)
-    for mine, theirs in ((dv_ours, dv_ref), (dw_ours, dw_ref), (db_ours, db_ref)):
-        assert mine.shape == theirs.shape and rel_err(mine.asnumpy(), theirs.asnumpy()) < 1e-6
+    unit = SpatialGatingUnit(20, 9)
+    for param in unit.trainable_params():
+        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32)))
+    x = rng.standard_normal((3, 9, 20)).astype(np.float32)
+    u, v = x[..., :10].astype(np.float64), x[..., 10:].astype(np.float64)
+    normed = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+    normed = normed * unit.norm.gamma.asnumpy() + unit.norm.beta.asnumpy()
+    weight, bias = unit.proj.weight.asnumpy().astype(np.float64), unit.proj.bias.asnumpy().astype(np.float64)
+    expected = u * (np.einsum("st,ntc->nsc", weight, normed) + bias[None, :, None])
+    assert rel_err(unit(ms.Tensor(x)).asnumpy(), expected) < 1e-5
 
 
-def _gated(dim, nblocks, seq_len, seed):
-    mlp = GatedMlp(dim, 6 * dim, lambda hidden: SpatialGatingUnit(hidden, seq_len), mlp_layer="monarch",
-                   nblocks=nblocks)
-    rng = np.random.default_rng(seed)
-    for param in mlp.get_parameters():  # the gate's near-identity init would hide its half of the gradient
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * 0.3))
-    return mlp
-
-
-@pytest.mark.parametrize("dim, nblocks, fusable", [(64, 4, True), (48, 2, True), (64, 16, False)])
-def test_block_major_gated_mlp_equals_the_operators_path(graph_mode, dim, nblocks, fusable):
-    """On CPU, GatedMlp with Monarch layers runs monarch_gated_mlp (fc1's bias, GELU and the split into the gate's
-    halves in one kernel, the gate on permuted features); with the kernels off, the layers one after another."""
-    seq_len = 16
-    fast, plain = _gated(dim, nblocks, seq_len, 1), _gated(dim, nblocks, seq_len, 1)
-    assert monarch_gated_fusable(fast.fc1, fast.fc2) is fusable
-    assert fast.fused_gelu is (fusable and cpu_kernel_library() is not None)
-    set_cpu_kernels(plain, False)
-    rng = np.random.default_rng(2)
-    x = ms.Tensor(rng.standard_normal((2, seq_len, dim)).astype(np.float32))
-    sens = ms.Tensor(rng.standard_normal((2, seq_len, dim)).astype(np.float32))
-    assert rel_err(fast(x).asnumpy(), plain(x).asnumpy()) < 1e-5
-    (dx_fast,), grads_fast = SensGrads(fast)(x, sens)
-    (dx_plain,), grads_plain = SensGrads(plain)(x, sens)
-    assert rel_err(dx_fast.asnumpy(), dx_plain.asnumpy()) < 1e-5
-    assert len(grads_fast) == len(grads_plain) == 10  # fc1 (3), the gate's norm (2) and projection (2), fc2 (3)
-    for mine, theirs in zip(grads_fast, grads_plain):
-        assert rel_err(mine.asnumpy(), theirs.asnumpy()) < 1e-5
-
-
-def test_gated_mlp_float16_takes_the_operators_path(graph_mode):
-    mlp = _gated(64, 4, 16, 3)
-    x = np.random.default_rng(4).standard_normal((2, 16, 64)).astype(np.float32)
-    out16 = ops.cast(mlp(ms.Tensor(x, ms.float16)), ms.float32).asnumpy()
-    assert rel_err(out16, mlp(ms.Tensor(x)).asnumpy()) < 2e-2
+def test_gmlp_takes_no_pixelfly():
+    with pytest.raises(ValueError, match=r"mlp_layer must be one of \('dense', 'monarch'\), got 'pixelfly'"):
+        create_model("gmlp_s16_224", mlp_layer="pixelfly", **TINY)

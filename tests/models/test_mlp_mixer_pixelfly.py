@@ -11,7 +11,7 @@ import mindcv_ext  # noqa: F401  (registers the models)
 from mindcv_ext.layers import SparseLRLinear
 from mindcv_ext.models import count_params
 from scripts.convert_checkpoint import main as convert_main
-from tests.utils import SHARED_FIXTURES, shared_fixture_dir
+from tests.utils import SHARED_FIXTURES, on_path, shared_fixture_dir
 
 FIXTURES = ["mixer_b16_224_pixelfly_e128", "mixer_b16_224_pixelfly_e256"]
 
@@ -29,7 +29,7 @@ def test_every_shared_fixture_is_tested():
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_fixture_logits_match_reference(name, tmp_path, graph_mode):
+def test_fixture_logits_match_reference(name, tmp_path, graph_mode, net_path):
     directory = shared_fixture_dir("pixelfly", name)
     meta = json.loads((directory / "meta.json").read_text())
     dst = tmp_path / f"{name}.ckpt"
@@ -42,7 +42,7 @@ def test_fixture_logits_match_reference(name, tmp_path, graph_mode):
     if "channel_mlp_layouts" in meta:
         np.testing.assert_array_equal(layouts["blocks.0.mlp_channels.fc1.sparse.layout"],
                                       meta["channel_mlp_layouts"]["fc1"])
-    logits = net(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
+    logits = on_path(net, net_path)(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
     expected = np.load(directory / meta["expected_logits"])
     excess = np.abs(logits - expected) - (meta["atol"] + meta["rtol"] * np.abs(expected))
     assert excess.max() <= 0, f"max |diff| {np.abs(logits - expected).max():.3g}"

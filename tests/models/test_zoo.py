@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import mindspore as ms
-import mindcv
 from mindcv.models import create_model, is_model, list_models, list_modules
 from mindcv.models.registry import get_pretrained_cfg
 
@@ -117,9 +116,20 @@ def test_monarch_switch_is_a_keyword():
                            mlp_layer="monarch", nblocks=2)
     assert monarch.blocks[0].mlp_channels.fc1.blkdiag1.shape == (2, 16, 16)
     assert type(dense.blocks[0].mlp_channels.fc1).__name__ == "Dense"
-    back = create_model("gmlp_s16_224_monarch", img_size=32, patch_size=4, num_blocks=2, embed_dim=32,
-                        mlp_layer="dense")
-    assert count_params(back) == count_params(dense)
+    same = create_model("gmlp_s16_224_monarch", img_size=32, patch_size=4, num_blocks=2, embed_dim=32,
+                        mlp_layer="monarch", nblocks=2)
+    assert count_params(same) == count_params(monarch)
+
+
+@pytest.mark.parametrize("name", ["gmlp_s16_224_monarch", "mixer_s16_224_monarch", "vitae_basic_tiny_monarch",
+                                  "t2t_vit_12_monarch"])
+def test_monarch_name_refuses_another_mlp_layer(name):
+    """A '_monarch' model built dense would carry a Monarch name into every result."""
+    with pytest.raises(ValueError) as info:
+        create_model(name, mlp_layer="dense")
+    message = str(info.value)
+    assert f"{name}: mlp_layer='dense' conflicts with the model name" in message
+    assert f"use {name[:-len('_monarch')]!r} with mlp_layer='dense'" in message
 
 
 def test_vitae_reference_names_are_aliases():
@@ -151,7 +161,8 @@ def test_missing_checkpoint_is_an_error_not_a_silent_random_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("dvt")])  # DVT: tests/models/test_dvt.py
-def test_full_size_model_counts_and_forward(name, graph_mode):
+def test_full_size_model_counts_and_forward(name):
+    """In PyNative mode: one forward of a full-size model costs less there than a graph compilation."""
     net = create_model(name)
     assert count_params(net) == EXPECTED[name]
     # timm zero-initialises the head; give it weights so the logits depend on the whole network.

@@ -200,7 +200,7 @@ extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **sha
   return 0;
 }
 
-// Bias, GELU and the regrouping between two Monarch layers in one pass (layers/monarch.py, monarch_mlp):
+// Bias, GELU and the regrouping between two Monarch layers in one pass (accel/fused.py, monarch_mlp):
 //   z[kk, b, ll, cc] = gelu(y[ll, b, kk, cc] + bias[ll, kk, cc])
 // params: y (l, B, k, c), bias (l, k, c), z (k, B, l, c)
 extern "C" int BiasGeluRegroupForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -244,7 +244,7 @@ extern "C" int BiasGeluRegroupBackward(int nparam, void **params, int *ndims, in
 }
 
 // The same for a gated MLP (gMLP): fc1's output halves become the gate's two inputs, token-major, so the
-// gating unit needs no transposes (layers/monarch.py, monarch_gated_mlp):
+// gating unit needs no transposes (accel/fused.py, monarch_gated_mlp):
 //   u[b, kk, ll, cc] = gelu(y[ll, b, kk, cc] + bias[ll, kk, cc])        kk <  k/2
 //   v[b, kk - k/2, ll, cc] = the same                                   kk >= k/2
 // params: y (l, B, k, c), bias (l, k, c), u (B, k/2, l, c), v (B, k/2, l, c)
@@ -287,7 +287,7 @@ extern "C" int BiasGeluSplitBackward(int nparam, void **params, int *ndims, int6
   return 0;
 }
 
-// Monarch's permutations (layers/monarch.py, MonarchLinear), each one pass instead of MindSpore's one or two
+// Monarch's permutations (accel/cells.py, MonarchLinear), each one pass instead of MindSpore's one or two
 // transposes, the slowest of which moves 4-float rows. Activations are block-major, (blocks, B, width): token b's
 // features are the concatenation of its rows in every block. The two kernels are each other's inverse.
 //

@@ -1,4 +1,4 @@
-"""Fused CPU kernels (``kernels/cpu_ops.cc``), compiled once per machine and run through ``ops.Custom``.
+"""The CPU kernels (``kernels/cpu_ops.cc``), compiled once per machine and run through ``ops.Custom``.
 
 MindSpore's CPU backend has no fused exact GELU: it runs five operators, each a pass over memory, and a
 scalar ``Erf``. On the 1,568x3,072 hidden activation of a Mixer-B MLP that is most of the time not spent in
@@ -6,12 +6,9 @@ matmuls. The kernels here do the same arithmetic in one vectorised, multi-thread
 matmuls run on ``dnnl_sgemm`` from the oneDNN library MindSpore has loaded (``CpuBlocksMatmul``), ~1.4x faster
 than ``BatchMatMul`` at its block shapes here.
 
-They are an optional fast path:
-- used only on the CPU backend, for float32, and only if the C++ source compiles (``g++``, or ``$CXX``);
-  otherwise the standard operators run, with one warning that says why;
-- ``MINDCV_EXT_CPU_KERNELS=0`` turns them off;
-- exported graphs never contain them (``scripts/export.py`` switches them off first), so a MindIR file
-  does not point at a library on the machine that wrote it.
+Only ``accelerate`` (this package's ``__init__``) builds them, the first time it is applied on a machine, and
+only the cells of ``cells.py`` call them: the plain network, which every device and every export runs, never
+does. ``MINDCV_EXT_CPU_KERNELS=0`` turns them off everywhere.
 
 The library is built with ``-march=native`` into ``<cache>/kernels/<hash>/`` (the cache of
 ``mindcv_ext.data.default_cache_dir``), keyed by the source, the flags, the compiler and the CPU, so a home
@@ -25,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,7 +30,7 @@ from typing import Optional, Sequence
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["cpu_kernel_library", "build_cpu_kernels", "cpu_kernels_wanted", "set_cpu_kernels", "CpuGelu",
+__all__ = ["cpu_kernel_library", "build_cpu_kernels", "kernels_disabled", "CpuGelu",
            "CpuBiasGeluRegroup", "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm", "CpuColumnsOfRows",
            "CpuColumnsOfRowsBias", "CpuColumnsOfFlat", "cpu_sgemm_available", "CpuBlocksMatmul"]
 
@@ -82,6 +80,8 @@ def build_cpu_kernels(cache_dir: Optional[os.PathLike] = None, compiler: Optiona
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _logger.info(f"compiling CPU kernels, once per machine (up to a minute) into {target.parent} ...")
+    started = time.monotonic()
     # Build under a private name and rename: concurrent workers (msrun) never load half a library.
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
@@ -91,51 +91,42 @@ def build_cpu_kernels(cache_dir: Optional[os.PathLike] = None, compiler: Optiona
         if result.returncode != 0:
             raise RuntimeError(f"building the CPU kernels failed ({' '.join(command)}):\n{result.stderr.strip()}")
         os.replace(partial, target)
+        _logger.info(f"CPU kernels compiled in {time.monotonic() - started:.0f} s")
     finally:
         if os.path.exists(partial):
             os.remove(partial)
     return target
 
 
+def kernels_disabled() -> bool:
+    """Whether ``MINDCV_EXT_CPU_KERNELS`` switches the kernels off (0, false, no, off)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 @lru_cache(maxsize=None)
-def cpu_kernel_library() -> Optional[str]:
-    """Path of the compiled kernel library, or None (with one warning) when it cannot be had."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
+def cpu_kernel_library() -> str:
+    """Path of the compiled kernel library (built on the first call on a machine); raises ``RuntimeError`` saying
+    why when it cannot be had."""
+    if kernels_disabled():
+        raise RuntimeError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]} switches them off")
     if platform.system() != "Linux":
-        return None  # the AOT kernel interface is Linux-only
+        raise RuntimeError(f"MindSpore's AOT kernel interface is Linux-only (this is {platform.system()})")
     try:
         library = build_cpu_kernels()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        _logger.warning(f"fused CPU kernels unavailable, using MindSpore's standard operators (slower on CPU): "
-                        f"{exc}. Set {ENV_SWITCH}=0 to silence this.")
-        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(str(exc)) from exc
     allowed = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
     if allowed and os.path.commonpath([os.path.realpath(library), os.path.realpath(allowed)]) != \
             os.path.realpath(allowed):
-        _logger.warning(f"fused CPU kernels not used: {library} is outside MS_CUSTOM_AOT_WHITE_LIST={allowed}")
-        return None
+        raise RuntimeError(f"{library} is outside MS_CUSTOM_AOT_WHITE_LIST={allowed}")
     return str(library)
-
-
-def cpu_kernels_wanted(requested: Optional[bool] = None) -> bool:
-    """Whether a layer built now should use the fused CPU kernels (``None``: yes on CPU when they build)."""
-    if requested is False:
-        return False
-    on_cpu = ms.get_context("device_target") == "CPU"
-    if requested and not on_cpu:
-        raise ValueError(f"the fused CPU kernels need device_target='CPU'; this context targets "
-                         f"{ms.get_context('device_target')!r} (leave cpu_kernel unset to choose automatically)")
-    return on_cpu and cpu_kernel_library() is not None
 
 
 @lru_cache(maxsize=None)
 def cpu_sgemm_available() -> bool:
-    """Whether ``CpuBlocksMatmul`` can run: the kernels build and MindSpore has loaded oneDNN (``libdnnl.so.3``)
+    """Whether ``CpuBlocksMatmul`` can run: MindSpore has loaded oneDNN (``libdnnl.so.3``)
     with its ``dnnl_sgemm``, as the CPU wheels do. The kernel library finds it the same way, without loading a
     copy of its own."""
-    if cpu_kernel_library() is None:
-        return False
     try:
         onednn = ctypes.CDLL("libdnnl.so.3", mode=os.RTLD_NOW | os.RTLD_NOLOAD)
     except OSError:
@@ -355,18 +346,3 @@ class CpuLayerNorm(nn.Cell):
 
     def bprop(self, x, gamma, beta, out, dout):
         return self.backward_kernel(x, gamma, self.eps, dout)
-
-
-def set_cpu_kernels(network: nn.Cell, enabled: bool) -> int:
-    """Switch the fused CPU kernels of every layer in ``network`` on or off; returns how many layers changed.
-
-    Call it before the network's first call: a graph already compiled keeps the choice it was compiled with.
-    Layers built without kernels cannot be switched on.
-    """
-    changed = 0
-    for _, cell in network.cells_and_names():
-        if hasattr(cell, "use_cpu_kernel") and getattr(cell, "cpu_kernel", None) is not None:
-            if cell.use_cpu_kernel != bool(enabled):
-                cell.use_cpu_kernel = bool(enabled)
-                changed += 1
-    return changed
