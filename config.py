@@ -123,6 +123,10 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: graph mode, 1: PyNative mode")
     group.add_argument("--device_target", type=str, default="auto", choices=["auto", "CPU", "GPU", "Ascend"],
                        help="backend; 'auto' uses the one the installed MindSpore was built for")
+    group.add_argument("--cpu_kernels", type=str, default="auto", choices=["auto", "on", "off"],
+                       help="on the CPU backend, run the network on fused C++ kernels (mindcv_ext.accel; same "
+                            "parameters and results, faster): auto where they can serve (float32, amp O0), on to "
+                            "insist, off for the plain network that GPU and Ascend run. Exports are always plain")
     group.add_argument("--distribute", default=False, **flag, help="data-parallel training (launch with msrun)")
     group.add_argument("--val_while_train", default=False, **flag, help="validate during training")
     group.add_argument("--val_interval", type=int, default=1, help="validate every this many epochs")

@@ -38,6 +38,7 @@ def evaluate_checkpoint(args) -> dict:
     import mindspore as ms
 
     import mindcv_ext  # noqa: F401  (registers the models)
+    from mindcv_ext.accel import accelerate
     from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images, list_class_folder,
                                  resolve_dataset, transform_settings)
     from mindcv_ext.engine import evaluate
@@ -59,6 +60,7 @@ def evaluate_checkpoint(args) -> dict:
     network.set_train(False)
     if args.val_amp_level != "O0":
         network = ms.amp.auto_mixed_precision(network, args.val_amp_level)
+    network = accelerate(network, args.cpu_kernels)
     transforms = transform_settings(getattr(network, "default_cfg", {}) or {}, args.image_resize or args.img_size,
                                     args.crop_pct, args.interpolation, args.mean, args.std)
     _logger.info(f"evaluation transform: resize {transforms['image_resize']}, crop {transforms['crop_pct']}, "

@@ -89,6 +89,7 @@ def predict(args) -> list:
     import numpy as np
 
     import mindcv_ext  # noqa: F401  (registers the models)
+    from mindcv_ext.accel import accelerate
     from mindcv_ext.data import create_file_loader, transform_settings
     from mindcv_ext.engine.runtime import build_model, load_weights, setup_context, setup_logger
 
@@ -109,6 +110,7 @@ def predict(args) -> list:
     if args.ckpt_path:
         _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)
+    network = accelerate(network, args.cpu_kernels)
     names = load_class_names(args.class_names, args.ckpt_path, num_classes)
     transforms = transform_settings(getattr(network, "default_cfg", {}) or {}, args.image_resize or args.img_size,
                                     args.crop_pct, args.interpolation, args.mean, args.std)

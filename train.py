@@ -54,6 +54,7 @@ def train(args) -> int:
     from mindcv.scheduler import create_scheduler
 
     import mindcv_ext  # noqa: F401  (registers the models)
+    from mindcv_ext.accel import accelerate
     from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
     from mindcv_ext.engine import Evaluator, NetWithLoss, TrainMonitor, TrainStep, load_training_state
     from mindcv_ext.engine.runtime import (attach_log_file, build_model, load_weights, set_seed, setup_context,
@@ -125,6 +126,7 @@ def train(args) -> int:
         if args.amp_cast_list:
             network = ms.amp.custom_mixed_precision(
                 network, black_list=ms.amp.get_black_list() + [getattr(ms.nn, n) for n in args.amp_cast_list])
+    network = accelerate(network, args.cpu_kernels)
     loss = create_loss(name=args.loss, reduction=args.reduction, label_smoothing=args.label_smoothing,
                        aux_factor=args.aux_factor)
     scale, dynamic, drop_overflow = _loss_scaling(args)

@@ -5,6 +5,11 @@
     python scripts/benchmark.py --suite models --models "mixer_b16_224*" --batch_size 8
     python scripts/benchmark.py --suite attention            # T2T attention cores: time and memory vs length
     python scripts/benchmark.py --suite all --out bench/      # everything, CSV and PNG into bench/
+    python scripts/benchmark.py --suite mlp models --with_plain --models "mixer_b16_224*" "gmlp_s16_224*"
+
+On the CPU, the MindSpore cells run on the accelerator's kernels (``mindcv_ext.accel``, ``--cpu_kernels auto``),
+as train.py runs them; ``--with_plain`` also times the plain network (framework ``mindspore-plain``, path
+``plain``: the operators GPU and Ascend run) in the same run, so both paths' ratios come from one measurement.
 
 Timings are medians over ``--repeats`` calls after ``--warmup`` calls, in graph mode. Within a comparison the
 implementations are called in alternating order, so a machine that speeds up or slows down over time (shared
@@ -43,7 +48,7 @@ ATTENTION_FIELDS = ["attention", "settings", "batch_heads", "tokens", "head_dim"
 # fly's settings for T2T-ViT_t-14's first T2T attention (3,136 tokens at 224 px).
 ATTENTION_SETTINGS = {"full": {}, "local": {"local_context": 98}, "performer": {"nb_features": 49},
                       "sblocal": {"local_context": 49, "nb_features": 24}}
-MODEL_FIELDS = ["model", "variant", "params", "macs_g", "batch_size", "img_size", "train_step_ms", "train_img_s",
+MODEL_FIELDS = ["model", "variant", "path", "params", "macs_g", "batch_size", "img_size", "train_step_ms", "train_img_s",
                 "infer_ms", "infer_img_s", "peak_rss_mb", "train_speedup_vs_dense", "infer_speedup_vs_dense"]
 
 
@@ -150,6 +155,18 @@ def _pixelfly_fits(*features: int) -> bool:
         print(f"note: no Pixelfly rows for {'->'.join(map(str, features))}: {exc}", file=sys.stderr)
         return False
     return True
+
+
+def _accelerated(cells, kernels: str):
+    """The accelerated twins of plain cells (new cells holding the same parameters; the plain ones stay plain)."""
+    if kernels == "off":
+        return cells
+    from mindspore import nn
+
+    from mindcv_ext.accel import accelerate
+
+    # accelerate swaps in place: a fresh container per cell keeps the plain cell itself untouched.
+    return {name: accelerate(nn.SequentialCell([cell]), kernels)[0] for name, cell in cells.items()}
 
 
 def _mindspore_calls(cells, tokens: int, in_features: int) -> Dict[str, Dict[str, Callable]]:
@@ -308,7 +325,9 @@ def _compare(kind, in_f, out_f, nblocks, tokens, args, hidden=None, pixelfly=Tru
     pixelfly = pixelfly and _pixelfly_fits(*((in_f, hidden, in_f) if kind == "mlp" else (in_f, out_f)))
     cells = _mindspore_mlps(in_f, hidden, nblocks, pixelfly) if kind == "mlp" else \
         _mindspore_layers(in_f, out_f, nblocks, pixelfly)
-    frameworks = {"mindspore": _mindspore_calls(cells, tokens, in_f)}
+    frameworks = {"mindspore": _mindspore_calls(_accelerated(cells, args.cpu_kernels), tokens, in_f)}
+    if args.with_plain:
+        frameworks["mindspore-plain"] = _mindspore_calls(cells, tokens, in_f)
     if args.compare_torch:
         frameworks["torch"] = _torch_calls(_torch_modules(in_f, out_f, nblocks, hidden, pixelfly), tokens, in_f)
     rows = []
@@ -361,7 +380,8 @@ def _model_worker(args) -> dict:
 
     import mindcv_ext
     from mindcv_ext.engine import NetWithLoss, TrainStep
-    from mindcv_ext.layers import GatedMlp, Mlp, MonarchLinear, PatchEmbed, SparseLRLinear
+    from mindcv_ext.accel import accelerate
+    from mindcv_ext.layers import MonarchLinear, PatchEmbed, SparseLRLinear
     from mindcv_ext.models import count_params
     from mindcv_ext.models.gmlp import SpatialGatingUnit
 
@@ -391,18 +411,13 @@ def _model_worker(args) -> dict:
 
     handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names()
                if isinstance(cell, (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d, SpatialGatingUnit))]
-    # The fused MLP paths use fc1/fc2's weights without calling them: count on the plain path (PyNative reads
-    # the flags at every call).
-    fused = [(cell, name) for _, cell in net.cells_and_names() for name in ("fused", "fused_gelu")
-             if isinstance(cell, (Mlp, GatedMlp)) and getattr(cell, name, False)]
-    for cell, flag in fused:
-        setattr(cell, flag, False)
+    # Counted on the plain network: the accelerated MLPs use fc1/fc2's weights without calling them.
     net.set_train(False)
     net(ms.Tensor(np.zeros((1, 3, size, size), np.float32)))
     for handle in handles:
         handle.remove()
-    for cell, flag in fused:
-        setattr(cell, flag, True)
+    if args._worker_path == "accel":
+        net = accelerate(net, args.cpu_kernels)
 
     ms.set_context(mode=ms.GRAPH_MODE)
     images = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
@@ -413,7 +428,7 @@ def _model_worker(args) -> dict:
     net.set_train(False)
     infer = time_samples(lambda: _sync(net(images)), args.model_repeats, args.model_warmup)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"model": name, "params": count_params(net), "macs_g": round(macs[0] / 1e9, 3), "batch_size": batch,
+    return {"model": name, "path": args._worker_path, "params": count_params(net), "macs_g": round(macs[0] / 1e9, 3), "batch_size": batch,
             "img_size": size, "train_samples_ms": train, "infer_samples_ms": infer, "peak_rss_mb": round(peak)}
 
 
@@ -532,30 +547,34 @@ def run_models(args, progress) -> List[dict]:
                                          for _, label, _, _ in model_variants(b, registered, args.pixelfly_models))]
     if not bases:
         raise ValueError(f"no registered model matches --models {args.models}")
+    paths = ["accel"] + (["plain"] if args.with_plain else [])
     rows = []
     for base in progress(bases, desc="models"):
         variants = model_variants(base, registered, args.pixelfly_models)
-        results = {variant: [] for variant, _, _, _ in variants}
+        results = {(variant, path): [] for variant, _, _, _ in variants for path in paths}
         # Each variant in a fresh process (peak memory is per process); rounds alternate the variants, so a machine
         # that drifts over the minutes a model takes affects dense and Monarch alike.
         for _ in range(args.model_rounds):
-            for variant, label, name, mlp_layer in variants:
-                command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
-                           str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
-                           str(args.model_repeats), "--model_warmup", str(args.model_warmup), "--device_target",
-                           args.device_target, "--model_kwargs", json.dumps(args.model_kwargs)]
-                if mlp_layer:
-                    command += ["--_worker_mlp_layer", mlp_layer]
-                result = subprocess.run(command, capture_output=True, text=True)
-                if result.returncode != 0:
-                    raise RuntimeError(f"benchmark worker for {label} failed:\n{result.stderr[-3000:]}")
-                results[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
-        measured = {variant: dict(summarize_model(results[variant]), model=label, variant=variant)
-                    for variant, label, _, _ in variants}
-        for row in measured.values():
-            row["train_speedup_vs_dense"] = round(measured["dense"]["train_step_ms"] / row["train_step_ms"], 2)
-            row["infer_speedup_vs_dense"] = round(measured["dense"]["infer_ms"] / row["infer_ms"], 2)
-            rows.append(row)
+            for path in paths:
+                for variant, label, name, mlp_layer in variants:
+                    command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
+                               str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
+                               str(args.model_repeats), "--model_warmup", str(args.model_warmup), "--device_target",
+                               args.device_target, "--model_kwargs", json.dumps(args.model_kwargs),
+                               "--cpu_kernels", args.cpu_kernels, "--_worker_path", path]
+                    if mlp_layer:
+                        command += ["--_worker_mlp_layer", mlp_layer]
+                    result = subprocess.run(command, capture_output=True, text=True)
+                    if result.returncode != 0:
+                        raise RuntimeError(f"benchmark worker for {label} ({path}) failed:\n{result.stderr[-3000:]}")
+                    results[variant, path].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        for path in paths:
+            measured = {variant: dict(summarize_model(results[variant, path]), model=label, variant=variant)
+                        for variant, label, _, _ in variants}
+            for row in measured.values():
+                row["train_speedup_vs_dense"] = round(measured["dense"]["train_step_ms"] / row["train_step_ms"], 2)
+                row["infer_speedup_vs_dense"] = round(measured["dense"]["infer_ms"] / row["infer_ms"], 2)
+                rows.append(row)
     return rows
 
 
@@ -656,6 +675,8 @@ def plot_models(rows: List[dict], path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    rows = [r for r in rows if r.get("path", "accel") == "accel"]  # the plain path's steps are in the table
+
     def base(row):
         return row["model"][:-len(row["variant"]) - 1] if row["variant"] != "dense" else row["model"]
 
@@ -683,8 +704,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Example: python scripts/benchmark.py --suite all --compare-torch --out bench")
-    parser.add_argument("--suite", choices=["mlp", "layers", "models", "attention", "all"], default="mlp",
-                        help="what to measure")
+    parser.add_argument("--suite", nargs="+", choices=["mlp", "layers", "models", "attention", "all"], default=["mlp"],
+                        help="what to measure (several in one run: e.g. --suite mlp models)")
     parser.add_argument("--device_target", choices=["CPU", "GPU", "Ascend", "auto"], default="auto",
                         help="backend; auto uses the installed MindSpore's")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer/MLP case (median reported)")
@@ -720,9 +741,15 @@ def parse_args(argv=None):
                         help="length whose peak memory is subtracted as the fixed cost (compilation, runtime)")
     parser.add_argument("--full_max_tokens", type=int, default=3136,
                         help="skip full attention above this length (its N x N scores grow quadratically; 0: no cap)")
+    parser.add_argument("--cpu_kernels", choices=["auto", "on", "off"], default="auto",
+                        help="the accelerator (mindcv_ext.accel) on the CPU: auto where it can serve, on to insist, "
+                             "off to time the plain network only")
+    parser.add_argument("--with_plain", action="store_true",
+                        help="also time the plain network (the operators GPU and Ascend run) in the same run")
     parser.add_argument("--out", type=str, default="", help="directory for CSV, JSON and PNG results")
     parser.add_argument("--_worker_model", default="", help=argparse.SUPPRESS)
     parser.add_argument("--_worker_mlp_layer", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--_worker_path", default="accel", choices=["accel", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--_worker_attention", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.repeats, args.model_repeats, args.model_rounds) < 1 or min(args.warmup, args.model_warmup) < 0:
@@ -732,11 +759,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.compare_torch:
-        # Spinning OpenMP workers of one runtime would steal both cores from the other between calls. libgomp reads
-        # the policy when it loads, and MindSpore loads its own on import: set it first (measured: with MindSpore's
-        # libgomp left spinning, its Monarch layer ran 10-50% slower beside PyTorch).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Spinning OpenMP workers would steal the cores from the other thread pools between calls (PyTorch's with
+    # --compare-torch, the CPU kernels' own). libgomp reads the policy when it loads, and MindSpore loads its own on
+    # import: set it first (measured: with MindSpore's libgomp left spinning, its Monarch layer ran 10-50% slower
+    # beside PyTorch). The model workers inherit it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import mindspore as ms
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -770,19 +797,19 @@ def main(argv=None) -> int:
             json.dump(machine, stream, indent=1)
     shown = ["framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms", "gflops_per_s",
              "speedup_vs_dense"]
-    if args.suite in ("mlp", "all"):
+    if {"mlp", "all"} & set(args.suite):
         rows = run_mlp(args)
         print(f"\n### MLP {args.mlp_dim}->{args.mlp_hidden}->{args.mlp_dim}, {args.mlp_tokens} tokens, fp32, graph "
               f"mode (medians of {args.repeats})\n" + markdown_table(rows, shown))
         if args.out:
             write_csv(os.path.join(args.out, "mlp.csv"), LAYER_FIELDS, rows)
-    if args.suite in ("layers", "all"):
+    if {"layers", "all"} & set(args.suite):
         rows = run_layers(args, progress)
         print(f"\n### Linear layers, fp32, graph mode (medians of {args.repeats})\n" + markdown_table(rows, shown))
         if args.out:
             write_csv(os.path.join(args.out, "layers.csv"), LAYER_FIELDS, rows)
             plot_layers(rows, os.path.join(args.out, "layers.png"))
-    if args.suite in ("models", "all"):
+    if {"models", "all"} & set(args.suite):
         rows = run_models(args, progress)
         print(f"\n### Models, batch {args.batch_size}, {args.img_size} px, fp32, graph mode (medians of "
               f"{args.model_rounds} x {args.model_repeats} steps, each after {args.model_warmup} untimed)\n"
@@ -790,7 +817,7 @@ def main(argv=None) -> int:
         if args.out:
             write_csv(os.path.join(args.out, "models.csv"), MODEL_FIELDS, rows)
             plot_models(rows, os.path.join(args.out, "models.png"))
-    if args.suite in ("attention", "all"):
+    if {"attention", "all"} & set(args.suite):
         rows = run_attention(args, progress)
         print(f"\n### Attention cores, forward, fp32, graph mode (medians of {args.repeats}; peak memory above the "
               f"process's before the inputs)\n" + markdown_table(rows, ATTENTION_FIELDS))

@@ -13,7 +13,7 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
     code = benchmark.main(["--suite", "all", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
                            "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--repeats", "2",
-                           "--model_rounds", "2", "--model_warmup", "1",
+                           "--model_rounds", "1", "--model_warmup", "1", "--with_plain",
                            "--model_kwargs", "{num_blocks: 2}",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
                            "--attentions", "local", "--attn_lengths", "128", "--attn_baseline_tokens", "64",
@@ -23,8 +23,11 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["logical_cpus"] >= 1 and machine["mindspore"] == "2.10.0"
     mlp = list(csv.DictReader(open(tmp_path / "mlp.csv")))
-    assert {(r["impl"], r["pass"]) for r in mlp} == {(impl, p) for impl in ("dense", "monarch", "pixelfly")
-                                                   for p in ("fwd", "fwd+bwd")}
+    # Both paths in the same run: the accelerated cells ("mindspore") and the plain ones, each against its own dense.
+    assert sorted((r["framework"], r["impl"], r["pass"]) for r in mlp) == sorted(
+        (fw, impl, p) for fw in ("mindspore", "mindspore-plain") for impl in ("dense", "monarch", "pixelfly")
+        for p in ("fwd", "fwd+bwd"))
+    assert all(float(r["speedup_vs_dense"]) == 1.0 for r in mlp if r["impl"] == "dense")
     assert all(float(r["ms"]) > 0 and float(r["gflops_per_s"]) > 0 for r in mlp)
     dense_fwd = next(r for r in mlp if r["impl"] == "dense" and r["pass"] == "fwd")
     assert float(dense_fwd["speedup_vs_dense"]) == 1.0 and float(dense_fwd["gflop"]) == pytest.approx(
@@ -42,8 +45,9 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert float(pixelfly_bwd["gflop"]) == pytest.approx(3 * float(pixelfly_fwd["gflop"]), rel=1e-3)
 
     layers = list(csv.DictReader(open(tmp_path / "layers.csv")))
-    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 2 of the 3 cases
-    assert len(layers) == 3 * 2 * 2 + 2 * 2 and (tmp_path / "layers.png").is_file()
+    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 2 of the 3 cases; both paths
+    assert len(layers) == 2 * (3 * 2 * 2 + 2 * 2) and (tmp_path / "layers.png").is_file()
+    layers = [r for r in layers if r["framework"] == "mindspore"]
     pixelfly = [r for r in layers if r["impl"] == "pixelfly"]
     assert sorted((int(r["in_features"]), int(r["out_features"]), r["pass"]) for r in pixelfly) == sorted(
         (i, o, p) for i, o in ((64, 256), (768, 3072)) for p in ("fwd", "fwd+bwd"))
@@ -52,8 +56,13 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     # Mixer-B's fc1: 864 of 2,304 blocks, rank 32, gate: 1,008,384 MACs per token against 2,359,296 dense
     assert float(big["pixelfly"]["gflop"]) == pytest.approx(2 * 8 * (864 * 1024 + 32 * 3840 + 768) / 1e9, rel=1e-3)
     assert float(big["pixelfly"]["gflop"]) < 0.5 * float(big["dense"]["gflop"])
-    models = list(csv.DictReader(open(tmp_path / "models.csv")))
-    assert [r["model"] for r in models] == ["mixer_s32_224", "mixer_s32_224_monarch", "mixer_s32_224_pixelfly"]
+    rows = list(csv.DictReader(open(tmp_path / "models.csv")))
+    assert [(r["model"], r["path"]) for r in rows] == [(m, path) for path in ("accel", "plain") for m in (
+        "mixer_s32_224", "mixer_s32_224_monarch", "mixer_s32_224_pixelfly")]
+    assert all(float(r["train_speedup_vs_dense"]) == 1.0 for r in rows if r["variant"] == "dense")
+    # The same models on both paths: parameters and MACs are the plain network's.
+    assert [(r["params"], r["macs_g"]) for r in rows[:3]] == [(r["params"], r["macs_g"]) for r in rows[3:]]
+    models = rows[:3]
     assert [r["variant"] for r in models] == ["dense", "monarch", "pixelfly"]
     assert int(models[1]["params"]) < int(models[0]["params"]) and float(models[0]["macs_g"]) > 0
     assert float(models[1]["macs_g"]) < float(models[0]["macs_g"]) and int(models[0]["peak_rss_mb"]) > 100
@@ -62,8 +71,8 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     # 2 blocks (model_kwargs) x 4 tokens (64 px, patch 32), each channel MLP 512->2048->512 counted by the formula
     saved = 2 * 4 * (2 * 512 * 2048 - benchmark.pixelfly_macs(512, 2048) - benchmark.pixelfly_macs(2048, 512))
     assert float(dense["macs_g"]) - float(pixelfly["macs_g"]) == pytest.approx(saved / 1e9, abs=2e-3)
-    assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch |" in out
-    assert "| mixer_s32_224_pixelfly | pixelfly |" in out
+    assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch | accel |" in out
+    assert "| mixer_s32_224_pixelfly | pixelfly | plain |" in out
 
 
 def test_compare_torch(tmp_path, capsys):
