@@ -77,11 +77,48 @@ class MultiHeadAttention(nn.Cell):
         return self.proj_drop(self.proj(x))
 
 
+class Float32Cell(nn.Cell):
+    """A cell that mixed precision leaves in float32, as MindSpore's AMP black list leaves LayerNorm.
+
+    Inside a cell that ``auto_mixed_precision`` or ``to_float`` marks fp16, every operator computes in fp16, whatever
+    its inputs were cast to; for exponentials that is out of range. A subclass keeps the fp32 mark when its parents'
+    marks are set recursively, so its operators compute in fp32 and it returns fp32.
+    """
+
+    def add_flags_recursive(self, **flags):
+        if flags.get("fp16") or flags.get("bf16"):
+            flags = dict(flags, fp16=False, bf16=False, fp32=True)
+        return super().add_flags_recursive(**flags)
+
+
+class _PositiveFeatureAttention(Float32Cell):
+    """FAVOR+ with positive random features ``w``, one head: ``phi(q) (phi(k)^T v) / (phi(q) . sum phi(k))``, in fp32
+    (the features reach exp(|w|^2 / 2) / sqrt(m), far past fp16's range)."""
+
+    def __init__(self, epsilon: float = 1e-8) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+
+    @staticmethod
+    def features(x: ms.Tensor, w: ms.Tensor) -> ms.Tensor:
+        # exp(w^T x - |x|^2 / 2) / sqrt(m): positive random features of the softmax kernel.
+        xd = (x * x).sum(axis=-1, keepdims=True) / 2
+        return ops.exp(ops.matmul(x, w.transpose(1, 0)) - xd) / math.sqrt(w.shape[0])
+
+    def construct(self, k: ms.Tensor, q: ms.Tensor, v: ms.Tensor, w: ms.Tensor) -> ms.Tensor:
+        k, q, v, w = k.astype(ms.float32), q.astype(ms.float32), v.astype(ms.float32), w.astype(ms.float32)
+        kp, qp = self.features(k, w), self.features(q, w)  # (B, T, m)
+        normaliser = ops.bmm(qp, kp.sum(axis=1).expand_dims(2))  # (B, T, 1)
+        kptv = ops.bmm(v.transpose(0, 2, 1), kp)  # (B, emb, m)
+        return ops.bmm(qp, kptv.transpose(0, 2, 1)) / (normaliser + self.epsilon)  # (B, T, emb)
+
+
 class TokenPerformer(nn.Cell):
     """Token_performer of T2T-ViT and ViTAE: one-head FAVOR+ attention to ``in_dim`` (v as the skip), then an MLP.
 
     ``w`` holds the fixed random features (orthogonal rows of norm sqrt(m)); it is a non-trainable parameter
-    that checkpoints carry. The split order is k, q, v and the kernel has no temperature, as in the reference.
+    that checkpoints carry. The split order is k, q, v and the kernel has no temperature, as in the reference. The
+    attention itself stays fp32 under AMP.
     """
 
     def __init__(self, dim: int, in_dim: int, kernel_ratio: float = 0.5, dp1: float = 0.1, dp2: float = 0.1) -> None:
@@ -92,7 +129,7 @@ class TokenPerformer(nn.Cell):
         self.proj = nn.Dense(self.emb, self.emb)
         self.norm1 = layer_norm(dim, eps=1e-5)
         self.norm2 = layer_norm(self.emb, eps=1e-5)
-        self.epsilon = 1e-8
+        self.kernel = _PositiveFeatureAttention(epsilon=1e-8)
         self.mlp = nn.SequentialCell([nn.Dense(self.emb, self.emb), gelu(), nn.Dense(self.emb, self.emb),
                                       nn.Dropout(p=dp2)])
         self.m = int(self.emb * kernel_ratio)
@@ -100,22 +137,9 @@ class TokenPerformer(nn.Cell):
         self.w = ms.Parameter(ms.Tensor(np.zeros((self.m, self.emb), np.float32)), name="w", requires_grad=False)
         orthogonal_(self.w, gain=math.sqrt(self.m))
 
-    def prm_exp(self, x: ms.Tensor) -> ms.Tensor:
-        # exp(w^T x - |x|^2 / 2) / sqrt(m): positive random features of the softmax kernel.
-        xd = (x * x).sum(axis=-1, keepdims=True) / 2
-        wtx = ops.matmul(x, self.w.astype(x.dtype).transpose(1, 0))
-        return ops.exp(wtx - xd) / math.sqrt(self.m)
-
     def attn(self, x: ms.Tensor) -> ms.Tensor:
         k, q, v = ops.split(self.kqv(x), self.emb, axis=-1)
-        # The random features and the normaliser in fp32, as the reference forces them.
-        kp, qp = self.prm_exp(k.astype(ms.float32)), self.prm_exp(q.astype(ms.float32))  # (B, T, m)
-        normaliser = ops.bmm(qp, kp.sum(axis=1).expand_dims(2))  # (B, T, 1)
-        # The products with v in v's dtype (fp16 under AMP, as the reference's autocast einsums): MindSpore 2.10's
-        # O2 backward feeds an fp16 operand to a BatchMatMul on cast(v) and fails to compile otherwise.
-        kptv = ops.bmm(v.transpose(0, 2, 1), kp.astype(v.dtype))  # (B, emb, m)
-        y = ops.bmm(qp.astype(v.dtype), kptv.transpose(0, 2, 1))  # (B, T, emb)
-        y = y.astype(ms.float32) / (normaliser + self.epsilon)
+        y = self.kernel(k, q, v, self.w)
         return v + self.dp(self.proj(y.astype(v.dtype)))
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:

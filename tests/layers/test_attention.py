@@ -10,6 +10,7 @@ from mindspore import nn, ops
 
 from mindcv_ext.layers import (FullAttention, LocalAttention, MultiHeadAttention, PerformerAttention,
                                SBLocalAttention, TokenPerformer, create_attention, gaussian_orthogonal_random_matrix)
+from tests.utils import rel_err
 
 TEMP = 0.3
 
@@ -211,3 +212,20 @@ def test_token_performer_block_runs_and_keeps_w_fixed(ms_mode):
     out = cell(ms.Tensor(np.random.default_rng(0).standard_normal((2, 10, 27)).astype(np.float32)))
     assert out.shape == (2, 10, 8) and np.isfinite(out.asnumpy()).all()
     assert "w" not in [p.name for p in cell.trainable_params()]
+
+
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_token_performer_stays_finite_under_amp_o2(scale, graph_mode):
+    """O2 marks every cell fp16, and an fp16 cell computes each operator in fp16: the random features (up to
+    exp(|w|^2 / 2)) under- and overflow there, and a T2T-ViT trained under O2 gave NaN after two steps. The kernel
+    is a Float32Cell, which keeps its fp32 mark."""
+    ms.set_seed(0)
+    performer = TokenPerformer(16, 64)
+    performer.kqv.weight.set_data(performer.kqv.weight * scale)  # larger k and q, as after a few training steps
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 49, 16)).astype(np.float32))
+    reference = performer(x).asnumpy()
+    mixed = ms.amp.auto_mixed_precision(performer, "O2")
+    assert performer.kernel.get_flags().get("fp32") and not performer.kernel.get_flags().get("fp16")
+    assert performer.mlp.get_flags().get("fp16")
+    out = mixed(x).asnumpy().astype(np.float32)
+    assert np.isfinite(out).all() and rel_err(out, reference) < 3e-3
