@@ -13,7 +13,6 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-import mindspore as ms
 from mindspore.train.callback import Callback
 
 from .checkpoint import CheckpointKeeper, parameter_checksum, save_atomic

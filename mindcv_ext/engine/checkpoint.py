@@ -11,6 +11,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..models.factory import read_mindspore_checkpoint
+
 __all__ = ["save_atomic", "CheckpointKeeper", "TrainingState", "load_training_state", "epoch_checkpoint_name",
            "parameter_checksum"]
 
@@ -99,12 +101,7 @@ class TrainingState:
 
 def load_training_state(train_step: nn.Cell, path: str) -> TrainingState:
     """Restore network, optimizer, EMA and loss scale from a training checkpoint written by train.py."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ckpt_path {path!r} does not exist")
-    try:
-        params = ms.load_checkpoint(path)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path!r} (truncated or not a MindSpore checkpoint): {exc}") from exc
+    params = read_mindspore_checkpoint(path)
     if "epoch_num" not in params or "global_step" not in params:
         raise ValueError(f"{path!r} holds weights only, not a training state; to start from its weights, "
                          f"pass it as --ckpt_path without --resume_opt")

@@ -119,7 +119,7 @@ def load_weights(net: nn.Cell, path: str, ema: bool = False) -> str:
     Returns a one-line description of what was loaded.
     """
     from ..convert import ConversionReport, convert_state_dict, extract_state_dict, read_checkpoint
-    from ..models import load_checkpoint
+    from ..models import load_checkpoint, read_mindspore_checkpoint
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
@@ -136,7 +136,7 @@ def load_weights(net: nn.Cell, path: str, ema: bool = False) -> str:
     load_checkpoint(net, path)
     if not ema:
         return f"MindSpore checkpoint {path}"
-    ema_weights = {k[len("ema."):]: v for k, v in ms.load_checkpoint(path).items() if k.startswith("ema.")}
+    ema_weights = {k[len("ema."):]: v for k, v in read_mindspore_checkpoint(path).items() if k.startswith("ema.")}
     if not ema_weights:
         raise ValueError(f"{path!r} holds no EMA weights ('ema.*'); evaluate it without --ema")
     missing = [p.name for p in net.trainable_params() if p.name not in ema_weights]

@@ -6,6 +6,7 @@ from .factory import (
     create_model,
     list_ext_models,
     load_checkpoint,
+    read_mindspore_checkpoint,
     resolve_model_name,
 )
 from .dvt import DVT
@@ -25,5 +26,6 @@ __all__ = [
     "create_model",
     "list_ext_models",
     "load_checkpoint",
+    "read_mindspore_checkpoint",
     "resolve_model_name",
 ]

@@ -14,7 +14,7 @@ from .dvt import ALIASES as DVT_ALIASES
 from .vitae import ALIASES as VITAE_ALIASES
 
 __all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params", "load_checkpoint",
-           "list_ext_models"]
+           "read_mindspore_checkpoint", "list_ext_models"]
 
 MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES, **DVT_ALIASES}
 _EXT_MODULES = ("dvt", "gmlp", "mlp_mixer", "t2t_vit", "vitae")
@@ -64,18 +64,23 @@ def count_params(net: nn.Cell, trainable_only: bool = False) -> int:
     return sum(p.size for p in net.get_parameters() if p.name not in buffers)
 
 
+def read_mindspore_checkpoint(path: str) -> Dict[str, ms.Parameter]:
+    """Every entry of a MindSpore checkpoint; a missing or unreadable file is an error that names it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        return ms.load_checkpoint(path)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path!r} (truncated or not a MindSpore checkpoint): {exc}") from exc
+
+
 def load_checkpoint(net: nn.Cell, path: str, strict: bool = True) -> List[str]:
     """Load a MindSpore checkpoint into ``net``; unlike mindcv, a missing file or parameter is an error.
 
     Entries that the network does not have (optimizer state, ``epoch_num``...) are ignored. Returns the
     names of network parameters the checkpoint did not provide (always empty when ``strict``).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        params = ms.load_checkpoint(path)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from exc
+    params = read_mindspore_checkpoint(path)
     mismatched = [f"{p.name}: model {tuple(p.shape)} vs checkpoint {tuple(params[p.name].shape)}"
                   for p in net.get_parameters() if p.name in params and tuple(params[p.name].shape) != tuple(p.shape)]
     if mismatched:

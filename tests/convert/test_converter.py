@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 import mindspore as ms
 from mindspore import nn
 
-from mindcv_ext.convert import ConversionError, extract_state_dict, read_checkpoint, torch_names
+from mindcv_ext.convert import extract_state_dict, read_checkpoint, torch_names
 from mindcv_ext.layers import MonarchLinear
 from mindcv_ext.models import create_model
 from scripts.convert_checkpoint import main as convert_main

@@ -1,7 +1,6 @@
 """Checkpoint rotation and atomic saving."""
 import os
 
-import numpy as np
 import pytest
 
 import mindspore as ms
