@@ -129,7 +129,7 @@ class TokenPerformer(nn.Cell):
         self.proj = nn.Dense(self.emb, self.emb)
         self.norm1 = layer_norm(dim, eps=1e-5)
         self.norm2 = layer_norm(self.emb, eps=1e-5)
-        self.kernel = _PositiveFeatureAttention(epsilon=1e-8)
+        self.favor = _PositiveFeatureAttention(epsilon=1e-8)
         self.mlp = nn.SequentialCell([nn.Dense(self.emb, self.emb), gelu(), nn.Dense(self.emb, self.emb),
                                       nn.Dropout(p=dp2)])
         self.m = int(self.emb * kernel_ratio)
@@ -139,7 +139,7 @@ class TokenPerformer(nn.Cell):
 
     def attn(self, x: ms.Tensor) -> ms.Tensor:
         k, q, v = ops.split(self.kqv(x), self.emb, axis=-1)
-        y = self.kernel(k, q, v, self.w)
+        y = self.favor(k, q, v, self.w)
         return v + self.dp(self.proj(y.astype(v.dtype)))
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:

@@ -217,7 +217,7 @@ def test_token_performer_block_runs_and_keeps_w_fixed(ms_mode):
 @pytest.mark.parametrize("scale", [1.0, 5.0])
 def test_token_performer_stays_finite_under_amp_o2(scale, graph_mode):
     """O2 marks every cell fp16, and an fp16 cell computes each operator in fp16: the random features (up to
-    exp(|w|^2 / 2)) under- and overflow there, and a T2T-ViT trained under O2 gave NaN after two steps. The kernel
+    exp(|w|^2 / 2)) under- and overflow there, and a T2T-ViT trained under O2 gave NaN after two steps. The FAVOR+ part
     is a Float32Cell, which keeps its fp32 mark."""
     ms.set_seed(0)
     performer = TokenPerformer(16, 64)
@@ -225,7 +225,7 @@ def test_token_performer_stays_finite_under_amp_o2(scale, graph_mode):
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 49, 16)).astype(np.float32))
     reference = performer(x).asnumpy()
     mixed = ms.amp.auto_mixed_precision(performer, "O2")
-    assert performer.kernel.get_flags().get("fp32") and not performer.kernel.get_flags().get("fp16")
+    assert performer.favor.get_flags().get("fp32") and not performer.favor.get_flags().get("fp16")
     assert performer.mlp.get_flags().get("fp16")
     out = mixed(x).asnumpy().astype(np.float32)
     assert np.isfinite(out).all() and rel_err(out, reference) < 3e-3

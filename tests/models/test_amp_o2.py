@@ -1,5 +1,7 @@
 """Every family trains under AMP O2 on the plain network, the code Ascend and GPU run: a few steps on one batch give a
 finite loss that decreases, with fp32 master weights."""
+import re
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,9 @@ FAMILIES = [
     ("t2t_vit_12_monarch", dict(img_size=64, depth=2), 64),
     ("dvt_t2t_vit_12", dict(img_size=64, depth=1, embed_dim=32, num_heads=2), 64),
 ]
+# A stage's last block feeds its reused features only to patch tokens, which no later block mixes into the cls token
+# the exit reads: those reuse MLPs get no gradient at all, in the reference as here.
+NO_GRADIENT = {"dvt_t2t_vit_12": r"blocks\.0\.feature_resuse_mlp\."}
 
 
 @pytest.mark.parametrize("name,kwargs,size", FAMILIES, ids=[f[0] + ("_pixelfly" if "mlp_layer" in f[1] else "")
@@ -39,5 +44,6 @@ def test_plain_network_trains_under_amp_o2(name, kwargs, size, graph_mode):
     assert all(np.isfinite(losses)) and overflows <= 2, (losses, overflows)
     assert losses[-1] < 0.99 * losses[0], losses
     assert all(p.dtype == ms.float32 for p in net.trainable_params())  # master weights stay fp32
-    unchanged = [p.name for p in net.trainable_params() if np.array_equal(p.asnumpy(), initial[p.name])]
+    unchanged = [p.name for p in net.trainable_params() if np.array_equal(p.asnumpy(), initial[p.name])
+                 and not (name in NO_GRADIENT and re.search(NO_GRADIENT[name], p.name))]
     assert not unchanged, unchanged  # every weight was trained
