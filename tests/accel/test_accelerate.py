@@ -74,6 +74,17 @@ def test_mlp_twin(dim, hidden, nblocks, fused, graph_mode):
     assert accelerated_cells(fast).get("FastGELU", 0) == (0 if fused else 1)
 
 
+def test_padded_monarch_layer_and_dense_mlp_keep_their_layers(graph_mode):
+    """A padded Monarch layer has no twin (the kernels assume whole blocks); a dense MLP keeps nn.Dense and gets the
+    GELU kernel only."""
+    padded = MonarchLinear(30, 50, 4)
+    assert accelerate(padded, "on") is padded and not accelerated_cells(padded)
+    dense = _randomise(Mlp(64, 256, mlp_layer="dense"), 8)
+    x = np.random.default_rng(9).standard_normal((3, 64)).astype(np.float32)
+    fast = _assert_same_results(dense, x, (3, 64))
+    assert type(fast) is Mlp and accelerated_cells(fast) == {"FastGELU": 1}
+
+
 def test_mlp_twin_without_fc1_bias(graph_mode):
     """The fused kernel gives a bias-free fc1 a zero bias."""
     mlp = _randomise(Mlp(64, 256, mlp_layer="monarch"), 4)
