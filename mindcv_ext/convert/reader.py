@@ -59,16 +59,27 @@ class _TensorRef:
     def __init__(self, storage: "_StorageRef", offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
-    def materialize(self) -> np.ndarray:
+    def materialize(self, budget: "_Budget") -> np.ndarray:
         data = self.storage.data
+        layout = f"offset {self.offset}, shape {self.size}, strides {self.stride}"
+        numbers = (self.offset,) + self.size + self.stride
+        # PyTorch never writes a negative offset, size or stride; here one would read memory outside the storage.
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or \
+                len(self.size) != len(self.stride):
+            raise CheckpointError(f"{budget.path!r}: a tensor has an invalid layout ({layout}); the file is corrupt "
+                                  f"or crafted")
         if not self.size:
+            if self.offset >= data.size:
+                raise CheckpointError(f"{budget.path!r}: a scalar at {self.offset} lies past its storage "
+                                      f"({data.size} elements)")
             return np.array(data[self.offset])
         if 0 in self.size:
             return np.zeros(self.size, dtype=data.dtype)
         end = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if end > data.size:
-            raise CheckpointError(f"a tensor of shape {self.size} reaches past its storage ({data.size} elements); "
-                                  f"the file is corrupt")
+            raise CheckpointError(f"{budget.path!r}: a tensor ({layout}) reaches past its storage "
+                                  f"({data.size} elements); the file is corrupt")
+        budget.take(int(np.prod(self.size, dtype=object)) * data.itemsize, f"a tensor of shape {self.size}")
         view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.size,
                                                strides=[s * data.itemsize for s in self.stride])
         return np.array(view)
@@ -78,6 +89,22 @@ class _StorageRef:
     def __init__(self, storage_type: _StorageType, key: str, numel: int) -> None:
         self.storage_type, self.key, self.numel = storage_type, key, numel
         self.data = None
+
+
+class _Budget:
+    """The bytes a file may make the reader allocate: a few times its own size (views may repeat a storage's
+    elements, as a transposed copy does), never what a crafted header claims."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file_size = os.path.getsize(path)
+        self.left = 4 * self.file_size + (64 << 20)
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise CheckpointError(f"{self.path!r}: {what} would take {nbytes:,} bytes, more than this "
+                                  f"{self.file_size:,}-byte file can hold; the file is corrupt or crafted")
+        self.left -= nbytes
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
@@ -125,6 +152,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._storages = storages
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # protocol 2 (torch's default) writes Python 2's name of builtins
+            module = "builtins"
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
@@ -136,26 +165,46 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
             raise CheckpointError(f"{self._path!r}: unsupported persistent object {pid!r:.80}")
-        storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], int(pid[4])
+        storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"{self._path!r}: unsupported storage type {storage_type!r}")
+        if numel < 0:
+            raise CheckpointError(f"{self._path!r}: storage {key} declares {numel} elements; the file is corrupt")
         if key not in self._storages:
             self._storages[key] = _StorageRef(storage_type, key, numel)
         return self._storages[key]
 
 
-def _materialize(obj):
+_MAX_DEPTH = 200  # a state dict nests a handful of levels; a crafted pickle can nest millions
+
+
+def _materialize(obj, budget: _Budget, memo: Dict[int, Any] = None, depth: int = 0):
+    """``obj`` with every tensor reference read. Each object is converted once (``memo``): a pickle that shares one
+    list a million times stays one list, instead of a million copies."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if depth > _MAX_DEPTH:
+        raise CheckpointError(f"{budget.path!r} nests containers more than {_MAX_DEPTH} deep; no checkpoint does")
     if isinstance(obj, _TensorRef):
-        return obj.materialize()
-    if isinstance(obj, collections.OrderedDict):
-        return collections.OrderedDict((k, _materialize(v)) for k, v in obj.items())
-    if isinstance(obj, dict):
-        return {k: _materialize(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_materialize(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_materialize(v) for v in obj)
-    return obj
+        result = obj.materialize(budget)
+    elif isinstance(obj, dict):
+        result = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
+        memo[id(obj)] = result
+        for key, value in obj.items():
+            result[key] = _materialize(value, budget, memo, depth + 1)
+        return result
+    elif isinstance(obj, list):
+        result = []
+        memo[id(obj)] = result
+        result.extend(_materialize(v, budget, memo, depth + 1) for v in obj)
+        return result
+    elif isinstance(obj, tuple):
+        result = tuple(_materialize(v, budget, memo, depth + 1) for v in obj)
+    else:
+        return obj
+    memo[id(obj)] = result
+    return result
 
 
 def _read_zip(path: str) -> Any:
@@ -168,20 +217,26 @@ def _read_zip(path: str) -> Any:
         byteorder = prefix + "byteorder"
         if byteorder in names and archive.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{path!r} was saved on a big-endian machine; re-save it on a little-endian one")
+        budget = _Budget(path)
+        budget.take(archive.getinfo(pickles[0]).file_size, "its pickle")
         storages: Dict[str, _StorageRef] = {}
         with archive.open(pickles[0]) as stream:
             obj = _RestrictedUnpickler(stream, path, storages).load()
         for storage in storages.values():
             record = f"{prefix}data/{storage.key}"
-            raw = archive.read(record)
             expected = storage.numel * storage.storage_type.dtype.itemsize
+            budget.take(expected, f"storage {record}")
+            # Never inflate more than the pickle says the storage holds: an entry's own size field can lie.
+            with archive.open(record) as stream:
+                raw = stream.read(expected)
             if len(raw) < expected:
                 raise CheckpointError(f"{path!r}: storage {record} holds {len(raw)} bytes, expected {expected}")
-            storage.data = storage.storage_type.from_bytes(raw[:expected])
-    return _materialize(obj)
+            storage.data = storage.storage_type.from_bytes(raw)
+    return _materialize(obj, budget)
 
 
 def _read_legacy(path: str) -> Any:
+    budget = _Budget(path)
     with open(path, "rb") as stream:
         unpickler = _RestrictedUnpickler(stream, path, {})
         if unpickler.load() != _LEGACY_MAGIC:
@@ -197,17 +252,25 @@ def _read_legacy(path: str) -> Any:
             if len(header) < 8:
                 raise CheckpointError(f"{path!r} is truncated (storage {key} missing)")
             (numel,) = struct.unpack("<q", header)
-            raw = stream.read(numel * storage.storage_type.dtype.itemsize)
-            if len(raw) < numel * storage.storage_type.dtype.itemsize:
+            nbytes = numel * storage.storage_type.dtype.itemsize
+            if numel < 0 or nbytes > budget.file_size - stream.tell():
+                raise CheckpointError(f"{path!r}: storage {key} declares {numel:,} elements, more than the rest of "
+                                      f"the file holds; it is truncated or corrupt")
+            raw = stream.read(nbytes)
+            if len(raw) < nbytes:
                 raise CheckpointError(f"{path!r} is truncated (storage {key} cut short)")
             storage.data = storage.storage_type.from_bytes(raw)
-    return _materialize(obj)
+    return _materialize(obj, budget)
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    return collections.OrderedDict(load_file(path))
+    try:
+        return collections.OrderedDict(load_file(path))
+    except Exception as exc:  # SafetensorError and the rest name neither the file nor what to do
+        raise CheckpointError(f"cannot read {path!r} as safetensors: the file is truncated or corrupt "
+                              f"({type(exc).__name__}: {exc})") from exc
 
 
 def read_checkpoint(path: str) -> Any:
@@ -227,6 +290,7 @@ def read_checkpoint(path: str) -> Any:
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, KeyError, ValueError, struct.error,
-            OSError, IndexError, TypeError, AttributeError, io.UnsupportedOperation) as exc:
+            OSError, IndexError, TypeError, AttributeError, io.UnsupportedOperation, RecursionError,
+            MemoryError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path!r}: the file is truncated or corrupt "
                               f"({type(exc).__name__}: {exc})") from exc
