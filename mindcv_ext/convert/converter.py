@@ -290,7 +290,7 @@ def convert_checkpoint(model: str, src: str, dst: str, model_kwargs: Optional[Di
     fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".ckpt", dir=out_dir)
     os.close(fd)
     try:
-        ms.save_checkpoint(net, tmp)
+        ms.save_checkpoint(net, tmp, crc_check=True)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

@@ -24,7 +24,7 @@ def save_atomic(save_obj, path: str, append_dict: Optional[Dict] = None) -> None
     # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps that suffix.
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}.ckpt")
     try:
-        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -65,12 +65,26 @@ def count_params(net: nn.Cell, trainable_only: bool = False) -> int:
 
 
 def read_mindspore_checkpoint(path: str) -> Dict[str, ms.Parameter]:
-    """Every entry of a MindSpore checkpoint; a missing or unreadable file is an error that names it."""
+    """Every entry of a MindSpore checkpoint; a missing, empty, corrupt or unreadable file is an error that names it.
+
+    The checkpoints this project writes carry MindSpore's CRC32 (``crc_check=True``), verified here before any
+    weight is used; older files without one still load (MindSpore logs that they have none).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path!r} is empty (0 bytes): an interrupted copy or save? Use another "
+                         f"checkpoint of the run")
     try:
-        return ms.load_checkpoint(path)
+        return ms.load_checkpoint(path, crc_check=True)
     except Exception as exc:
+        chain, cause = [], exc
+        while cause is not None and len(chain) < 8:  # MindSpore re-raises the CRC failure as a generic read error
+            chain.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        if any("crc check is failed" in message for message in chain):
+            raise ValueError(f"checkpoint {path!r} is corrupt: checksum mismatch (its bytes changed after it was "
+                             f"written). Use another checkpoint of the run") from None
         raise ValueError(f"cannot read checkpoint {path!r} (truncated or not a MindSpore checkpoint): {exc}") from exc
 
 
