@@ -25,7 +25,7 @@ import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -103,23 +103,31 @@ def kernels_disabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
 
 
-@lru_cache(maxsize=None)
 def cpu_kernel_library() -> str:
     """Path of the compiled kernel library (built on the first call on a machine); raises ``RuntimeError`` saying
-    why when it cannot be had."""
+    why when it cannot be had. A failed build is not retried in the same process: g++ may take minutes to fail."""
     if kernels_disabled():
         raise RuntimeError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]} switches them off")
+    library, error = _build_once()
+    if library is None:
+        raise RuntimeError(error)
+    return library
+
+
+@lru_cache(maxsize=None)
+def _build_once() -> Tuple[Optional[str], str]:
+    """``(library path, '')``, or ``(None, why not)``; cached either way."""
     if platform.system() != "Linux":
-        raise RuntimeError(f"MindSpore's AOT kernel interface is Linux-only (this is {platform.system()})")
+        return None, f"MindSpore's AOT kernel interface is Linux-only (this is {platform.system()})"
     try:
         library = build_cpu_kernels()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(str(exc)) from exc
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return None, str(exc)
     allowed = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
     if allowed and os.path.commonpath([os.path.realpath(library), os.path.realpath(allowed)]) != \
             os.path.realpath(allowed):
-        raise RuntimeError(f"{library} is outside MS_CUSTOM_AOT_WHITE_LIST={allowed}")
-    return str(library)
+        return None, f"{library} is outside MS_CUSTOM_AOT_WHITE_LIST={allowed}"
+    return str(library), ""
 
 
 @lru_cache(maxsize=None)

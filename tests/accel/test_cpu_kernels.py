@@ -30,14 +30,31 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
 
 
 def test_environment_switch_refuses_to_build(monkeypatch):
+    """Read at every call, ahead of the cached build: the switch works after the kernels were built."""
     monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
-    cpu_kernels.cpu_kernel_library.cache_clear()
+    with pytest.raises(RuntimeError, match="MINDCV_EXT_CPU_KERNELS=0 switches them off"):
+        cpu_kernels.cpu_kernel_library()
+
+
+def test_failed_build_is_reported_once_not_retried(monkeypatch, tmp_path):
+    """A build that fails (here: no compiler) is cached with its reason; later calls do not run g++ again."""
+    calls = []
+
+    def failing_build():
+        calls.append(1)
+        raise RuntimeError("C++ compiler 'no-such-c++' not found")
+
+    monkeypatch.setattr(cpu_kernels, "build_cpu_kernels", failing_build)
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "1")  # the suite also runs with the switch off
+    cpu_kernels._build_once.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match="MINDCV_EXT_CPU_KERNELS=0 switches them off"):
-            cpu_kernels.cpu_kernel_library()
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="no-such-c"):
+                cpu_kernels.cpu_kernel_library()
+        assert len(calls) == 1
     finally:
         monkeypatch.undo()
-        cpu_kernels.cpu_kernel_library.cache_clear()
+        cpu_kernels._build_once.cache_clear()
 
 
 def test_library_brings_no_openmp_runtime(kernel_library):
