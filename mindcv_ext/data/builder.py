@@ -19,7 +19,7 @@ from .digits import prepare_digits
 
 __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
            "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
-           "imagenet_class_names"]
+           "imagenet_class_names", "empty_class_folders", "check_image_headers"]
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -132,6 +132,50 @@ def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:
                 image.load()
         except Exception:  # any decoding failure makes the file unusable
             bad.append(path)
+    return bad
+
+
+def empty_class_folders(split_dir: str) -> List[str]:
+    """Class sub-folders of ``split_dir`` that hold no image file (a class the model could never learn)."""
+    root = Path(split_dir)
+    return [str(root / name) for name in _class_folders(root)
+            if not any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in (root / name).iterdir())]
+
+
+def _header_fault(path: str) -> Optional[str]:
+    """Why ``path`` is not a readable image, judged from its header (and, for JPEG, its end marker)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            image.verify()  # PNG: chunk checksums; other formats: the header
+    except Exception as exc:  # any failure here makes the file unusable
+        return f"{type(exc).__name__}: {exc}"
+    if image_format == "JPEG":  # verify() does not read JPEG data; a truncated file lacks the end marker
+        with open(path, "rb") as stream:
+            stream.seek(max(0, os.path.getsize(path) - 4096))
+            if b"\xff\xd9" not in stream.read():
+                return "truncated JPEG (no end-of-image marker)"
+    return None
+
+
+def check_image_headers(folder: str, shard: Tuple[int, int] = (0, 1), progress: bool = True) -> List[str]:
+    """A fast readability check of the images under ``folder`` (this shard's share): ``path: reason`` per bad file.
+
+    It reads headers, not pixels, so it takes a small fraction of an epoch; a file it passes can still fail
+    to decode later, and training then names it too.
+    """
+    from tqdm import tqdm
+
+    index, count = shard
+    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+    bad = []
+    for path in tqdm(paths[index::count], desc=f"checking images in {folder}", unit="img", disable=not progress,
+                     mininterval=2.0):
+        fault = _header_fault(path)
+        if fault:
+            bad.append(f"{path}: {fault}")
     return bad
 
 

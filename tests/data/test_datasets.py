@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mindcv_ext.data import (create_split_loader, find_unreadable_images, list_class_folder, prepare_digits,
-                             resolve_dataset, transform_settings)
+from mindcv_ext.data import (check_image_headers, create_split_loader, empty_class_folders, find_unreadable_images,
+                             list_class_folder, prepare_digits, resolve_dataset, transform_settings)
 from mindcv_ext.data.cifar import create_cifar_dataset, find_cifar
 
 
@@ -140,3 +140,24 @@ def test_unreadable_images_are_found_and_class_folders_listed(tmp_path):
     assert classes == ["a", "b"]
     assert [os.path.basename(p) for p in paths[:3]] == ["img_1.png", "img_10.png", "img_2.png"]
     assert labels == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_header_check_finds_broken_files_and_shards_the_work(tmp_path):
+    folder = tmp_path / "val"
+    (folder / "a").mkdir(parents=True)
+    (folder / "empty").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / "a" / f"{i}.jpg", quality=90)
+        Image.new("RGB", (16, 16), (i, 0, 9)).save(folder / "a" / f"{i}.png")
+    whole = (folder / "a" / "0.jpg").read_bytes()
+    (folder / "a" / "0.jpg").write_bytes(whole[:-1000])  # scan data cut short: the header still reads
+    png = (folder / "a" / "1.png").read_bytes()
+    (folder / "a" / "1.png").write_bytes(png[:40] + bytes(b ^ 0xFF for b in png[40:48]) + png[48:])  # bad CRC
+    (folder / "a" / "2.jpg").write_bytes(b"\xff\xd8 random bytes")
+    bad = check_image_headers(str(folder), progress=False)
+    assert [line.split(": ", 1)[0] for line in bad] == [str(folder / "a" / n) for n in ("0.jpg", "1.png", "2.jpg")]
+    assert bad[0].endswith("truncated JPEG (no end-of-image marker)")
+    shards = [check_image_headers(str(folder), (rank, 2), progress=False) for rank in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == sorted(bad) and shards[0] and shards[1]
+    assert empty_class_folders(str(folder)) == [str(folder / "empty")]
