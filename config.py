@@ -92,6 +92,11 @@ def _mapping(value) -> Dict[str, Any]:
         return {}
     if not isinstance(parsed, dict):
         raise argparse.ArgumentTypeError(f"expected a mapping like '{{patch_size: 4}}', got {value!r}")
+    # YAML reads '{patch_size:4}' as the key 'patch_size:4' without a value, which would be dropped silently.
+    unvalued = [str(key) for key, item in parsed.items() if item is None and ":" in str(key)]
+    if unvalued:
+        raise argparse.ArgumentTypeError(f"{value!r}: {', '.join(repr(k) for k in unvalued)} has no value; put a "
+                                         f"space after each colon, e.g. '{{patch_size: 4}}'")
     return parsed
 
 
@@ -148,6 +153,10 @@ def create_parser() -> argparse.ArgumentParser:
                        help="where built-in datasets are written (default ~/.cache/mindcv_ext)")
     group.add_argument("--dataset_download", default=False, **flag,
                        help="accepted for mindcv compatibility; nothing is downloaded")
+    group.add_argument("--check_images", default=True, **flag,
+                       help="before epoch 1, check every image's header (image folders); False skips it")
+    group.add_argument("--allow_empty_classes", default=False, **flag,
+                       help="accept class folders without images (otherwise an error naming them)")
     group.add_argument("--num_parallel_workers", type=int, default=8, help="data workers (capped at CPU count)")
     group.add_argument("--shuffle", default=True, **flag, help="shuffle the training data")
     group.add_argument("--num_samples", type=optional_int, default=None, help="use only this many samples")
@@ -366,7 +375,7 @@ def save_args(args: argparse.Namespace, path: str) -> None:
     """Write the effective configuration as YAML (atomically), re-loadable with ``-c``."""
     data = {k: v for k, v in vars(args).items() if k != "config"}
     text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, default_flow_style=None)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as stream:
+    from mindcv_ext.engine.files import atomic_write
+
+    with atomic_write(path) as stream:
         stream.write(text)
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ else ImageNet's names for 1000-class models, else class indices.
 """
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -141,10 +140,10 @@ def main(argv=None) -> int:
         ranked = ", ".join(f"{t['name']} {100 * t['probability']:.1f}%" for t in item["top"])
         print(f"{item['image']}: {ranked}")
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as stream:
+        from mindcv_ext.engine.files import atomic_write
+
+        with atomic_write(args.json) as stream:
             json.dump(results, stream, indent=1)
-        os.replace(tmp, args.json)
         print(f"wrote {args.json}")
     return 0
 

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+from typing import Optional
 
 from config import model_arguments, parse_args, save_args
 
@@ -32,6 +33,16 @@ def _existing_run(save_dir: str, model: str):
                   if name == "results.csv" or (name.startswith(model) and name.endswith(".ckpt")))
 
 
+def _latest_checkpoint(save_dir: str, model: str) -> Optional[str]:
+    """The newest epoch checkpoint in ``save_dir``, the one to resume from."""
+    import re
+
+    pattern = re.compile(re.escape(model) + r"-(\d+)_(\d+)\.ckpt$")
+    found = [(int(m.group(1)), name) for name in (os.listdir(save_dir) if os.path.isdir(save_dir) else [])
+             for m in [pattern.match(name)] if m]
+    return os.path.join(save_dir, max(found)[1]) if found else None
+
+
 def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
     """Turn the data pipeline's opaque decode failure into an error that names the broken files."""
     from mindcv_ext.data import find_unreadable_images
@@ -47,6 +58,31 @@ def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
     raise exc
 
 
+def _check_data(args, info, rank: Optional[int], device_num: int) -> None:
+    """Faults in an image folder surface before epoch 1: classes without images, files that are not images."""
+    from mindcv_ext.data import check_image_headers, empty_class_folders
+
+    if not info.is_folder:
+        return
+    splits = [args.train_split] + ([args.val_split] if args.val_while_train else [])
+    for split in splits:
+        empty = empty_class_folders(os.path.join(info.root, split))
+        if empty and not args.allow_empty_classes:
+            raise ValueError(f"{len(empty)} class folder(s) hold no images: {', '.join(empty[:10])}; add images, "
+                             f"remove the folder(s), or pass --allow_empty_classes True to train with them")
+        if empty:
+            _logger.warning(f"class folder(s) without images (allowed by --allow_empty_classes): {', '.join(empty)}")
+    if not args.check_images:
+        return
+    for split in splits:
+        folder = os.path.join(info.root, split)
+        bad = check_image_headers(folder, (rank or 0, device_num), progress=rank in (None, 0))
+        if bad:
+            listed = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+            raise ValueError(f"{len(bad)} unreadable image(s) in {folder}; remove or replace them (or skip this "
+                             f"check with --check_images False):\n  {listed}")
+
+
 def train(args) -> int:
     import mindspore as ms
     from mindcv.loss import create_loss
@@ -57,6 +93,7 @@ def train(args) -> int:
     from mindcv_ext.accel import accelerate
     from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
     from mindcv_ext.engine import Evaluator, NetWithLoss, TrainMonitor, TrainStep, load_training_state
+    from mindcv_ext.engine.files import RunLock, sweep_temporary_files
     from mindcv_ext.engine.runtime import (attach_log_file, build_model, load_weights, set_seed, setup_context,
                                            setup_distributed, setup_logger)
 
@@ -67,6 +104,10 @@ def train(args) -> int:
         raise ValueError("--resume_opt True needs --ckpt_path pointing at a checkpoint of the run to resume")
     if args.ckpt_path and not os.path.isfile(args.ckpt_path):
         raise FileNotFoundError(f"ckpt_path {args.ckpt_path!r} does not exist")
+    writer = rank in (None, 0) and not args.dry_run
+    lock = RunLock(args.ckpt_save_dir)
+    if writer:  # a directory in use is refused before anything is written (the lock is taken below if new)
+        lock.acquire(create=False)
     earlier = _existing_run(args.ckpt_save_dir, args.model)
     if earlier and not resuming and not args.dry_run:
         raise FileExistsError(f"ckpt_save_dir {args.ckpt_save_dir!r} already holds a run ({', '.join(earlier[:4])}); "
@@ -76,6 +117,7 @@ def train(args) -> int:
     set_seed(args.seed)
 
     info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir)
+    _check_data(args, info, rank, device_num)
     num_classes = args.num_classes or info.num_classes
     if info.num_classes > num_classes:
         raise ValueError(f"the data has {info.num_classes} classes but num_classes is {num_classes}; raise "
@@ -161,7 +203,15 @@ def train(args) -> int:
         _logger.info(f"{args.ckpt_path} already finished all {args.epoch_size} epochs; nothing to do")
         return 0
 
-    attach_log_file(args.ckpt_save_dir, rank)  # from here on the run writes files (rank 0 only)
+    if writer:  # from here on the run writes files (rank 0 only)
+        lock.acquire(create=True)
+        if not resuming and _existing_run(args.ckpt_save_dir, args.model):
+            raise FileExistsError(f"ckpt_save_dir {args.ckpt_save_dir!r} received a run while this one started; "
+                                  f"choose another --ckpt_save_dir")
+        swept = sweep_temporary_files(args.ckpt_save_dir)
+    attach_log_file(args.ckpt_save_dir, rank)
+    if writer and swept:
+        _logger.info(f"removed {len(swept)} temporary file(s) left by an interrupted run: {', '.join(swept)}")
     for note in notes:
         _logger.info(note)
     if rank in (None, 0):
@@ -181,6 +231,13 @@ def train(args) -> int:
         val_interval=args.val_interval, log_interval=args.log_interval, ckpt_save_interval=args.ckpt_save_interval,
         keep_checkpoint_max=args.keep_checkpoint_max, ckpt_save_policy=args.ckpt_save_policy,
         data_digest=args.data_digest, sink_mode=sink)
+    # The pipeline restarts at the resumed epoch's first step by replaying the earlier ones in full, so the
+    # data order, augmentation and mixup draws continue exactly (the fast mode would skip their randomness).
+    ms.dataset.config.set_fast_recovery(False)
+    if begin_epoch:
+        loader_train.set_init_step(begin_epoch * steps_per_epoch)
+        _logger.info(f"replaying the data pipeline's first {begin_epoch} epoch(s) so that the data order and "
+                     f"augmentation continue where the run stopped")
     trainer = ms.train.Model(train_step)
     try:
         trainer.train(args.epoch_size, loader_train, callbacks=[monitor], dataset_sink_mode=sink,
@@ -199,6 +256,19 @@ def main(argv=None) -> int:
         return train(args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from mindcv_ext.engine.files import is_storage_error
+
+        if not is_storage_error(exc):
+            raise
+        where = f" {exc.filename!r}" if exc.filename else ""
+        latest = _latest_checkpoint(args.ckpt_save_dir, args.model)
+        resume = (f"resume with --ckpt_path {latest} --resume_opt True" if latest else
+                  "run again")
+        print(f"train.py: error: cannot write{where}: {exc.strerror or exc}. The files saved before are intact; "
+              f"free space or make {args.ckpt_save_dir!r} writable and {resume}, or choose another --ckpt_save_dir",
+              file=sys.stderr)
         return 2
 
 

@@ -76,6 +76,15 @@ def test_bad_command_line_values(capsys):
     assert "config file '/no/such/config.yaml' does not exist" in capsys.readouterr().err
 
 
+def test_model_kwargs_without_a_space_after_the_colon_is_an_error(capsys):
+    # YAML reads {patch_size:4} as a key without a value, which create_model would drop without a word.
+    with pytest.raises(SystemExit) as info:
+        config.parse_args(["--model_kwargs", "{patch_size:4, embed_dim: 32}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "'patch_size:4' has no value; put a space after each colon" in err
+    assert config.parse_args(["--model_kwargs", '{"patch_size":4}']).model_kwargs == {"patch_size": 4}
+
+
 def test_save_args_round_trips(tmp_path):
     args = config.parse_args(["--model", "mixer_s16_224", "--scale", "0.3,1", "--model_kwargs", "{patch_size: 8}"])
     path = tmp_path / "saved.yaml"

@@ -47,7 +47,7 @@ def test_msrun_two_workers_on_cpu(tmp_path, dataset_cache):
     assert "saved" in worker[0] and "saved" not in worker[1]
     assert sorted(os.listdir(ckpt)) == sorted([
         "gmlp_s16_224-1_45.ckpt", "gmlp_s16_224_best.ckpt", "checkpoints.json", "classes.json", "curves.png",
-        "gmlp_s16_224.yaml", "results.csv", "train.log"])
+        "gmlp_s16_224.yaml", "results.csv", "train.log", ".lock"])
     assert "[rank 1]" not in (ckpt / "train.log").read_text()
     # Validation metrics are summed over both ranks' shards, so both report the same accuracy.
     top1 = {rank: re.search(r"val top-1 ([0-9.]+)%", text).group(1) for rank, text in worker.items()}

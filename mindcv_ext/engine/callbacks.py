@@ -130,7 +130,13 @@ class TrainMonitor(Callback):
         epoch_time = time.time() - self.epoch_start
         train_loss = self.loss_sum / self.loss_count if self.loss_count else float("nan")
         throughput = self.global_batch * self.steps_per_epoch / max(epoch_time, 1e-9)
-        metrics = self._evaluate()
+        try:
+            metrics = self._evaluate()
+        except Exception:
+            # The training epoch is complete: keep it (without validation figures) before the error ends the run.
+            self._log(f"Epoch {self.epoch}/{self.epoch_size}: validation failed; saving the epoch first")
+            self._commit(train_loss, None, False, epoch_time, throughput, always_save=True)
+            raise
         improved = metrics is not None and metrics["top1"] > self.best_top1
         if improved:
             self.best_top1 = metrics["top1"]
@@ -144,24 +150,33 @@ class TrainMonitor(Callback):
             if "exits" in metrics:  # multi-exit networks: the figures above are the last exit's
                 summary += ", top-1 per exit " + "/".join(f"{100 * e['top1']:.2f}%" for e in metrics["exits"])
         self._log(summary)
+        self._commit(train_loss, metrics, improved, epoch_time, throughput)
+
+    def _commit(self, train_loss: float, metrics: Optional[dict], improved: bool, epoch_time: float,
+                throughput: float, always_save: bool = False) -> None:
+        """Write the epoch's results row, best checkpoint and epoch checkpoint, in that order.
+
+        The epoch checkpoint comes last: a run resumed from it finds every earlier file written, and one
+        killed before it resumes from the previous checkpoint, drops the later rows and redoes the epoch.
+        """
         if not self.is_writer:
             return
-        step = self.epoch * self.steps_per_epoch
-        extra = {"epoch_num": self.epoch, "step_num": step,
-                 "best_top1": self.best_top1 if math.isfinite(self.best_top1) else -1.0}
-        if self.epoch % self.ckpt_save_interval == 0 or self.epoch == self.epoch_size:
-            path = self.keeper.save(self.train_step, self.epoch, step,
-                                    metrics["top1"] if metrics else None, append_dict=extra)
-            self._log(f"saved {path}")
+        self.results.append(epoch=self.epoch, train_loss=train_loss, lr=f"{self._current_lr():.6g}",
+                            val_loss=metrics["loss"] if metrics else None, val_top1=metrics["top1"] if metrics else None,
+                            val_top5=metrics["top5"] if metrics else None, epoch_time_s=f"{epoch_time:.2f}",
+                            images_per_s=f"{throughput:.1f}")
         if improved:
             best = os.path.join(self.save_dir, f"{self.model_name}_best.ckpt")
             save_atomic(self._network_weights(getattr(self.train_step, "ema", False)), best,
                         append_dict={"epoch_num": self.epoch, "top1": self.best_top1})
             self._log(f"saved {best} (best val top-1 {100 * self.best_top1:.2f}%)")
-        self.results.append(epoch=self.epoch, train_loss=train_loss, lr=f"{self._current_lr():.6g}",
-                            val_loss=metrics["loss"] if metrics else None, val_top1=metrics["top1"] if metrics else None,
-                            val_top5=metrics["top5"] if metrics else None, epoch_time_s=f"{epoch_time:.2f}",
-                            images_per_s=f"{throughput:.1f}")
+        step = self.epoch * self.steps_per_epoch
+        extra = {"epoch_num": self.epoch, "step_num": step,
+                 "best_top1": self.best_top1 if math.isfinite(self.best_top1) else -1.0}
+        if always_save or self.epoch % self.ckpt_save_interval == 0 or self.epoch == self.epoch_size:
+            path = self.keeper.save(self.train_step, self.epoch, step,
+                                    metrics["top1"] if metrics else None, append_dict=extra)
+            self._log(f"saved {path}")
 
     def on_train_end(self, run_context):
         rank = 0 if self.rank is None else self.rank

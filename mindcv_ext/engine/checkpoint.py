@@ -12,23 +12,32 @@ import mindspore as ms
 from mindspore import nn
 
 from ..models.factory import read_mindspore_checkpoint
+from .files import atomic_write, temporary_path
 
 __all__ = ["save_atomic", "CheckpointKeeper", "TrainingState", "load_training_state", "epoch_checkpoint_name",
            "parameter_checksum"]
 
 
 def save_atomic(save_obj, path: str, append_dict: Optional[Dict] = None) -> None:
-    """Write to a temporary file beside ``path`` and rename: a crash never leaves a truncated file named ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps that suffix.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}.ckpt")
+    """Write to a temporary file beside ``path`` and rename: a crash never leaves a truncated file named ``path``.
+
+    On failure (a full disk, say) no temporary file is left, and an existing ``path`` keeps its old content.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps that suffix; it
+    # writes its own ".tmp" beside that first.
+    tmp = temporary_path(path, ".ckpt")
     try:
         ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # MindSpore's write errors name no file
+            exc.filename = path
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, tmp[: -len(".ckpt")] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def epoch_checkpoint_name(model: str, epoch: int, step: int) -> str:
@@ -82,10 +91,8 @@ class CheckpointKeeper:
         self.entries = sorted(keep)
         records = [{"file": os.path.basename(p), "epoch": e, "top1": m if m != float("-inf") else None}
                    for e, m, p in self.entries]
-        tmp = f"{self.index}.tmp-{os.getpid()}"
-        with open(tmp, "w") as stream:
+        with atomic_write(self.index) as stream:
             json.dump(records, stream, indent=1)
-        os.replace(tmp, self.index)
 
     @property
     def paths(self) -> List[str]:
@@ -122,11 +129,11 @@ def load_training_state(train_step: nn.Cell, path: str) -> TrainingState:
 
 
 def parameter_checksum(net: nn.Cell) -> str:
-    """A digest of every parameter value, to compare replicas across ranks."""
+    """The sha256 of every parameter's name and value: compares replicas across ranks, and runs."""
     import hashlib
 
     digest = hashlib.sha256()
     for param in sorted(net.get_parameters(), key=lambda p: p.name):
         digest.update(param.name.encode())
         digest.update(np.ascontiguousarray(param.asnumpy()).tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()

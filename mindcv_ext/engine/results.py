@@ -3,6 +3,8 @@ import csv
 import os
 from typing import Dict, List, Optional
 
+from .files import atomic_write
+
 __all__ = ["ResultsLog", "plot_curves"]
 
 FIELDS = ["epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "epoch_time_s", "images_per_s"]
@@ -24,12 +26,10 @@ class ResultsLog:
             if isinstance(row[key], float):
                 row[key] = f"{row[key]:.6f}"
         self.rows.append(row)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", newline="") as stream:
+        with atomic_write(self.path, newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
 
 def _column(rows, key) -> List[Optional[float]]:
@@ -76,8 +76,9 @@ def plot_curves(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    tmp = f"{png_path}.tmp-{os.getpid()}.png"
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_write(png_path, "wb") as stream:
+            figure.savefig(stream, format="png", dpi=100)
+    finally:
+        plt.close(figure)
     return png_path
