@@ -16,6 +16,7 @@ from mindcv.data import create_dataset, create_loader, create_transforms
 
 from .cifar import cifar_class_names, create_cifar_dataset
 from .digits import prepare_digits
+from .mixup import BatchMixup
 
 __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
            "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
@@ -113,9 +114,12 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
         transform = create_transforms("cifar10", image_resize=transforms["image_resize"], is_training=training)
     size = dataset.get_dataset_size()
     loader = create_loader(dataset, batch_size=batch_size, drop_remainder=drop_remainder, is_training=training,
-                           mixup=mixup, cutmix=cutmix, cutmix_prob=cutmix_prob,
                            num_classes=num_classes or info.num_classes,
                            transform=transform, num_parallel_workers=workers)
+    if training and mixup + cutmix > 0 and batch_size > 1:
+        # One worker, in batch order: its draws must not depend on thread timing (see mixup.py).
+        mix = BatchMixup(mixup, cutmix, cutmix_prob, num_classes or info.num_classes, seed=ds.config.get_seed())
+        loader = loader.map(operations=mix, input_columns=["image", "label"], num_parallel_workers=1)
     return loader, size
 
 
