@@ -33,6 +33,21 @@ def _existing_run(save_dir: str, model: str):
                   if name == "results.csv" or (name.startswith(model) and name.endswith(".ckpt")))
 
 
+def _reproducibility_notes(args) -> list:
+    """What keeps this run from being bit-reproducible (and a resumed run from matching an uninterrupted one)."""
+    notes = []
+    workers = min(args.num_parallel_workers, os.cpu_count() or 1)
+    python_random = [name for name, used in (("auto_augment", args.auto_augment), ("random erasing", args.re_prob > 0))
+                     if used]
+    if python_random and workers > 1:
+        notes.append(f"not bit-reproducible: {' and '.join(python_random)} draw from NumPy's and Python's shared "
+                     f"generators in {workers} pipeline threads; --num_parallel_workers 1 makes them reproducible")
+    if (args.drop_rate or 0) > 0 or (args.drop_path_rate or 0) > 0:
+        notes.append("not bit-reproducible: MindSpore's Dropout kernel keeps its random state to itself, so dropout "
+                     "and drop-path masks differ between runs, and restart on resume")
+    return notes
+
+
 def _latest_checkpoint(save_dir: str, model: str) -> Optional[str]:
     """The newest epoch checkpoint in ``save_dir``, the one to resume from."""
     import re
@@ -192,6 +207,7 @@ def train(args) -> int:
                     f"{args.opt} lr {min(lr_schedule):.3g}..{max(lr_schedule):.3g} over {args.epoch_size} epochs; "
                     f"amp {args.amp_level}, loss scale {scale:g}{' dynamic' if dynamic else ''}; "
                     f"{device_num} device(s), global batch {args.batch_size * device_num}")
+    notes.extend(_reproducibility_notes(args))
     if args.dry_run:
         for note in notes:
             _logger.info(note)
