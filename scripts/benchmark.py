@@ -341,7 +341,7 @@ def _compare(kind, in_f, out_f, nblocks, tokens, args, hidden=None, pixelfly=Tru
                          "out_features": out_f if kind == "layer" else in_f,
                          "nblocks": "" if impl == "pixelfly" else nblocks, "tokens": tokens,
                          "pass": pass_name, "ms": round(ms_time, 2), "gflop": round(flops / 1e9, 6),
-                         "gflops_per_s": round(flops / 1e6 / ms_time, 1),
+                         "gflops_per_s": float(f"{flops / 1e6 / ms_time:.3g}"),  # 3 digits: tiny layers run at < 0.1
                          "speedup_vs_dense": round(times[f"{fw}/dense"] / ms_time, 2)})
     return rows
 
