@@ -24,12 +24,26 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "ConfigError"]
+__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "input_resolution", "ConfigError"]
 
 # Model keys passed to the entrypoint only when set, for the models that take them.
 MODEL_ARGUMENTS = ("t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed")
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
+
+
+# Keys of older mindcv versions and of the ports our users come from: (current key, value conversion).
+RENAMED_KEYS = {
+    "dataset_path": ("data_dir", None),
+    "filter_bias_and_bn": ("weight_decay_filter", lambda value: "norm_and_bias" if str2bool(value) else "disable"),
+}
+# Names from other frameworks that spelling similarity would not find.
+COMMON_NAMES = {"learning_rate": "lr", "base_lr": "lr", "epochs": "epoch_size", "num_epochs": "epoch_size",
+                "optimizer": "opt", "data_path": "data_dir", "output_dir": "ckpt_save_dir",
+                "save_dir": "ckpt_save_dir", "arch": "model", "workers": "num_parallel_workers"}
+
+
+_NOTES: List[str] = []  # deprecation notes of the configuration being read, for the run's log
 
 
 class ConfigError(ValueError):
@@ -132,6 +146,11 @@ def create_parser() -> argparse.ArgumentParser:
                        help="on the CPU backend, run the network on fused C++ kernels (mindcv_ext.accel; same "
                             "parameters and results, faster): auto where they can serve (float32, amp O0), on to "
                             "insist, off for the plain network that GPU and Ascend run. Exports are always plain")
+    group.add_argument("--openi", type=str, default="auto", choices=["auto", "on", "off"],
+                       help="OpenI task: data, pretrained weights and outputs through c2net (auto: when the "
+                            "platform sets DATA_DOWNLOAD_METHOD)")
+    group.add_argument("--openi_dataset", type=optional_str, default=None,
+                       help="OpenI: the dataset to use when the task has several")
     group.add_argument("--distribute", default=False, **flag, help="data-parallel training (launch with msrun)")
     group.add_argument("--val_while_train", default=False, **flag, help="validate during training")
     group.add_argument("--val_interval", type=int, default=1, help="validate every this many epochs")
@@ -146,7 +165,7 @@ def create_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("Dataset")
     group.add_argument("--dataset", type=str, default="imagenet", choices=DATASETS,
                        help="imagenet/folder: data_dir/<split>/<class>/<image>; digits: built-in; cifar10/100")
-    group.add_argument("--data_dir", type=str, default="./", help="dataset root")
+    group.add_argument("--data_dir", "--dataset_path", type=str, default="./", help="dataset root")
     group.add_argument("--train_split", type=str, default="train", help="training sub-folder")
     group.add_argument("--val_split", type=str, default="val", help="validation sub-folder")
     group.add_argument("--cache_dir", type=optional_str, default=None,
@@ -309,6 +328,11 @@ def create_parser() -> argparse.ArgumentParser:
 
 
 def _closest(key: str, options: List[str]) -> str:
+    if COMMON_NAMES.get(key) in options:
+        return f"; did you mean '{COMMON_NAMES[key]}'?"
+    swapped = [o for o in options if sorted(o) == sorted(key)]  # 'modle' is 'model' with two letters swapped
+    if swapped:
+        return f"; did you mean '{swapped[0]}'?"
     tokens = key.split("_")
     # 'lr_rate' -> 'lr': a valid key made of the typo's leading words beats spelling similarity.
     prefixes = ["_".join(tokens[:n]) for n in range(len(tokens) - 1, 0, -1)]
@@ -335,6 +359,11 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     values = {}
     for key, value in _load_yaml(path).items():
+        if key in RENAMED_KEYS and key not in actions:
+            current, convert = RENAMED_KEYS[key]
+            value = convert(value) if convert and value is not None else value
+            _NOTES.append(f"{path}: key '{key}' is an older name; read as {current}: {value!r} (write that instead)")
+            key = current
         if key not in actions:
             raise ConfigError(f"unknown key '{key}' in {path}{_closest(str(key), list(actions))}")
         action = actions[key]
@@ -363,7 +392,29 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
             parser.set_defaults(**_yaml_defaults(parser, known.config))
         except ConfigError as exc:
             parser.error(str(exc))
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        first = next((u.split("=")[0] for u in unknown if u.startswith("--")), None)
+        hint = _closest(first[2:], [o[2:] for o in options]).replace("'", "'--", 1) if first else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    args.notes = list(_NOTES)
+    _NOTES.clear()
+    return args
+
+
+def input_resolution(args: argparse.Namespace) -> Optional[int]:
+    """The image size the pipeline produces: the model's ``img_size`` when set, else ``image_resize``.
+
+    A recipe's ``image_resize: 224`` must not feed 224 px images to a model built with ``--img_size 32``.
+    """
+    if args.img_size and args.image_resize and args.img_size != args.image_resize:
+        import logging
+
+        logging.getLogger("mindcv_ext").warning(f"image_resize {args.image_resize} does not match img_size "
+                                                f"{args.img_size}; images are made {args.img_size} px for the model")
+        return args.img_size
+    return args.image_resize or args.img_size
 
 
 def model_arguments(args: argparse.Namespace) -> Dict[str, Any]:
@@ -373,7 +424,7 @@ def model_arguments(args: argparse.Namespace) -> Dict[str, Any]:
 
 def save_args(args: argparse.Namespace, path: str) -> None:
     """Write the effective configuration as YAML (atomically), re-loadable with ``-c``."""
-    data = {k: v for k, v in vars(args).items() if k != "config"}
+    data = {k: v for k, v in vars(args).items() if k not in ("config", "notes")}
     text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, default_flow_style=None)
     from mindcv_ext.engine.files import atomic_write
 

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from config import model_arguments, parse_args
+from config import input_resolution, model_arguments, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -42,6 +42,7 @@ def evaluate_checkpoint(args) -> dict:
     from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images, list_class_folder,
                                  resolve_dataset, transform_settings)
     from mindcv_ext.engine import evaluate
+    from mindcv_ext.engine.openi import OpenITask, openi_requested
     from mindcv_ext.engine.runtime import build_model, load_weights, setup_context, setup_distributed, setup_logger
 
     if not args.ckpt_path and not args.pretrained:
@@ -51,6 +52,9 @@ def evaluate_checkpoint(args) -> dict:
     setup_context(args.mode, args.device_target)
     rank, device_num = setup_distributed(args.distribute)
     setup_logger(None, rank)
+    if openi_requested(args.openi):
+        for note in OpenITask.prepare(rank).apply(args):
+            _logger.info(note)
     info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir)
     network = build_model(args.model, args.num_classes or info.num_classes, args.in_channels, args.pretrained,
                           None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
@@ -61,11 +65,11 @@ def evaluate_checkpoint(args) -> dict:
     if args.val_amp_level != "O0":
         network = ms.amp.auto_mixed_precision(network, args.val_amp_level)
     network = accelerate(network, args.cpu_kernels)
-    transforms = transform_settings(getattr(network, "default_cfg", {}) or {}, args.image_resize or args.img_size,
+    transforms = transform_settings(getattr(network, "default_cfg", {}) or {}, input_resolution(args),
                                     args.crop_pct, args.interpolation, args.mean, args.std)
     _logger.info(f"evaluation transform: resize {transforms['image_resize']}, crop {transforms['crop_pct']}, "
-                 f"{transforms['interpolation']}, mean {[round(m / 255, 4) for m in transforms['mean']]}, "
-                 f"std {[round(s / 255, 4) for s in transforms['std']]}")
+                 f"{transforms['interpolation']}, mean {[round(m, 3) for m in transforms['mean']]}, "
+                 f"std {[round(s, 3) for s in transforms['std']]} (0-255 scale, as --mean/--std take them)")
 
     predictions = None
     if args.real_labels:
@@ -181,7 +185,43 @@ def _print_exits(results: dict) -> None:
                       f"{point['expected_macs']:.3f} GMACs")
 
 
+def _run_config(argv: list) -> list:
+    """Without ``-c`` or ``--model``, the configuration train.py saved beside ``--ckpt_path`` (``<model>.yaml``)."""
+    import yaml
+
+    if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in argv):
+        return argv
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"),
+                next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None))
+    if not ckpt:
+        return argv
+    directory = os.path.dirname(os.path.abspath(ckpt))
+    found = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.endswith(".yaml"):
+            try:
+                with open(os.path.join(directory, name)) as stream:
+                    saved = yaml.safe_load(stream)
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(saved, dict) and saved.get("model") == name[: -len(".yaml")]:
+                found.append(os.path.join(directory, name))
+    if len(found) != 1:
+        what = "no configuration" if not found else f"{len(found)} configurations ({', '.join(found)})"
+        raise ValueError(f"{what} of the run beside {ckpt!r}; pass the training configuration with -c CONFIG "
+                         f"(or --model NAME)")
+    print(f"eval.py: using {found[0]}, the configuration train.py saved with the run (pass -c to choose another)",
+          file=sys.stderr)
+    return ["-c", found[0]] + list(argv)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv = _run_config(argv)
+    except ValueError as exc:
+        print(f"eval.py: error: {exc}", file=sys.stderr)
+        return 2
     args = parse_args(argv)
     try:
         results = evaluate_checkpoint(args)

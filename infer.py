@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from config import create_parser, model_arguments, parse_args
+from config import create_parser, input_resolution, model_arguments, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -111,7 +111,7 @@ def predict(args) -> list:
     network.set_train(False)
     network = accelerate(network, args.cpu_kernels)
     names = load_class_names(args.class_names, args.ckpt_path, num_classes)
-    transforms = transform_settings(getattr(network, "default_cfg", {}) or {}, args.image_resize or args.img_size,
+    transforms = transform_settings(getattr(network, "default_cfg", {}) or {}, input_resolution(args),
                                     args.crop_pct, args.interpolation, args.mean, args.std)
     loader = create_file_loader(paths, None, min(args.batch_size, len(paths)), transforms, args.num_parallel_workers)
     topk = max(1, min(args.topk, num_classes))

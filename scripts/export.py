@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from config import create_parser, model_arguments, parse_args  # noqa: E402
+from config import create_parser, input_resolution, model_arguments, parse_args  # noqa: E402
 
 _logger = logging.getLogger("mindcv_ext")
 _EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -73,7 +73,7 @@ def export_model(args) -> dict:
     # The plain network, never accelerate(network): the CPU kernels are calls into a library on this machine,
     # and an exported graph must run anywhere.
     network.set_train(False)
-    size = args.image_resize or args.img_size or (getattr(network, "default_cfg", {}) or {}).get(
+    size = input_resolution(args) or (getattr(network, "default_cfg", {}) or {}).get(
         "input_size", (3, 224, 224))[-1]
     sample = ms.Tensor(np.random.default_rng(0).standard_normal(
         (args.export_batch_size, args.in_channels, size, size)).astype(np.float32))

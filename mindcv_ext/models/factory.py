@@ -11,12 +11,13 @@ from mindcv.models import create_model as mindcv_create_model
 from mindcv.models.registry import is_model, list_models
 
 from .dvt import ALIASES as DVT_ALIASES
+from .gmlp import ALIASES as GMLP_ALIASES
 from .vitae import ALIASES as VITAE_ALIASES
 
 __all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params", "load_checkpoint",
            "read_mindspore_checkpoint", "list_ext_models"]
 
-MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES, **DVT_ALIASES}
+MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES, **DVT_ALIASES, **GMLP_ALIASES}
 _EXT_MODULES = ("dvt", "gmlp", "mlp_mixer", "t2t_vit", "vitae")
 
 

@@ -107,6 +107,12 @@ def _gmlp(variant: str, pretrained: bool, **kwargs) -> GMLP:
     return build_variant(GMLP, variant, _ARCHS, pretrained, default_cfgs, **kwargs)
 
 
+# The names of the MindSpore gMLP port on OpenI (skyous/gmlp_mindcv), accepted wherever a model name is read.
+ALIASES = {alias + suffix: f"gmlp_{size}16_224{suffix}" for alias, size in (("gmlp_Ti", "ti"), ("gmlp_S", "s"),
+                                                                           ("gmlp_B", "b"))
+           for suffix in ("", "_monarch")}
+
+
 @register_model
 def gmlp_ti16_224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> GMLP:
     """gMLP-Tiny/16 (5.9M parameters)."""
