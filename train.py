@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Optional
 
-from config import model_arguments, parse_args, save_args
+from config import input_resolution, model_arguments, parse_args, save_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -109,11 +109,15 @@ def train(args) -> int:
     from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
     from mindcv_ext.engine import Evaluator, NetWithLoss, TrainMonitor, TrainStep, load_training_state
     from mindcv_ext.engine.files import RunLock, sweep_temporary_files
+    from mindcv_ext.engine.openi import OpenITask, openi_requested
     from mindcv_ext.engine.runtime import (attach_log_file, build_model, load_weights, set_seed, setup_context,
                                            setup_distributed, setup_logger)
 
     setup_context(args.mode, args.device_target)
     rank, device_num = setup_distributed(args.distribute)
+    setup_logger(None, rank)
+    openi = OpenITask.prepare(rank) if openi_requested(args.openi) else None
+    openi_notes = openi.apply(args) if openi else []
     resuming = bool(args.ckpt_path) and args.resume_opt
     if args.resume_opt and not args.ckpt_path:
         raise ValueError("--resume_opt True needs --ckpt_path pointing at a checkpoint of the run to resume")
@@ -128,7 +132,8 @@ def train(args) -> int:
         raise FileExistsError(f"ckpt_save_dir {args.ckpt_save_dir!r} already holds a run ({', '.join(earlier[:4])}); "
                               f"resume it with --ckpt_path <its checkpoint> --resume_opt True, or choose another "
                               f"--ckpt_save_dir")
-    setup_logger(None, rank)
+    for note in getattr(args, "notes", []) + openi_notes:
+        _logger.warning(note)
     set_seed(args.seed)
 
     info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir)
@@ -143,7 +148,7 @@ def train(args) -> int:
                           args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
                           **model_arguments(args))
     cfg = getattr(network, "default_cfg", {}) or {}
-    transforms = transform_settings(cfg, args.image_resize or args.img_size, args.crop_pct, args.interpolation,
+    transforms = transform_settings(cfg, input_resolution(args), args.crop_pct, args.interpolation,
                                     args.mean, args.std)
     augment = dict(scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip,
                    color_jitter=args.color_jitter, auto_augment=args.auto_augment, re_prob=args.re_prob,
@@ -246,7 +251,8 @@ def train(args) -> int:
         evaluate_fn=(lambda evaluator=Evaluator(network, args.distribute): evaluator(loader_val)) if loader_val else None,
         val_interval=args.val_interval, log_interval=args.log_interval, ckpt_save_interval=args.ckpt_save_interval,
         keep_checkpoint_max=args.keep_checkpoint_max, ckpt_save_policy=args.ckpt_save_policy,
-        data_digest=args.data_digest, sink_mode=sink)
+        data_digest=args.data_digest, sink_mode=sink,
+        on_checkpoint=(lambda name: openi.upload(name)) if openi else None)
     # The pipeline restarts at the resumed epoch's first step by replaying the earlier ones in full, so the
     # data order, augmentation and mixup draws continue exactly (the fast mode would skip their randomness).
     ms.dataset.config.set_fast_recovery(False)
@@ -260,6 +266,9 @@ def train(args) -> int:
                       initial_epoch=begin_epoch)
     except RuntimeError as exc:
         _explain_data_failure(exc, info, [args.train_split] + ([args.val_split] if loader_val else []))
+    finally:
+        if openi:  # whatever ended the run, the platform keeps what it wrote
+            openi.upload("the end of the run")
     if loader_val is not None and math.isfinite(monitor.best_top1):
         _logger.info(f"best val top-1 {100 * monitor.best_top1:.2f}%: "
                      f"{os.path.join(args.ckpt_save_dir, args.model + '_best.ckpt')}")

@@ -29,7 +29,7 @@ class TrainMonitor(Callback):
                  best_top1: float = float("-inf"), evaluate_fn: Optional[Callable[[], dict]] = None,
                  val_interval: int = 1, log_interval: int = 100, ckpt_save_interval: int = 1,
                  keep_checkpoint_max: int = 10, ckpt_save_policy: str = "latest_k", data_digest: bool = False,
-                 sink_mode: bool = False) -> None:
+                 sink_mode: bool = False, on_checkpoint: Optional[Callable[[str], None]] = None) -> None:
         super().__init__()
         self.train_step, self.network, self.model_name = train_step, network, model_name
         self.lr_schedule, self.steps_per_epoch, self.epoch_size = lr_schedule, steps_per_epoch, epoch_size
@@ -39,6 +39,7 @@ class TrainMonitor(Callback):
         self.evaluate_fn, self.val_interval, self.log_interval = evaluate_fn, val_interval, max(1, log_interval)
         self.ckpt_save_interval = max(1, ckpt_save_interval)
         self.sink_mode = sink_mode
+        self.on_checkpoint = on_checkpoint  # e.g. the OpenI upload, after each saved epoch
         self.keeper = CheckpointKeeper(save_dir, model_name, keep_checkpoint_max, ckpt_save_policy) \
             if self.is_writer else None
         self.results = ResultsLog(os.path.join(save_dir, "results.csv"), begin_epoch) if self.is_writer else None
@@ -177,6 +178,8 @@ class TrainMonitor(Callback):
             path = self.keeper.save(self.train_step, self.epoch, step,
                                     metrics["top1"] if metrics else None, append_dict=extra)
             self._log(f"saved {path}")
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(os.path.basename(path))
 
     def on_train_end(self, run_context):
         rank = 0 if self.rank is None else self.rank
