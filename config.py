@@ -19,6 +19,7 @@ import ast
 import difflib
 import json
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -93,6 +94,31 @@ def _number_list(element):
 
     parse.__name__ = f"{element.__name__}_list"
     return parse
+
+
+# The sections mindcv's auto_augment parsers read, per policy ("randaug-m9-mstd0.5-inc1").
+_AUGMENT_SECTIONS = {"randaug": {"m", "n", "w", "mstd", "mmax", "inc"}, "autoaug": {"mstd"}, "3a": {"mstd"},
+                     "trivialaugwide": {"m"}, "augmix": {"m", "w", "d", "a"}}
+
+
+def auto_augment_policy(value) -> Optional[str]:
+    """An auto_augment string that mindcv reads in full: its parser skips what it does not understand, so a
+    YAML comment inside the quotes ("randaug-m9-inc1   # note") would be taken silently."""
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    text = str(value)
+    policy, *sections = text.split("-")
+    if policy not in _AUGMENT_SECTIONS:
+        raise argparse.ArgumentTypeError(f"auto_augment {text!r}: unknown policy {policy!r}; use one of "
+                                         f"{', '.join(sorted(_AUGMENT_SECTIONS))}, e.g. randaug-m9-mstd0.5-inc1")
+    for section in sections:
+        match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", section)
+        if not match or match.group(1) not in _AUGMENT_SECTIONS[policy]:
+            raise argparse.ArgumentTypeError(
+                f"auto_augment {text!r}: section {section!r} is not one of {policy}'s "
+                f"({', '.join(sorted(_AUGMENT_SECTIONS[policy]))}, each followed by a number); a YAML comment "
+                f"belongs after the closing quote")
+    return text
 
 
 def _mapping(value) -> Dict[str, Any]:
@@ -193,7 +219,7 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--interpolation", type=optional_str, default=None,
                        choices=[None, "bilinear", "bicubic", "nearest", "area"],
                        help="resize interpolation (default: the model's)")
-    group.add_argument("--auto_augment", type=optional_str, default=None,
+    group.add_argument("--auto_augment", type=auto_augment_policy, default=None,
                        help="e.g. randaug-m9-mstd0.5-inc1, autoaug, augmix, trivialaugwide")
     group.add_argument("--aug_splits", type=int, default=0, help="augmentation splits (3 with auto_augment)")
     group.add_argument("--re_prob", type=float, default=0.0, help="random erasing probability")

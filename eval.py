@@ -59,6 +59,8 @@ def evaluate_checkpoint(args) -> dict:
     network = build_model(args.model, args.num_classes or info.num_classes, args.in_channels, args.pretrained,
                           None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
                           **model_arguments(args))
+    if hasattr(network, "return_all_exits"):  # multi-exit (DVT): per-exit scores, early exit, threshold search
+        network.return_all_exits()
     if args.ckpt_path:
         _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)

@@ -33,6 +33,22 @@ def _existing_run(save_dir: str, model: str):
                   if name == "results.csv" or (name.startswith(model) and name.endswith(".ckpt")))
 
 
+def _ineffective_settings(args, info) -> list:
+    """Keys that are set but change nothing for this dataset (so a recipe never silently does less)."""
+    unused = []
+    if args.aug_splits:
+        unused.append("aug_splits (augmentation splits are not implemented; the key is read for mindcv's configs)")
+    if args.dataset_download:
+        unused.append("dataset_download (nothing is downloaded; digits is built in, the others read data_dir)")
+    if not info.is_folder:
+        if args.aug_repeats:
+            unused.append(f"aug_repeats (repeated augmentation samples image folders only, not {info.name})")
+        for key, default in (("train_split", "train"), ("val_split", "val")):
+            if getattr(args, key) != default:
+                unused.append(f"{key} ({info.name} takes its splits from its own files)")
+    return [f"{item} has no effect here" for item in unused]
+
+
 def _reproducibility_notes(args) -> list:
     """What keeps this run from being bit-reproducible (and a resumed run from matching an uninterrupted one)."""
     notes = []
@@ -138,6 +154,8 @@ def train(args) -> int:
 
     info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir)
     _check_data(args, info, rank, device_num)
+    for warning in _ineffective_settings(args, info):
+        _logger.warning(warning)
     num_classes = args.num_classes or info.num_classes
     if info.num_classes > num_classes:
         raise ValueError(f"the data has {info.num_classes} classes but num_classes is {num_classes}; raise "
@@ -147,6 +165,8 @@ def train(args) -> int:
     network = build_model(args.model, num_classes, args.in_channels, args.pretrained, args.drop_rate,
                           args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
                           **model_arguments(args))
+    if hasattr(network, "return_all_exits"):  # multi-exit (DVT): the loss sums every exit's, validation scores each
+        network.return_all_exits()
     cfg = getattr(network, "default_cfg", {}) or {}
     transforms = transform_settings(cfg, input_resolution(args), args.crop_pct, args.interpolation,
                                     args.mean, args.std)

@@ -1,5 +1,6 @@
 """config.py: YAML gives defaults, the command line wins, and every mistake names the culprit."""
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,6 +86,29 @@ def test_model_kwargs_without_a_space_after_the_colon_is_an_error(capsys):
     assert config.parse_args(["--model_kwargs", '{"patch_size":4}']).model_kwargs == {"patch_size": 4}
 
 
+def test_newcomer_spellings_get_the_right_suggestion(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        config.parse_args(["--modle", "gmlp_s16_224"])
+    assert "unrecognized arguments: --modle gmlp_s16_224; did you mean '--model'?" in capsys.readouterr().err
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        config.parse_args(["-c", str(path)])
+    assert "unknown key 'learning_rate'" in (err := capsys.readouterr().err) and "did you mean 'lr'?" in err
+
+
+def test_the_ports_older_keys_and_options_are_read(tmp_path):
+    path = tmp_path / "port.yaml"
+    path.write_text("model: gmlp_Ti\nfilter_bias_and_bn: True\ndataset_path: /data/imagenet\n")
+    args = config.parse_args(["--config", str(path)])
+    assert (args.weight_decay_filter, args.data_dir) == ("norm_and_bias", "/data/imagenet")
+    assert args.notes == [f"{path}: key 'filter_bias_and_bn' is an older name; read as weight_decay_filter: "
+                          f"'norm_and_bias' (write that instead)",
+                          f"{path}: key 'dataset_path' is an older name; read as data_dir: '/data/imagenet' "
+                          f"(write that instead)"]
+    assert config.parse_args(["--dataset_path", "/x"]).data_dir == "/x"
+
+
 def test_save_args_round_trips(tmp_path):
     args = config.parse_args(["--model", "mixer_s16_224", "--scale", "0.3,1", "--model_kwargs", "{patch_size: 8}"])
     path = tmp_path / "saved.yaml"
@@ -124,3 +148,23 @@ def test_pixelfly_settings_reach_the_model(tmp_path):
     fc1 = build(args).blocks[0].mlp_channels.fc1
     assert fc1.sparse.block == 16 and fc1.sparse.layout.shape == (64, 16) and fc1.sparse.weight.shape == (512, 16, 16)
     assert fc1.low_rank.lr_weight1.shape == (8, 256) and fc1.gate is None
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_passes_the_training_validation_with_no_stray_text(path):
+    args = config.parse_args(["-c", str(path)])
+    raw = yaml.safe_load(path.read_text())
+    assert {k: v for k, v in raw.items() if isinstance(v, str) and "#" in v} == {}
+    assert args.auto_augment == raw.get("auto_augment")
+
+
+def test_an_auto_augment_string_with_stray_text_is_refused(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text('auto_augment: "randaug-m9-mstd0.5-inc1   # [ours] the paper says RandAugment"\n')
+    with pytest.raises(SystemExit):
+        config.parse_args(["-c", str(path)])
+    assert "section 'inc1   # [ours] the paper says RandAugment' is not one of randaug's" in capsys.readouterr().err
+    assert config.parse_args(["--auto_augment", "augmix-m5-w3"]).auto_augment == "augmix-m5-w3"

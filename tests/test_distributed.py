@@ -4,6 +4,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -20,8 +21,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_msrun_two_workers_on_cpu(tmp_path, dataset_cache):
-    msrun = shutil.which("msrun")
-    assert msrun, "msrun comes with MindSpore; it should be on PATH"
+    # msrun is installed next to the interpreter, which is on PATH only in an activated venv.
+    msrun = shutil.which("msrun") or shutil.which("msrun", path=os.path.dirname(sys.executable))
+    assert msrun, f"msrun comes with MindSpore; it should be on PATH or beside {sys.executable}"
     logs, ckpt = tmp_path / "msrun_log", tmp_path / "ckpt"
     command = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True", "--cluster_time_out=180",

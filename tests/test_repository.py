@@ -24,4 +24,8 @@ def test_requirements_pin_what_mindspore_needs():
     assert re.search(r"^numpy>=1\.25,<2$", requirements, re.M)
     assert "torch" not in requirements
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert '"numpy>=1.25,<2"' in pyproject and '"mindspore==2.10.0"' in pyproject
+    assert '"numpy>=1.25,<2"' in pyproject and '"mindspore>=2.7.1,<2.11"' in pyproject  # the tested range
+    platform = (REPO_ROOT / "requirements-platform.txt").read_text()
+    assert not re.search(r"^mindspore", platform, re.M) and re.search(r"^mindcv==0\.3\.0$", platform, re.M)
+    assert {line for line in requirements.splitlines() if line and not line.startswith("#")} - {
+        line for line in platform.splitlines() if line and not line.startswith("#")} == {"mindspore==2.10.0"}

@@ -20,7 +20,7 @@ from .mixup import BatchMixup
 
 __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
            "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
-           "imagenet_class_names", "empty_class_folders", "check_image_headers"]
+           "imagenet_class_names", "empty_class_folders", "check_image_headers", "array_transforms"]
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -111,7 +111,7 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
                                        num_parallel_workers=workers, **shards)
         if num_samples:
             dataset = dataset.take(num_samples)
-        transform = create_transforms("cifar10", image_resize=transforms["image_resize"], is_training=training)
+        transform = array_transforms(training, transforms, augment)
     size = dataset.get_dataset_size()
     loader = create_loader(dataset, batch_size=batch_size, drop_remainder=drop_remainder, is_training=training,
                            num_classes=num_classes or info.num_classes,
@@ -121,6 +121,32 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
         mix = BatchMixup(mixup, cutmix, cutmix_prob, num_classes or info.num_classes, seed=ds.config.get_seed())
         loader = loader.map(operations=mix, input_columns=["image", "label"], num_parallel_workers=1)
     return loader, size
+
+
+def array_transforms(training: bool, transforms: Dict[str, Any], augment: Optional[Dict[str, Any]] = None) -> list:
+    """mindcv's ImageNet transforms, every setting applied, for images that arrive as arrays (CIFAR), not files.
+
+    mindcv's own CIFAR transform knows only the resize; this one is the ImageNet factory's list with the decoding
+    step replaced: a random-resized crop from the array for training, nothing for evaluation.
+    """
+    from mindspore.dataset import vision
+    from mindspore.dataset.vision import Inter
+
+    options = dict(transforms)
+    if training:
+        options.pop("crop_pct", None)
+        options.update(augment or {})
+    ops = create_transforms("imagenet", is_training=training, **options)
+    interpolation = getattr(Inter, str(options.get("interpolation", "bilinear")).upper(), Inter.BILINEAR)
+    arrays = []
+    for op in ops:
+        if isinstance(op, vision.RandomCropDecodeResize):
+            arrays.append(vision.RandomResizedCrop(options["image_resize"], scale=tuple(options.get("scale", (0.08, 1.0))),
+                                                   ratio=tuple(options.get("ratio", (0.75, 1.333))),
+                                                   interpolation=interpolation))
+        elif not isinstance(op, vision.Decode):
+            arrays.append(op)
+    return arrays
 
 
 def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:

@@ -220,7 +220,9 @@ class DVTExit(nn.Cell):
 class DVT(nn.Cell):
     r"""Dynamic Vision Transformer: three T2T-ViT exits (7x7, 10x10, 14x14 tokens at 224 px) with reuse.
 
-    ``construct`` returns the logits of all three exits, ``(exit0, exit1, exit2)``, in training and evaluation.
+    ``construct`` returns the last exit's logits, as every mindcv model returns its logits. Multi-exit training
+    (the sum of the exits' losses), early exit and the threshold search need all three: ``all_exits=True``, or
+    ``return_all_exits()`` before the network first runs, makes ``construct`` return ``(exit0, exit1, exit2)``.
 
     Args:
         img_size: input resolution; 224 gives the reference's 7/10/14 token grids. Default: 224.
@@ -229,6 +231,7 @@ class DVT(nn.Cell):
         drop_rate, attn_drop_rate, drop_path_rate: regularisation of every exit.
         token_dim: width inside the T2T modules. Default: 64.
         feature_reuse, relation_reuse: the two reuse mechanisms of exits 1 and 2. Default: True.
+        all_exits: return every exit's logits. Default: False.
     """
 
     exit_names = EXIT_NAMES
@@ -236,8 +239,10 @@ class DVT(nn.Cell):
     def __init__(self, img_size: int = 224, in_channels: int = 3, num_classes: int = 1000, embed_dim: int = 256,
                  depth: int = 12, num_heads: int = 4, mlp_ratio: float = 2.0, qkv_bias: bool = False,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
-                 token_dim: int = 64, feature_reuse: bool = True, relation_reuse: bool = True) -> None:
+                 token_dim: int = 64, feature_reuse: bool = True, relation_reuse: bool = True,
+                 all_exits: bool = False) -> None:
         super().__init__()
+        self.all_exits = all_exits
         grids = exit_grids(img_size)
         if min(grids) < 1:
             raise ValueError(f"DVT: img_size {img_size} is too small for the exits' soft splits (token grids "
@@ -260,11 +265,22 @@ class DVT(nn.Cell):
     def no_weight_decay(self):
         return set()  # the reference's DVT wrapper has none, so its cls tokens are decayed
 
-    def construct(self, x: ms.Tensor):
+    def return_all_exits(self, enabled: bool = True) -> "DVT":
+        """Make ``construct`` return every exit's logits (set it before the network is first compiled)."""
+        self.all_exits = enabled
+        return self
+
+    def forward_exits(self, x: ms.Tensor):
         exit0, tokens, relations = self.less_less_token(x)
         exit1, tokens, relations = self.less_token(x, tokens, relations)
         exit2, _, _ = self.normal_token(x, tokens, relations)
         return exit0, exit1, exit2
+
+    def construct(self, x: ms.Tensor):
+        exits = self.forward_exits(x)
+        if self.all_exits:
+            return exits
+        return exits[-1]
 
     def exit_macs(self) -> Tuple[float, float, float]:
         """Cumulative multiply-accumulates (GMACs) of stopping at each exit, for one image.

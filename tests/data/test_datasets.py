@@ -161,3 +161,31 @@ def test_header_check_finds_broken_files_and_shards_the_work(tmp_path):
     shards = [check_image_headers(str(folder), (rank, 2), progress=False) for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == sorted(bad) and shards[0] and shards[1]
     assert empty_class_folders(str(folder)) == [str(folder / "empty")]
+
+
+def test_the_cifar_pipeline_applies_every_augmentation_setting(tmp_path):
+    """mindcv's CIFAR transform knew only the resize; the recipes' RandAugment, jitter and erasing were dropped."""
+    from mindspore.dataset import vision
+
+    from mindcv_ext.data.builder import DatasetInfo, array_transforms
+
+    settings = transform_settings({}, 32, None, "bicubic", [125.3, 123.0, 113.9], [63.0, 62.1, 66.7])
+    augment = dict(scale=(0.5, 1.0), ratio=(0.8, 1.25), hflip=0.5, vflip=0.0, color_jitter=0.4,
+                   auto_augment="randaug-m9-mstd0.5-inc1", re_prob=0.25)
+    ops = array_transforms(True, settings, augment)
+    assert [type(op).__name__ for op in ops] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment",
+                                                 "Normalize", "HWC2CHW", "RandomErasing"]
+    crop = ops[0]
+    assert (crop.size, crop.scale, crop.ratio, crop.interpolation) == ((32, 32), (0.5, 1.0), (0.8, 1.25),
+                                                                       vision.Inter.BICUBIC)
+    assert ops[3].mean == [125.3, 123.0, 113.9] and ops[3].std == [63.0, 62.1, 66.7]
+    # As in mindcv's ImageNet factory, colour jitter applies when there is no auto_augment.
+    assert "RandomColorAdjust" in [type(op).__name__ for op in array_transforms(True, settings,
+                                                                                 {**augment, "auto_augment": None})]
+    assert [type(op).__name__ for op in array_transforms(False, settings)] == ["Resize", "CenterCrop", "Normalize",
+                                                                              "HWC2CHW"]
+    _write_cifar(tmp_path, "cifar10", "binary", _cifar_arrays(16, 10, 0), _cifar_arrays(4, 10, 1))
+    info = DatasetInfo("cifar10", str(tmp_path), 10, None)
+    loader, size = create_split_loader(info, "train", True, 8, settings, augment, num_parallel_workers=1)
+    images, labels = next(loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert size == 16 and images.shape == (8, 3, 32, 32) and images.dtype == np.float32

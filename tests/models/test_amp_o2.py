@@ -18,7 +18,7 @@ FAMILIES = [
     ("mixer_s16_224", dict(img_size=32, patch_size=8, num_blocks=1, embed_dim=128, mlp_layer="pixelfly"), 32),
     ("vitae_basic_tiny_monarch", dict(img_size=32, nc_depth=1), 32),
     ("t2t_vit_12_monarch", dict(img_size=64, depth=2), 64),
-    ("dvt_t2t_vit_12", dict(img_size=64, depth=1, embed_dim=32, num_heads=2), 64),
+    ("dvt_t2t_vit_12", dict(img_size=64, depth=1, embed_dim=32, num_heads=2, all_exits=True), 64),
 ]
 # A stage's last block feeds its reused features only to patch tokens, which no later block mixes into the cls token
 # the exit reads: those reuse MLPs get no gradient at all, in the reference as here.

@@ -29,7 +29,8 @@ def _meta():
 
 
 def _kwargs(meta):
-    return {k: v for k, v in meta["kwargs"].items() if k not in REFERENCE_ONLY}
+    """The fixture's model settings; all three exits, which the reference returns."""
+    return {**{k: v for k, v in meta["kwargs"].items() if k not in REFERENCE_ONLY}, "all_exits": True}
 
 
 def _load(net, state_dict):
@@ -185,8 +186,18 @@ def test_bad_thresholds_and_sizes_name_the_culprit():
         mindcv_ext.create_model("dvt_t2t_vit_12", img_size=6)
 
 
+def test_construct_returns_the_last_exit_as_mindcv_expects_and_all_exits_on_request():
+    net = mindcv_ext.create_model("dvt_t2t_vit_12", img_size=64, num_classes=5, depth=1, embed_dim=32, num_heads=2)
+    net.set_train(False)
+    images = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    logits = net(images)
+    assert isinstance(logits, ms.Tensor) and logits.shape == (2, 5)
+    np.testing.assert_array_equal(logits.asnumpy(), net.forward_exits(images)[-1].asnumpy())
+
+
 def test_training_loss_is_the_sum_of_the_exit_losses():
     net = mindcv_ext.create_model("dvt_t2t_vit_12", img_size=64, num_classes=5, depth=1, embed_dim=32, num_heads=2)
+    net.return_all_exits()
     net.set_train(False)
     images = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
     labels = ms.Tensor(np.array([1, 3], np.int32))
@@ -199,7 +210,7 @@ def test_training_loss_is_the_sum_of_the_exit_losses():
 
 @pytest.mark.parametrize("name,count", [("dvt_t2t_vit_12", 22_461_516), ("dvt_t2t_vit_14", 67_881_836)])
 def test_full_size_counts_and_forward(name, count):
-    net = mindcv_ext.create_model(name)
+    net = mindcv_ext.create_model(name, all_exits=True)
     assert count_params(net) == count
     assert resolve_model_name(name.replace("dvt_t2t", "DVT_T2t")) == name
     if name == "dvt_t2t_vit_12":

@@ -43,3 +43,10 @@ def test_gating_unit_is_timms_formula(ms_mode):
 def test_gmlp_takes_no_pixelfly():
     with pytest.raises(ValueError, match=r"mlp_layer must be one of \('dense', 'monarch'\), got 'pixelfly'"):
         create_model("gmlp_s16_224", mlp_layer="pixelfly", **TINY)
+
+
+def test_the_ports_names_are_aliases():
+    from mindcv_ext.models import resolve_model_name
+
+    assert [resolve_model_name(n) for n in ("gmlp_Ti", "gmlp_S", "gmlp_B", "gmlp_Ti_monarch")] == [
+        "gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224", "gmlp_ti16_224_monarch"]
