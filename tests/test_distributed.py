@@ -32,9 +32,16 @@ def test_msrun_two_workers_on_cpu(tmp_path, dataset_cache):
                "--batch_size", "16", "--log_interval", "10", "--ckpt_save_dir", str(ckpt),
                # no random crop or flip, so an image's digest identifies the sample
                "--scale", "1.0,1.0", "--ratio", "1.0,1.0", "--data_digest", "True"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    # As an OpenI task (MOUNT mode, the real c2net): the output folder is tmp_path, and rank 0 alone uploads.
+    env = dict(os.environ, DATA_DOWNLOAD_METHOD="MOUNT", LOCAL_CODE_PATH=str(tmp_path / "code"),
+               LOCAL_DATASET_PATH=str(tmp_path / "dataset"), LOCAL_PRETRAIN_MODEL_PATH=str(tmp_path / "pretrain"),
+               LOCAL_OUTPUT_PATH=str(tmp_path),
+               # msrun starts "python" from PATH: this interpreter's, also in a venv that is not activated
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worker = {rank: (logs / f"worker_{rank}.log").read_text() for rank in (0, 1)}
+    assert len(re.findall(r"OpenI: uploaded \S+ after", worker[0])) == 2 and "OpenI: uploaded" not in worker[1]
 
     checksums = {rank: re.search(rf"rank {rank}: final parameters sha256 (\w+)", text).group(1)
                  for rank, text in worker.items()}

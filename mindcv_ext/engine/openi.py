@@ -98,7 +98,7 @@ class OpenITask:
                 _logger.warning(f"OpenI: ckpt_save_dir {args.ckpt_save_dir} lies outside the task's output folder "
                                 f"{self.output_path}: nothing saved there is uploaded")
         else:
-            args.ckpt_save_dir = os.path.join(self.output_path, args.ckpt_save_dir)
+            args.ckpt_save_dir = os.path.normpath(os.path.join(self.output_path, args.ckpt_save_dir))
         notes.append(f"OpenI: ckpt_save_dir {args.ckpt_save_dir} (uploaded from {self.output_path})")
         if args.ckpt_path and not os.path.isabs(args.ckpt_path):
             if not self.pretrain_model_path:
