@@ -38,6 +38,8 @@ RENAMED_KEYS = {
     "dataset_path": ("data_dir", None),
     "filter_bias_and_bn": ("weight_decay_filter", lambda value: "norm_and_bias" if str2bool(value) else "disable"),
 }
+# Arguments OpenI's older task convention appends to the start file's command line.
+PLATFORM_ARGUMENTS = ("multi_data_url", "data_url", "train_url", "ckpt_url", "pretrain_url", "model_url")
 # Names from other frameworks that spelling similarity would not find.
 COMMON_NAMES = {"learning_rate": "lr", "base_lr": "lr", "epochs": "epoch_size", "num_epochs": "epoch_size",
                 "optimizer": "opt", "data_path": "data_dir", "output_dir": "ckpt_save_dir",
@@ -177,6 +179,10 @@ def create_parser() -> argparse.ArgumentParser:
                             "platform sets DATA_DOWNLOAD_METHOD)")
     group.add_argument("--openi_dataset", type=optional_str, default=None,
                        help="OpenI: the dataset to use when the task has several")
+    # The platform's older convention passes the task's URLs as arguments; c2net gives the same paths, so they
+    # are accepted and left unused rather than failing the task.
+    for name in PLATFORM_ARGUMENTS:
+        group.add_argument(f"--{name}", type=optional_str, default=None, help=argparse.SUPPRESS)
     group.add_argument("--distribute", default=False, **flag, help="data-parallel training (launch with msrun)")
     group.add_argument("--val_while_train", default=False, **flag, help="validate during training")
     group.add_argument("--val_interval", type=int, default=1, help="validate every this many epochs")
@@ -450,7 +456,7 @@ def model_arguments(args: argparse.Namespace) -> Dict[str, Any]:
 
 def save_args(args: argparse.Namespace, path: str) -> None:
     """Write the effective configuration as YAML (atomically), re-loadable with ``-c``."""
-    data = {k: v for k, v in vars(args).items() if k not in ("config", "notes")}
+    data = {k: v for k, v in vars(args).items() if k not in ("config", "notes", *PLATFORM_ARGUMENTS)}
     text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, default_flow_style=None)
     from mindcv_ext.engine.files import atomic_write
 

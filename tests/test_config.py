@@ -168,3 +168,10 @@ def test_an_auto_augment_string_with_stray_text_is_refused(tmp_path, capsys):
         config.parse_args(["-c", str(path)])
     assert "section 'inc1   # [ours] the paper says RandAugment' is not one of randaug's" in capsys.readouterr().err
     assert config.parse_args(["--auto_augment", "augmix-m5-w3"]).auto_augment == "augmix-m5-w3"
+
+
+def test_the_platforms_own_arguments_are_accepted():
+    # OpenI's older task convention appends these (and writes booleans as 1/0); c2net supplies the same paths.
+    args = config.parse_args(["--multi_data_url", '[{"dataset_url": "s3://x"}]', "--train_url=/cache/output",
+                              "--distribute=1", "--batch_size=64"])
+    assert args.train_url == "/cache/output" and args.distribute is True and args.batch_size == 64

@@ -29,3 +29,8 @@ def test_requirements_pin_what_mindspore_needs():
     assert not re.search(r"^mindspore", platform, re.M) and re.search(r"^mindcv==0\.3\.0$", platform, re.M)
     assert {line for line in requirements.splitlines() if line and not line.startswith("#")} - {
         line for line in platform.splitlines() if line and not line.startswith("#")} == {"mindspore==2.10.0"}
+
+
+def test_run_outputs_are_git_ignored():
+    ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
+    assert {"ckpt/", "predictions.json", "msrun_log/"} <= set(ignored)
