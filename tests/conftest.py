@@ -67,3 +67,16 @@ def rng():
 def pytest_sessionfinish(session, exitstatus):
     # Cells still alive at interpreter exit make MindSpore print "Exception ignored in Cell.__del__".
     gc.collect()
+
+
+# The slowest files first: pytest-xdist's loadfile hands files to idle workers in collection order, so starting
+# the long ones early lets both workers finish together (the longest-first rule) instead of one waiting at the end.
+SLOWEST_FIRST = ("tests/test_train.py", "tests/scripts/test_benchmark.py", "tests/test_train_crash.py",
+                 "tests/accel/test_accelerate.py", "tests/models/test_t2t_vit.py", "tests/test_port_commands.py",
+                 "tests/models/test_amp_o2.py", "tests/test_train_dvt.py", "tests/models/test_dvt.py",
+                 "tests/test_openi.py", "tests/test_distributed.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: order within a file kept
