@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -44,9 +44,6 @@ PLATFORM_ARGUMENTS = ("multi_data_url", "data_url", "train_url", "ckpt_url", "pr
 COMMON_NAMES = {"learning_rate": "lr", "base_lr": "lr", "epochs": "epoch_size", "num_epochs": "epoch_size",
                 "optimizer": "opt", "data_path": "data_dir", "output_dir": "ckpt_save_dir",
                 "save_dir": "ckpt_save_dir", "arch": "model", "workers": "num_parallel_workers"}
-
-
-_NOTES: List[str] = []  # deprecation notes of the configuration being read, for the run's log
 
 
 class ConfigError(ValueError):
@@ -359,17 +356,15 @@ def create_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _closest(key: str, options: List[str]) -> str:
-    if COMMON_NAMES.get(key) in options:
-        return f"; did you mean '{COMMON_NAMES[key]}'?"
+def _closest(key: str, options: List[str], prefix: str = "") -> str:
+    """"; did you mean '<prefix><option>'?" for the option ``key`` most likely meant, or ""."""
     swapped = [o for o in options if sorted(o) == sorted(key)]  # 'modle' is 'model' with two letters swapped
-    if swapped:
-        return f"; did you mean '{swapped[0]}'?"
     tokens = key.split("_")
     # 'lr_rate' -> 'lr': a valid key made of the typo's leading words beats spelling similarity.
-    prefixes = ["_".join(tokens[:n]) for n in range(len(tokens) - 1, 0, -1)]
-    close = [p for p in prefixes if p in options] or difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    prefixes = [p for p in ("_".join(tokens[:n]) for n in range(len(tokens) - 1, 0, -1)) if p in options]
+    close = ([COMMON_NAMES[key]] if COMMON_NAMES.get(key) in options else []) or swapped or prefixes or \
+        difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def _load_yaml(path: str) -> Dict[str, Any]:
@@ -387,14 +382,15 @@ def _load_yaml(path: str) -> Dict[str, Any]:
     return data
 
 
-def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Tuple[Dict[str, Any], List[str]]:
+    """The file's values, checked as the command line checks them, and notes on older key names it used."""
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    values = {}
+    values, notes = {}, []
     for key, value in _load_yaml(path).items():
         if key in RENAMED_KEYS and key not in actions:
             current, convert = RENAMED_KEYS[key]
             value = convert(value) if convert and value is not None else value
-            _NOTES.append(f"{path}: key '{key}' is an older name; read as {current}: {value!r} (write that instead)")
+            notes.append(f"{path}: key '{key}' is an older name; read as {current}: {value!r} (write that instead)")
             key = current
         if key not in actions:
             raise ConfigError(f"unknown key '{key}' in {path}{_closest(str(key), list(actions))}")
@@ -408,7 +404,7 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]
             choices = ", ".join(repr(c) for c in action.choices)
             raise ConfigError(f"{path}: key '{key}' is {value!r}; choose one of {choices}")
         values[key] = value
-    return values
+    return values, notes
 
 
 def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None
@@ -419,19 +415,20 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", type=str, default="")
     known, _ = pre.parse_known_args(argv)
+    notes = []
     if known.config:
         try:
-            parser.set_defaults(**_yaml_defaults(parser, known.config))
+            values, notes = _yaml_defaults(parser, known.config)
         except ConfigError as exc:
             parser.error(str(exc))
+        parser.set_defaults(**values)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        options = [o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")]
         first = next((u.split("=")[0] for u in unknown if u.startswith("--")), None)
-        hint = _closest(first[2:], [o[2:] for o in options]).replace("'", "'--", 1) if first else ""
+        hint = _closest(first[2:], options, prefix="--") if first else ""
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
-    args.notes = list(_NOTES)
-    _NOTES.clear()
+    args.notes = notes  # for the run's log
     return args
 
 

@@ -40,7 +40,7 @@ def evaluate_checkpoint(args) -> dict:
     import mindcv_ext  # noqa: F401  (registers the models)
     from mindcv_ext.accel import accelerate
     from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images, list_class_folder,
-                                 resolve_dataset, transform_settings)
+                                 resolve_dataset, transform_settings, unreadable_images_error)
     from mindcv_ext.engine import evaluate
     from mindcv_ext.engine.openi import OpenITask, openi_requested
     from mindcv_ext.engine.runtime import build_model, load_weights, setup_context, setup_distributed, setup_logger
@@ -100,10 +100,11 @@ def evaluate_checkpoint(args) -> dict:
     except RuntimeError as exc:
         if not info.is_folder:
             raise
-        bad = find_unreadable_images(os.path.join(info.root, args.val_split))
+        folder = os.path.join(info.root, args.val_split)
+        bad = find_unreadable_images(folder)
         if not bad:
             raise
-        raise ValueError(f"{len(bad)} unreadable image(s) in the validation split: " + ", ".join(bad[:20])) from exc
+        raise unreadable_images_error(folder, bad) from exc
     if args.real_labels:
         results["real_top1"] = _real_top1(predictions, args.real_labels, len(predictions))
     if exit_outputs is not None:
@@ -189,13 +190,16 @@ def _print_exits(results: dict) -> None:
 
 def _run_config(argv: list) -> list:
     """Without ``-c`` or ``--model``, the configuration train.py saved beside ``--ckpt_path`` (``<model>.yaml``)."""
+    import argparse
+
     import yaml
 
-    if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in argv):
-        return argv
-    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"),
-                next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None))
-    if not ckpt:
+    pre = argparse.ArgumentParser(add_help=False)
+    for option in (("-c", "--config"), ("--model",), ("--ckpt_path",)):
+        pre.add_argument(*option, default="")
+    known, _ = pre.parse_known_args(argv)
+    ckpt = known.ckpt_path
+    if known.config or known.model or not ckpt:
         return argv
     directory = os.path.dirname(os.path.abspath(ckpt))
     found = []

@@ -66,32 +66,28 @@ def _reproducibility_notes(args) -> list:
 
 def _latest_checkpoint(save_dir: str, model: str) -> Optional[str]:
     """The newest epoch checkpoint in ``save_dir``, the one to resume from."""
-    import re
+    from mindcv_ext.engine.checkpoint import epoch_checkpoints
 
-    pattern = re.compile(re.escape(model) + r"-(\d+)_(\d+)\.ckpt$")
-    found = [(int(m.group(1)), name) for name in (os.listdir(save_dir) if os.path.isdir(save_dir) else [])
-             for m in [pattern.match(name)] if m]
-    return os.path.join(save_dir, max(found)[1]) if found else None
+    found = epoch_checkpoints(save_dir, model)
+    return found[-1][1] if found else None
 
 
 def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
     """Turn the data pipeline's opaque decode failure into an error that names the broken files."""
-    from mindcv_ext.data import find_unreadable_images
+    from mindcv_ext.data import find_unreadable_images, unreadable_images_error
 
     if not info.is_folder or "dataset" not in str(exc).lower():
         raise exc
     for split in splits:
         bad = find_unreadable_images(os.path.join(info.root, split))
         if bad:
-            listed = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
-            raise ValueError(f"{len(bad)} unreadable image(s) in {os.path.join(info.root, split)}; remove or "
-                             f"replace them:\n  {listed}") from exc
+            raise unreadable_images_error(os.path.join(info.root, split), bad) from exc
     raise exc
 
 
 def _check_data(args, info, rank: Optional[int], device_num: int) -> None:
     """Faults in an image folder surface before epoch 1: classes without images, files that are not images."""
-    from mindcv_ext.data import check_image_headers, empty_class_folders
+    from mindcv_ext.data import check_image_headers, empty_class_folders, unreadable_images_error
 
     if not info.is_folder:
         return
@@ -109,9 +105,7 @@ def _check_data(args, info, rank: Optional[int], device_num: int) -> None:
         folder = os.path.join(info.root, split)
         bad = check_image_headers(folder, (rank or 0, device_num), progress=rank in (None, 0))
         if bad:
-            listed = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
-            raise ValueError(f"{len(bad)} unreadable image(s) in {folder}; remove or replace them (or skip this "
-                             f"check with --check_images False):\n  {listed}")
+            raise unreadable_images_error(folder, bad, " (or skip this check with --check_images False)")
 
 
 def train(args) -> int:

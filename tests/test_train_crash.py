@@ -98,17 +98,18 @@ def test_a_second_run_into_a_busy_directory_exits_2_before_writing_anything(tmp_
         for line in first.stdout:  # the first run has started writing
             if "Epoch 1/40, step" in line:
                 break
-        before = {name: (run / name).stat().st_mtime_ns for name in os.listdir(run)}
+        # Paused, the first run still holds its lock but writes nothing: every change is the second run's.
+        first.send_signal(signal.SIGSTOP)
+        before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in run.iterdir()}
         second = _run(["train.py"] + SHORT + ["--epoch_size", 3, "--ckpt_save_dir", run])
         assert second.returncode == 2
         assert f"is in use by a running training (pid {first.pid} on " in second.stderr
         assert "wait for it to finish, or choose another --ckpt_save_dir" in second.stderr
         assert "Epoch 1/3" not in second.stdout  # it did not train
+        assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in run.iterdir()} == before
     finally:
         first.kill()
         first.wait()
-    after = {name: (run / name).stat().st_mtime_ns for name in before}
-    assert after == before or set(after) == set(before)  # the first run's files are all still there
     assert (run / f"{MODEL}.yaml").read_text().count("epoch_size: 40") == 1  # the first run's settings, kept
     assert "epoch_size 3" not in (run / "train.log").read_text()  # nothing of the second run in the log
 

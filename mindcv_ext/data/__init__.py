@@ -12,6 +12,7 @@ from .builder import (
     list_class_folder,
     resolve_dataset,
     transform_settings,
+    unreadable_images_error,
 )
 from .digits import default_cache_dir, prepare_digits
 
@@ -26,6 +27,7 @@ __all__ = [
     "find_unreadable_images",
     "empty_class_folders",
     "check_image_headers",
+    "unreadable_images_error",
     "resolve_dataset",
     "transform_settings",
     "default_cache_dir",

@@ -20,7 +20,7 @@ from .mixup import BatchMixup
 
 __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
            "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
-           "imagenet_class_names", "empty_class_folders", "check_image_headers", "array_transforms"]
+           "imagenet_class_names", "empty_class_folders", "check_image_headers", "array_transforms", "unreadable_images_error"]
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -149,20 +149,43 @@ def array_transforms(training: bool, transforms: Dict[str, Any], augment: Option
     return arrays
 
 
-def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:
-    """Files under ``folder`` that PIL cannot decode (used to name the culprit when a pipeline fails)."""
+def _image_files(folder: str, shard: Tuple[int, int] = (0, 1)) -> List[str]:
+    index, count = shard
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))[index::count]
+
+
+def _decode_fault(path: str) -> Optional[str]:
     from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # any decoding failure makes the file unusable
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _faults(folder: str, fault, shard: Tuple[int, int], progress: bool) -> List[Tuple[str, str]]:
     from tqdm import tqdm
 
-    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-    bad = []
-    for path in tqdm(paths, desc=f"checking images in {folder}", unit="img", disable=not progress):
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except Exception:  # any decoding failure makes the file unusable
-            bad.append(path)
-    return bad
+    found = []
+    for path in tqdm(_image_files(folder, shard), desc=f"checking images in {folder}", unit="img",
+                     disable=not progress, mininterval=2.0):
+        reason = fault(path)
+        if reason:
+            found.append((path, reason))
+    return found
+
+
+def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:
+    """Files under ``folder`` that PIL cannot decode (used to name the culprit when a pipeline fails)."""
+    return [path for path, _ in _faults(folder, _decode_fault, (0, 1), progress)]
+
+
+def unreadable_images_error(folder: str, bad: List[str], hint: str = "") -> ValueError:
+    """The error that lists unreadable files (``bad``, up to 20 shown) and says what to do."""
+    listed = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+    return ValueError(f"{len(bad)} unreadable image(s) in {folder}; remove or replace them{hint}:\n  {listed}")
 
 
 def empty_class_folders(split_dir: str) -> List[str]:
@@ -196,17 +219,7 @@ def check_image_headers(folder: str, shard: Tuple[int, int] = (0, 1), progress: 
     It reads headers, not pixels, so it takes a small fraction of an epoch; a file it passes can still fail
     to decode later, and training then names it too.
     """
-    from tqdm import tqdm
-
-    index, count = shard
-    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-    bad = []
-    for path in tqdm(paths[index::count], desc=f"checking images in {folder}", unit="img", disable=not progress,
-                     mininterval=2.0):
-        fault = _header_fault(path)
-        if fault:
-            bad.append(f"{path}: {fault}")
-    return bad
+    return [f"{path}: {reason}" for path, reason in _faults(folder, _header_fault, shard, progress)]
 
 
 def list_class_folder(split_dir: str) -> Tuple[List[str], List[int], List[str]]:

@@ -15,7 +15,7 @@ from ..models.factory import read_mindspore_checkpoint
 from .files import atomic_write, temporary_path
 
 __all__ = ["save_atomic", "CheckpointKeeper", "TrainingState", "load_training_state", "epoch_checkpoint_name",
-           "parameter_checksum"]
+           "epoch_checkpoints", "parameter_checksum"]
 
 
 def save_atomic(save_obj, path: str, append_dict: Optional[Dict] = None) -> None:
@@ -44,6 +44,17 @@ def epoch_checkpoint_name(model: str, epoch: int, step: int) -> str:
     return f"{model}-{epoch}_{step}.ckpt"
 
 
+def epoch_checkpoints(directory: str, model: str) -> List[Tuple[int, str]]:
+    """(epoch, path) of the epoch checkpoints (``epoch_checkpoint_name``) in ``directory``, oldest first."""
+    pattern = re.compile(re.escape(model) + r"-(\d+)_(\d+)\.ckpt$")
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(model)}-*_*.ckpt")):
+        match = pattern.fullmatch(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 class CheckpointKeeper:
     """Keeps epoch checkpoints: the ``keep_max`` newest (``latest_k``), or the ``keep_max`` best by validation
     top-1 plus always the newest (``top_k``), so a crashed run can always resume from its last epoch.
@@ -62,12 +73,9 @@ class CheckpointKeeper:
             with open(self.index) as stream:
                 metrics = {entry["file"]: entry["top1"] for entry in json.load(stream)}
         self.entries: List[Tuple[int, float, str]] = []  # (epoch, metric, path)
-        pattern = re.compile(re.escape(model) + r"-(\d+)_(\d+)\.ckpt$")
-        for path in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(model)}-*_*.ckpt")):
-            match = pattern.search(os.path.basename(path))
-            if match:
-                metric = metrics.get(os.path.basename(path))
-                self.entries.append((int(match.group(1)), float("-inf") if metric is None else metric, path))
+        for epoch, path in epoch_checkpoints(directory, model):
+            metric = metrics.get(os.path.basename(path))
+            self.entries.append((epoch, float("-inf") if metric is None else metric, path))
 
     def save(self, save_obj, epoch: int, step: int, metric: Optional[float] = None,
              append_dict: Optional[Dict] = None) -> str:
