@@ -249,10 +249,11 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--drop_path_rate", type=optional_float, default=None, help="stochastic depth")
     group.add_argument("--img_size", type=optional_int, default=None, help="model input resolution")
     group.add_argument("--mlp_layer", type=optional_str, default=None,
-                       choices=[None, "dense", "monarch", "pixelfly"],
-                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's); pixelfly (MLP-Mixer "
-                            "only) takes its settings from model_kwargs, e.g. '{butterfly_size: 8, n_factors: 2, "
-                            "block: 32, rank: 32}'")
+                       choices=[None, "dense", "monarch", "pixelfly", "ssl", "lowrank", "bdiagbfly", "fbbfly"],
+                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's). Their settings go in "
+                            "model_kwargs: pixelfly (MLP-Mixer only) '{butterfly_size: 8, n_factors: 2, block: 32, "
+                            "rank: 32}', ssl '{redn_factor: 4, seed: 1024}', lowrank '{rank: 64}' or "
+                            "'{redn_factor: 8}', bdiagbfly '{nblocks1: 4, nblocks2: 4, b1: 48, b2: 1}'")
     group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
     group.add_argument("--model_kwargs", type=_mapping, default={},
                        help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")

@@ -7,14 +7,18 @@ plain ``construct`` for inputs other than float32, so a twin is never wrong, onl
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..layers import GatedMlp, MonarchLinear, Mlp, is_exact_gelu
+import numpy as np
+
+from ..layers import GatedMlp, MonarchLinear, Mlp, SketchStructuredLinear, is_exact_gelu
+from ..layers.ssl import SSL_BLOCK_K, SSL_BLOCK_N, SSL_VEC
 from ..models.gmlp import SpatialGatingUnit
 from .cpu_kernels import (CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuBlocksMatmul, CpuColumnsOfFlat, CpuColumnsOfRows,
-                          CpuColumnsOfRowsBias, CpuGateToBlocks, CpuGelu, CpuLayerNorm, cpu_sgemm_available)
+                          CpuColumnsOfRowsBias, CpuGateToBlocks, CpuGelu, CpuLayerNorm, CpuSslChunkSum,
+                          cpu_sgemm_available)
 from .fused import gated_pair_fusable, monarch_forward, monarch_gated_mlp, monarch_mlp, pair_fusable, reorder_features
 
-__all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastMlp", "FastGatedMlp", "FastSpatialGatingUnit",
-           "FAST_CELLS"]
+__all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastSketchStructuredLinear", "FastMlp", "FastGatedMlp",
+           "FastSpatialGatingUnit", "FAST_CELLS"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
@@ -90,6 +94,46 @@ class FastMonarchLinear(MonarchLinear):
             return super().construct(x)
         lead_shape = x.shape[:-1]
         return monarch_forward(x.reshape(-1, self.in_features), self).reshape(lead_shape + (self.out_features,))
+
+
+class FastSketchStructuredLinear(SketchStructuredLinear):
+    """``SketchStructuredLinear`` with its input sketch (rotate and add the ``redn_factor`` chunks) one kernel pass in
+    the input's own column order, and its matmul on oneDNN's sgemm against the compressed weight, gathered to
+    that order. Needs MindSpore's oneDNN sgemm."""
+
+    @staticmethod
+    def applies(cell: nn.Cell) -> bool:
+        return isinstance(cell, SketchStructuredLinear) and cpu_sgemm_available()
+
+    def __init__(self, plain: SketchStructuredLinear) -> None:
+        nn.Cell.__init__(self)
+        for name in ("in_features", "out_features", "redn_factor", "seed", "has_bias", "weight_index"):
+            setattr(self, name, getattr(plain, name))
+        self.weight, self.bias = plain.weight, plain.bias
+        self.chunk_shift_values = tuple(v * SSL_VEC for v in plain.vector_shifts)
+        self.chunk_shifts = ms.Tensor(np.array(self.chunk_shift_values, np.int32))
+        # The sketch keeps K-step order (t, i); the plain layer's index is in (q, t, v) order with i = q*VEC + v.
+        compressed = self.in_features // self.redn_factor
+        steps, vectors = compressed // SSL_BLOCK_K, SSL_BLOCK_K // SSL_VEC
+        plain_index = plain.weight_index.asnumpy().reshape(vectors, steps, SSL_VEC, self.out_features)
+        natural = plain_index.transpose(3, 1, 0, 2).reshape(self.out_features, compressed)  # (n, t*BK + i)
+        self.fast_weight_index = ms.Tensor(natural.reshape(-1))
+        self.cpu_sketch = CpuSslChunkSum()
+        self.cpu_matmul = CpuBlocksMatmul()
+        assert self.out_features % SSL_BLOCK_N == 0
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if x.dtype != ms.float32:
+            return super().construct(x)
+        lead_shape = x.shape[:-1]
+        compressed = self.in_features // self.redn_factor
+        sketch = self.cpu_sketch(x.reshape(-1, self.in_features), self.chunk_shifts)  # (M, K/c)
+        w = ops.gather(self.weight.reshape(-1), self.fast_weight_index, 0).reshape(1, self.out_features, compressed)
+        out = self.cpu_matmul(sketch, w)  # (1, M, N)
+        out = out.reshape(-1, self.out_features)
+        if self.has_bias:
+            out = out + self.bias
+        return out.reshape(lead_shape + (self.out_features,))
 
 
 def _monarch_pair(fc1: nn.Cell, fc2: nn.Cell, fusable) -> bool:
@@ -199,4 +243,5 @@ class FastGatedMlp(GatedMlp):
 
 
 # In the order accelerate tries them: a fused MLP takes its layers with it.
-FAST_CELLS = (FastMlp, FastGatedMlp, FastMonarchLinear, FastSpatialGatingUnit, FastLayerNorm, FastGELU)
+FAST_CELLS = (FastMlp, FastGatedMlp, FastMonarchLinear, FastSketchStructuredLinear, FastSpatialGatingUnit,
+              FastLayerNorm, FastGELU)

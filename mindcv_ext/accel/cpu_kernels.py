@@ -32,7 +32,7 @@ from mindspore import nn, ops
 
 __all__ = ["cpu_kernel_library", "build_cpu_kernels", "kernels_disabled", "CpuGelu",
            "CpuBiasGeluRegroup", "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm", "CpuColumnsOfRows",
-           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat", "cpu_sgemm_available", "CpuBlocksMatmul"]
+           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat", "cpu_sgemm_available", "CpuBlocksMatmul", "CpuSslChunkSum"]
 
 _logger = logging.getLogger("mindcv_ext")
 SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
@@ -333,6 +333,26 @@ class CpuBlocksMatmul(nn.Cell):
 
     def bprop(self, x, w, out, dout):
         return self.backward_kernel(x, w, dout)
+
+
+class CpuSslChunkSum(nn.Cell):
+    """Sketch Structured Linear's input sketch in one pass: ``x (M, K)`` to ``(M, K/c)``, where K-step t's c chunks
+    of 32 are rotated left by ``shifts[ck]`` and added. The backward writes each rotated chunk back (one pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        library = cpu_kernel_library()
+        self.forward_kernel = ops.Custom(f"{library}:SslChunkSum",
+                                         out_shape=lambda x, shifts: (x[0], x[1] // shifts[0]),
+                                         out_dtype=lambda x, shifts: x, func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:SslChunkSumBackward", out_shape=lambda x, shifts, dy: x,
+                                          out_dtype=lambda x, shifts, dy: x, func_type="aot")
+
+    def construct(self, x: ms.Tensor, shifts: ms.Tensor) -> ms.Tensor:
+        return self.forward_kernel(x, shifts)
+
+    def bprop(self, x, shifts, out, dout):
+        return self.backward_kernel(x, shifts, dout), ops.zeros_like(shifts)
 
 
 class CpuLayerNorm(nn.Cell):

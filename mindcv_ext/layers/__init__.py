@@ -19,10 +19,15 @@ from .monarch import (
     monarch_to_dense,
     project_to_monarch,
 )
-from .mlp import MLP_LAYERS, PIXELFLY_DEFAULTS, GatedMlp, Mlp, create_linear
+from .bdiag_butterfly import BlockdiagButterflyLinear
+from .lowrank import LowRankLinear, lowrank_rank
+from .mlp import (GENERIC_MLP_LAYERS, LINEAR_SETTINGS, MLP_LAYERS, PIXELFLY_DEFAULTS, GatedMlp, Mlp, create_linear,
+                  linear_settings)
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
 from .patch_embed import PatchEmbed
-from .pixelfly import BlockSparseLinear, LowRank, SparseLRLinear, butterfly_base_mask, flat_block_butterfly_layout
+from .pixelfly import (BlockSparseLinear, FlatBlockButterflyLinear, LowRank, SparseLRLinear, butterfly_base_mask,
+                       flat_block_butterfly_layout)
+from .ssl import SketchStructuredLinear, ssl_index_map, ssl_shift_table
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -39,6 +44,16 @@ __all__ = [
     "Mlp",
     "GatedMlp",
     "MLP_LAYERS",
+    "GENERIC_MLP_LAYERS",
+    "LINEAR_SETTINGS",
+    "linear_settings",
+    "SketchStructuredLinear",
+    "ssl_shift_table",
+    "ssl_index_map",
+    "LowRankLinear",
+    "lowrank_rank",
+    "BlockdiagButterflyLinear",
+    "FlatBlockButterflyLinear",
     "PIXELFLY_DEFAULTS",
     "SparseLRLinear",
     "BlockSparseLinear",

@@ -23,7 +23,7 @@ from mindspore.common import initializer as init
 from .monarch import _check_positive_int
 
 __all__ = ["butterfly_base_mask", "flat_block_butterfly_layout", "BlockSparseLinear", "LowRank", "SparseLRLinear",
-           "PRODUCTS"]
+           "FlatBlockButterflyLinear", "PRODUCTS"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
@@ -329,6 +329,57 @@ class SparseLRLinear(nn.Cell):
             y = sparse + gate * (low_rank - sparse)
         else:
             y = (sparse + low_rank) * 0.5
+        if self.has_bias:
+            y = y + ops.cast(self.bias, y.dtype)
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class FlatBlockButterflyLinear(BlockSparseLinear):
+    r"""A flat block butterfly linear layer without the low-rank term: fly's ``BlockSparseLinear`` with a
+    ``FlatBlockButterflySparsityConfig`` and a bias (the ``fbbfly`` variant of fly's structured-MLP benchmark).
+
+    Args:
+        in_features, out_features: the layer's widths (padded to whole blocks inside, as fly does).
+        butterfly_size, n_factors, block: the layout's settings (fly's names). Defaults: 16, 2, 32, the benchmark's.
+        has_bias: add a learnable bias. Default: True.
+
+    Parameters ``weight`` (nonzero blocks, block, block), ``layout`` (a buffer in PyTorch) and ``bias``, as fly names
+    them. Initialisation is fly's: a kaiming-uniform dense draw, each row scaled by sqrt(block columns / nonzero
+    blocks in its block row), restricted to the layout; the bias U(+-1/sqrt(padded in_features)).
+    """
+
+    def __init__(self, in_features: int, out_features: int, butterfly_size: int = 16, n_factors: int = 2,
+                 block: int = 32, has_bias: bool = True) -> None:
+        owner = "FlatBlockButterflyLinear"
+        in_features = _check_positive_int(owner, "in_features", in_features)
+        out_features = _check_positive_int(owner, "out_features", out_features)
+        block = _check_positive_int(owner, "block", block)
+        in_ext = math.ceil(in_features / block) * block
+        out_ext = math.ceil(out_features / block) * block
+        super().__init__(in_ext, out_ext, flat_block_butterfly_layout(out_ext, in_ext, butterfly_size, n_factors,
+                                                                      block), block)
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bool(has_bias)
+        layout = self.layout_array
+        dense = _kaiming_uniform((out_ext, in_ext)) * np.repeat(np.sqrt(layout.shape[1] / layout.sum(axis=1)),
+                                                                block)[:, None]
+        blocks = dense.reshape(layout.shape[0], block, layout.shape[1], block).transpose(0, 2, 1, 3)
+        self.weight.set_data(ms.Tensor(blocks.reshape(-1, block, block)[np.flatnonzero(layout.reshape(-1))]
+                                       .astype(np.float32)))
+        self.bias = ms.Parameter(init.initializer(init.Uniform(1 / math.sqrt(in_ext)), (out_features,), ms.float32),
+                                 name="bias") if has_bias else None
+
+    @property
+    def saving(self) -> float:
+        return self.weight.size / (self.in_features * self.out_features)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if self.in_ext != self.in_features:
+            flat = ops.pad(flat, (0, self.in_ext - self.in_features))
+        y = super().construct(flat)
+        if self.out_ext != self.out_features:
+            y = y[:, :self.out_features]
         if self.has_bias:
             y = y + ops.cast(self.bias, y.dtype)
         return y.reshape(shape[:-1] + (self.out_features,))

@@ -1,18 +1,22 @@
 """
-MindSpore implementation of `gMLP`, with dense or Monarch channel MLPs.
+MindSpore implementation of `gMLP`, with dense, Monarch, SSL, low-rank or butterfly channel MLPs.
 Refer to "Pay Attention to MLPs" (Liu et al., NeurIPS 2021, https://arxiv.org/abs/2105.08050).
 
 Numerically identical to timm's ``gmlp_*`` (``timm/models/mlp_mixer.py``) and loads its checkpoints:
 the parameter names are timm's, LayerNorm epsilon is 1e-6 except in the spatial gating unit (1e-5),
 GELU is exact. With ``mlp_layer="monarch"`` the channel MLP's fc1/fc2 become ``MonarchLinear``; the
-token-mixing projection of the gating unit stays dense.
+token-mixing projection of the gating unit stays dense. ``"ssl"``, ``"lowrank"`` and ``"bdiagbfly"`` swap fc1/fc2
+the same way, where their shapes allow (fc2 reads half of fc1's width).
 """
+from typing import Any, Dict, Optional
+
 import mindspore as ms
 from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
 from ..layers import DropPath, GatedMlp, layer_norm
+from ..layers.mlp import GENERIC_MLP_LAYERS
 from ..layers.weight_init import constant_, normal_
 from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, make_cfg
 from .mlp_mixer import MlpMixer
@@ -54,14 +58,15 @@ class SpatialGatingUnit(nn.Cell):
 class SpatialGatingBlock(nn.Cell):
     """Pre-LayerNorm gated MLP with a residual; ``MlpMixer``'s block for gMLP."""
 
-    mlp_layers = ("dense", "monarch")
+    mlp_layers = GENERIC_MLP_LAYERS
 
     def __init__(self, dim: int, seq_len: int, mlp_ratio: float = 6.0, proj_drop: float = 0.0,
-                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
+                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
+                 settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self.norm = layer_norm(dim, eps=1e-6)
         self.mlp_channels = GatedMlp(dim, int(dim * mlp_ratio), lambda hidden: SpatialGatingUnit(hidden, seq_len),
-                                     drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks)
+                                     drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks, settings=settings)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -83,17 +88,18 @@ class GMLP(MlpMixer):
         drop_rate: dropout before the head. Default: 0.
         proj_drop_rate: dropout inside the channel MLPs. Default: 0.
         drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
-        mlp_layer: ``"dense"`` or ``"monarch"`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
+        mlp_layer: one of ``GENERIC_MLP_LAYERS`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
         nblocks: Monarch blocks per factor. Default: 4.
+        **layer_settings: the settings of ``mlp_layer``'s layer (``LINEAR_SETTINGS``), e.g. ``redn_factor``.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
                  embed_dim: int = 256, num_blocks: int = 30, mlp_ratio: float = 6.0, drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
-                 nblocks: int = 4) -> None:
+                 nblocks: int = 4, **layer_settings: Any) -> None:
         super().__init__(img_size, patch_size, in_channels, num_classes, embed_dim, num_blocks, mlp_ratio,
                          block_layer=SpatialGatingBlock, drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
-                         drop_path_rate=drop_path_rate, mlp_layer=mlp_layer, nblocks=nblocks)
+                         drop_path_rate=drop_path_rate, mlp_layer=mlp_layer, nblocks=nblocks, **layer_settings)
 
 
 _ARCHS = {

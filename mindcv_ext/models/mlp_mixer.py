@@ -1,5 +1,5 @@
 """
-MindSpore implementation of `MLP-Mixer`, with dense, Monarch or Pixelfly channel MLPs.
+MindSpore implementation of `MLP-Mixer`, with dense, Monarch, Pixelfly, SSL, low-rank or butterfly channel MLPs.
 Refer to "MLP-Mixer: An all-MLP Architecture for Vision" (Tolstikhin et al., NeurIPS 2021,
 https://arxiv.org/abs/2105.01601) and, for the Monarch variant, "Monarch: Expressive Structured
 Matrices for Efficient and Accurate Training" (Dao et al., ICML 2022) and, for the Pixelfly variant,
@@ -9,7 +9,8 @@ Numerically identical to timm's ``mixer_*`` and loads timm and fly checkpoints: 
 timm's, LayerNorm epsilon 1e-6, exact GELU, a convolution stem with bias (unlike mindcv's
 ``mlp_mixer_*``, whose stem has no bias and whose GELU and LayerNorm defaults differ). With
 ``mlp_layer="monarch"`` (or ``"pixelfly"``) the channel MLPs become Monarch (or flat block butterfly plus low
-rank) and the token MLPs stay dense, as fly's Monarch and Pixelfly Mixers.
+rank) and the token MLPs stay dense, as fly's Monarch and Pixelfly Mixers; ``"ssl"``, ``"lowrank"`` and
+``"bdiagbfly"`` swap in the layers of fly's structured-MLP benchmark the same way.
 """
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -19,7 +20,7 @@ from mindspore import nn
 from mindcv.models.registry import register_model
 
 from ..layers import DropPath, Mlp, PatchEmbed, layer_norm
-from ..layers.mlp import check_mlp_layer
+from ..layers.mlp import MLP_LAYERS, check_mlp_layer
 from ..layers.helpers import to_2tuple
 from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, init_mixer_weights, make_cfg
 
@@ -44,11 +45,11 @@ default_cfgs = {
 class MixerBlock(nn.Cell):
     """Token mixing across patches, then channel mixing, each residual with pre-LayerNorm."""
 
-    mlp_layers = ("dense", "monarch", "pixelfly")
+    mlp_layers = MLP_LAYERS
 
     def __init__(self, dim: int, seq_len: int, mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0),
                  proj_drop: float = 0.0, drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
-                 pixelfly: Optional[Dict[str, Any]] = None) -> None:
+                 settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         mlp_ratio = (0.5, float(mlp_ratio)) if isinstance(mlp_ratio, (int, float)) else to_2tuple(mlp_ratio)
         tokens_dim, channels_dim = (int(ratio * dim) for ratio in mlp_ratio)
@@ -57,7 +58,7 @@ class MixerBlock(nn.Cell):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-6)
         self.mlp_channels = Mlp(dim, channels_dim, drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks,
-                                pixelfly=pixelfly)
+                                settings=settings)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(0, 2, 1)).transpose(0, 2, 1))
@@ -79,14 +80,16 @@ class MlpMixer(nn.Cell):
         mlp_ratio: MLP expansion as ``block_layer`` reads it; for ``MixerBlock`` (token, channel), or one number for
             the channel MLP with the token ratio 0.5. Default: (0.5, 4.0).
         block_layer: the block, called as ``block_layer(dim, seq_len, mlp_ratio, proj_drop, drop_path, mlp_layer,
-            nblocks[, pixelfly])``; its ``mlp_layers`` lists the channel MLPs it supports. Default: ``MixerBlock``.
+            nblocks, settings)``; its ``mlp_layers`` lists the channel MLPs it supports. Default: ``MixerBlock``.
         drop_rate: dropout before the head. Default: 0.
         proj_drop_rate: dropout inside the MLPs. Default: 0.
         drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
-        mlp_layer: ``"dense"``, ``"monarch"`` or ``"pixelfly"`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
+        mlp_layer: one of ``MLP_LAYERS`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
         nblocks: Monarch blocks per factor. Default: 4.
-        butterfly_size, n_factors, block, rank, gating, global_size, shuffle: Pixelfly's settings (fly's names);
-            the defaults are fly's Mixer-B experiment (8, 2, 32, 32, True, 0, False).
+        **layer_settings: the settings of ``mlp_layer``'s layer, named as its constructor names them
+            (``LINEAR_SETTINGS``): Pixelfly's butterfly_size, n_factors, block, rank, gating, global_size, shuffle
+            (defaults: fly's Mixer-B experiment, 8, 2, 32, 32, True, 0, False); SSL's redn_factor, seed; low-rank's
+            rank or redn_factor; butterfly's nblocks1, nblocks2, b1, b2.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
@@ -94,20 +97,15 @@ class MlpMixer(nn.Cell):
                  mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0),
                  block_layer: Callable[..., nn.Cell] = MixerBlock, drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
-                 nblocks: int = 4, butterfly_size: int = 8, n_factors: int = 2, block: int = 32, rank=32,
-                 gating: bool = True, global_size: int = 0, shuffle: bool = False) -> None:
+                 nblocks: int = 4, **layer_settings: Any) -> None:
         super().__init__()
-        pixelfly = dict(butterfly_size=butterfly_size, n_factors=n_factors, block=block, rank=rank, gating=gating,
-                        global_size=global_size, shuffle=shuffle)
-        check_mlp_layer(mlp_layer, pixelfly, choices=block_layer.mlp_layers)
-        block_kwargs = dict(pixelfly=pixelfly) if mlp_layer == "pixelfly" else {}
+        settings = check_mlp_layer(mlp_layer, layer_settings, choices=block_layer.mlp_layers)
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
         seq_len = self.stem.num_patches
         self.blocks = nn.SequentialCell([
-            block_layer(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks,
-                        **block_kwargs)
+            block_layer(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks, settings)
             for _ in range(num_blocks)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-6)

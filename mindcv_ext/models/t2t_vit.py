@@ -13,7 +13,7 @@ T2T attention's temperature is ``dim**-0.5`` of its *input* width (147 and 576) 
 is a fixed parameter loaded from the checkpoint. With ``mlp_layer="monarch"`` the backbone blocks' fc1/fc2 are
 Monarch.
 """
-from typing import Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from mindcv.models.registry import register_model
 
 from ..layers import DropPath, Mlp, layer_norm
 from ..layers.attention import ATTENTION_TYPES, MultiHeadAttention, TokenPerformer, create_attention
-from ..layers.mlp import check_mlp_layer
+from ..layers.mlp import GENERIC_MLP_LAYERS, check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
 from .helpers import build_variant, make_cfg
 
@@ -163,13 +163,13 @@ class T2TModule(nn.Cell):
 
 class Block(nn.Cell):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float, mlp_layer: str, nblocks: int) -> None:
+                 drop_path: float, mlp_layer: str, nblocks: int, settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self.norm1 = layer_norm(dim, eps=1e-5)
         self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-5)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, mlp_layer=mlp_layer, nblocks=nblocks)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, mlp_layer=mlp_layer, nblocks=nblocks, settings=settings)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -189,7 +189,8 @@ class T2T_ViT(nn.Cell):
         local_context, nb_features, softmax_eps, normalization_eps: the attention's settings under fly's names,
             one value or ``[attention1, attention2]``; unset, fly's 224 px configuration for ``t2t_attn``.
         feature_seed: seed of the random features drawn at construction (a checkpoint's values replace them).
-        mlp_layer, nblocks: ``"dense"`` or ``"monarch"`` MLPs in the backbone blocks.
+        mlp_layer, nblocks: the backbone blocks' MLP layer, one of ``GENERIC_MLP_LAYERS``, and Monarch's blocks.
+        **layer_settings: the settings of ``mlp_layer``'s layer (``LINEAR_SETTINGS``), e.g. ``redn_factor``.
     """
 
     # fly's converted checkpoints rename the T2T module and the position table.
@@ -202,9 +203,9 @@ class T2T_ViT(nn.Cell):
                  mlp_ratio: float = 3.0, qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, token_dim: int = 64, t2t_attn: str = "full", local_context: Pair = None,
                  nb_features: Pair = None, softmax_eps: Pair = None, normalization_eps: Pair = None,
-                 feature_seed: int = 0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
+                 feature_seed: int = 0, mlp_layer: str = "dense", nblocks: int = 4, **layer_settings: Any) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, choices=("dense", "monarch"))
+        settings = check_mlp_layer(mlp_layer, layer_settings, choices=GENERIC_MLP_LAYERS)
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"T2T_ViT: img_size must be a positive multiple of 16, got {img_size}")
         if tokens_type not in ("transformer", "performer"):
@@ -230,7 +231,8 @@ class T2T_ViT(nn.Cell):
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], mlp_layer, nblocks)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], mlp_layer, nblocks,
+                  settings)
             for i in range(depth)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-5)

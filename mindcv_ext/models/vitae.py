@@ -13,7 +13,7 @@ cells use LayerNorm epsilon 1e-6; features are mean-pooled with no final norm. W
 ``mlp_layer="monarch"`` the normal cells' MLP fc1/fc2 become Monarch; reduction cells stay dense.
 """
 import math
-from typing import List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from mindcv.models.registry import register_model
 
 from ..layers import DropPath, Mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention, TokenPerformer
-from ..layers.mlp import check_mlp_layer
+from ..layers.mlp import GENERIC_MLP_LAYERS, check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
 from .helpers import build_variant, make_cfg
 
@@ -131,7 +131,7 @@ class NormalCell(nn.Cell):
 
     def __init__(self, dim: int, num_heads: int, grid_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, group: int = 64,
-                 mlp_layer: str = "dense", nblocks: int = 4) -> None:
+                 mlp_layer: str = "dense", nblocks: int = 4, settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self.grid_size = grid_size
         hidden = int(dim * mlp_ratio)
@@ -139,7 +139,7 @@ class NormalCell(nn.Cell):
         self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden, drop=drop, mlp_layer=mlp_layer, nblocks=nblocks)
+        self.mlp = Mlp(dim, hidden, drop=drop, mlp_layer=mlp_layer, nblocks=nblocks, settings=settings)
         self.PCM = nn.SequentialCell([
             _conv(dim, hidden, 3, 1, 1, group=group), nn.BatchNorm2d(hidden), nn.SiLU(),
             _conv(hidden, dim, 3, 1, 1, group=group), nn.BatchNorm2d(dim), nn.SiLU(),
@@ -185,17 +185,19 @@ class ViTAE(nn.Cell):
         drop_rate: dropout in the normal cells' MLP and attention projection. Default: 0.
         attn_drop_rate: attention dropout. Default: 0.
         drop_path_rate: stochastic depth, rising linearly over the normal cells. Default: 0.
-        mlp_layer: ``"dense"`` or ``"monarch"`` for the normal cells' fc1/fc2. Default: ``"dense"``.
+        mlp_layer: one of ``GENERIC_MLP_LAYERS`` for the normal cells' fc1/fc2. Default: ``"dense"``.
         nblocks: Monarch blocks per factor. Default: 4.
+        **layer_settings: the settings of ``mlp_layer``'s layer (``LINEAR_SETTINGS``), e.g. ``redn_factor``.
     """
 
     def __init__(self, img_size: int = 224, in_channels: int = 3, num_classes: int = 1000,
                  embed_dims: Sequence[int] = (64, 64, 128), token_dims: Sequence[int] = (64, 64, 256),
                  nc_depth: int = 7, nc_heads: int = 4, mlp_ratio: float = 2.0, nc_group: int = 64,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4) -> None:
+                 drop_path_rate: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
+                 **layer_settings: Any) -> None:
         super().__init__()
-        check_mlp_layer(mlp_layer, choices=("dense", "monarch"))
+        settings = check_mlp_layer(mlp_layer, layer_settings, choices=GENERIC_MLP_LAYERS)
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"ViTAE: img_size must be a positive multiple of 16, got {img_size}")
         self.num_classes = num_classes
@@ -213,7 +215,7 @@ class ViTAE(nn.Cell):
             channels = token_dims[i]
             normal_cells = [] if i < 2 else [
                 NormalCell(token_dims[i], nc_heads, size, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                           drop_path_rates[j], nc_group, mlp_layer, nblocks)
+                           drop_path_rates[j], nc_group, mlp_layer, nblocks, settings)
                 for j in range(nc_depth)
             ]
             stages.append(BasicLayer(reduction, normal_cells))

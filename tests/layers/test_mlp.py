@@ -41,3 +41,37 @@ def test_gelu_is_exact(graph_mode, net_path):
     assert np.abs(grad.asnumpy() - exact_grad).max() < 2e-6
     half = act(ms.Tensor(x, ms.float16)).asnumpy()  # AMP: fp16 in, fp16 out
     assert half.dtype == np.float16 and np.abs(half - exact).max() < 1e-2
+
+
+def test_layer_settings_are_checked_against_the_chosen_layer():
+    from mindcv_ext.layers import LINEAR_SETTINGS, linear_settings
+
+    assert linear_settings("ssl", {"redn_factor": 4}) == {"redn_factor": 4, "seed": 1024}
+    assert linear_settings("bdiagbfly", {}) == LINEAR_SETTINGS["bdiagbfly"]
+    with pytest.raises(ValueError) as info:
+        linear_settings("ssl", {"rank": 8, "redn": 2})
+    message = str(info.value)
+    assert "mlp_layer='ssl' has no setting 'rank' (a setting of pixelfly, lowrank); 'redn'" in message
+    assert "Its settings: redn_factor, seed" in message
+
+
+@pytest.mark.parametrize("mlp_layer,settings,cls", [
+    ("ssl", dict(redn_factor=4), "SketchStructuredLinear"), ("lowrank", dict(redn_factor=8), "LowRankLinear"),
+    ("bdiagbfly", dict(b1=8), "BlockdiagButterflyLinear"), ("fbbfly", dict(butterfly_size=4), "FlatBlockButterflyLinear"),
+])
+def test_mlp_builds_each_structured_layer(mlp_layer, settings, cls):
+    mlp = Mlp(128, 512, mlp_layer=mlp_layer, settings=settings)
+    assert type(mlp.fc1).__name__ == type(mlp.fc2).__name__ == cls
+    x = np.random.default_rng(0).standard_normal((2, 3, 128)).astype(np.float32)
+
+    def dense(layer, inputs):  # the layer's own dense form (to_dense, or fbbfly's block-sparse weight)
+        weight = layer.to_dense() if hasattr(layer, "to_dense") else layer.dense_weight()
+        bias = layer.bias.asnumpy() if layer.bias is not None else 0.0
+        return inputs @ weight.asnumpy().T + bias
+
+    hidden = mlp.act(ms.Tensor(dense(mlp.fc1, x).astype(np.float32))).asnumpy()
+    assert rel_err(mlp(ms.Tensor(x)).asnumpy(), dense(mlp.fc2, hidden)) < 1e-5
+    if mlp_layer == "lowrank":
+        assert mlp.fc1.rank == mlp.fc2.rank == 16  # the baselines' rule: 2**round(log2(int(128*512/8/640)))
+    if mlp_layer == "ssl":
+        assert mlp.fc1.bias is None and mlp.fc2.bias is None  # the reference's SSL has no bias

@@ -41,7 +41,7 @@ def test_gating_unit_is_timms_formula(ms_mode):
 
 
 def test_gmlp_takes_no_pixelfly():
-    with pytest.raises(ValueError, match=r"mlp_layer must be one of \('dense', 'monarch'\), got 'pixelfly'"):
+    with pytest.raises(ValueError, match=r"mlp_layer must be one of \('dense', 'monarch', 'ssl', 'lowrank', 'bdiagbfly'\), got 'pixelfly'"):
         create_model("gmlp_s16_224", mlp_layer="pixelfly", **TINY)
 
 

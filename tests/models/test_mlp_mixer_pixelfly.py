@@ -85,5 +85,6 @@ def test_bad_pixelfly_settings_name_the_culprit(kwargs, culprit):
 def test_families_without_pixelfly_refuse_it(name):
     with pytest.raises(ValueError) as info:
         create_model(name, mlp_layer="pixelfly")
-    assert "mlp_layer must be one of ('dense', 'monarch'), got 'pixelfly'" in str(info.value)
-    assert "MLP-Mixer" in str(info.value)
+    assert "mlp_layer must be one of ('dense', 'monarch', 'ssl', 'lowrank', 'bdiagbfly'), got 'pixelfly'" \
+        in str(info.value)
+    assert "MLP-Mixer family and GPT-2" in str(info.value)

@@ -660,3 +660,90 @@ extern "C" int BlocksMatmulBackward(int nparam, void **params, int *ndims, int64
   });
   return status.load();
 }
+
+// Sketch Structured Linear's input sketch. Each K-step t of x (M, K) holds c chunks of 32; chunk ck is rotated
+// left by shifts[ck] and the c rotated chunks are added: y[m, t*32 + j] = sum_ck x[m, (t*c + ck)*32 + (j + s) % 32].
+// params: x (M, K) float32, shifts (c,) int32, y (M, K/c) float32
+namespace {
+constexpr int64_t kSslChunk = 32;
+
+bool SslShapes(int nparam, int *ndims, int64_t **shapes, const char **dtypes, int64_t *rows, int64_t *width,
+               int64_t *c) {
+  if (nparam != 3 || ndims[0] != 2 || ndims[1] != 1 || ndims[2] != 2) return false;
+  if (std::strcmp(dtypes[1], "int32") != 0) return false;
+  const char *floats[] = {dtypes[0], dtypes[2]};
+  if (!AllFloat32(2, floats)) return false;
+  *rows = shapes[0][0], *width = shapes[0][1], *c = shapes[1][0];
+  return *c > 0 && *width % (kSslChunk * *c) == 0 && shapes[2][0] == *rows && shapes[2][1] * *c == *width;
+}
+
+bool SslShiftsValid(const int32_t *shifts, int64_t c) {
+  for (int64_t ck = 0; ck < c; ++ck) {
+    if (shifts[ck] < 0 || shifts[ck] >= kSslChunk) return false;
+  }
+  return true;
+}
+}  // namespace
+
+extern "C" int SslChunkSum(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                           void *stream, void *extra) {
+  int64_t rows, width, c;
+  if (!SslShapes(nparam, ndims, shapes, dtypes, &rows, &width, &c)) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const int32_t *shifts = static_cast<const int32_t *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  if (!SslShiftsValid(shifts, c)) return 1;
+  const int64_t out_width = width / c, steps = out_width / kSslChunk;
+  ParallelFor(rows, [&](int, int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float *row = x + m * width;
+      float *out = y + m * out_width;
+      for (int64_t t = 0; t < steps; ++t) {
+        float *dst = out + t * kSslChunk;
+        for (int64_t ck = 0; ck < c; ++ck) {
+          const float *chunk = row + (t * c + ck) * kSslChunk;
+          const int64_t s = shifts[ck];
+          if (ck == 0) {
+            for (int64_t j = 0; j < kSslChunk - s; ++j) dst[j] = chunk[j + s];
+            for (int64_t j = kSslChunk - s; j < kSslChunk; ++j) dst[j] = chunk[j + s - kSslChunk];
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < kSslChunk - s; ++j) dst[j] += chunk[j + s];
+            for (int64_t j = kSslChunk - s; j < kSslChunk; ++j) dst[j] += chunk[j + s - kSslChunk];
+          }
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// The gradient: every x entry feeds exactly one y entry, so dx is a rotated copy of dy per chunk.
+// params: x (M, K) (for its shape), shifts (c,) int32, dy (M, K/c), dx (M, K)
+extern "C" int SslChunkSumBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *stream, void *extra) {
+  int64_t rows, width, c;
+  if (nparam != 4 || !SslShapes(3, ndims, shapes, dtypes, &rows, &width, &c)) return 1;
+  if (ndims[3] != 2 || shapes[3][0] != rows || shapes[3][1] != width) return 1;
+  const int32_t *shifts = static_cast<const int32_t *>(params[1]);
+  const float *dy = static_cast<const float *>(params[2]);
+  float *dx = static_cast<float *>(params[3]);
+  if (!SslShiftsValid(shifts, c)) return 1;
+  const int64_t out_width = width / c, steps = out_width / kSslChunk;
+  ParallelFor(rows, [&](int, int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float *grad = dy + m * out_width;
+      float *row = dx + m * width;
+      for (int64_t t = 0; t < steps; ++t) {
+        const float *src = grad + t * kSslChunk;
+        for (int64_t ck = 0; ck < c; ++ck) {
+          float *chunk = row + (t * c + ck) * kSslChunk;
+          const int64_t s = shifts[ck];  // chunk[i] went to src[(i - s) mod 32]
+          for (int64_t i = s; i < kSslChunk; ++i) chunk[i] = src[i - s];
+          for (int64_t i = 0; i < s; ++i) chunk[i] = src[i - s + kSslChunk];
+        }
+      }
+    }
+  });
+  return 0;
+}
