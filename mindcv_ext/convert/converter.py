@@ -164,6 +164,9 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
 
     def is_optional(name: str) -> bool:
         return any(pattern.search(name) for pattern in optional)
+    # Buffers the model recomputes (regex, reason): read, not loaded. Tied tensors: the copy must equal its target.
+    ignored = [(re.compile(pattern), reason) for pattern, reason in getattr(net, "checkpoint_ignored", ())]
+    tied = dict(getattr(net, "checkpoint_tied", {}))
     names = torch_names(net)
     monarch_layers = {name: cell for name, cell in net.cells_and_names() if isinstance(cell, MonarchLinear)}
     head = _classifier_prefix(net) + "."
@@ -215,7 +218,17 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
     for key, array in state_dict.items():
         if key in used:
             continue
-        if key.endswith("num_batches_tracked"):
+        reason = next((reason for pattern, reason in ignored if pattern.search(key)), None)
+        if reason:
+            report.skipped.append((key, reason))
+        elif key in tied:
+            target = state_dict.get(tied[key])
+            if target is None or tuple(target.shape) != tuple(array.shape) or not np.array_equal(target, array):
+                mismatched.append(f"{key}: this model ties it to '{tied[key]}', but the checkpoint's values differ "
+                                  f"(an untied model, or another model's checkpoint)")
+            else:
+                report.skipped.append((key, f"tied to {tied[key]}"))
+        elif key.endswith("num_batches_tracked"):
             report.skipped.append((key, "num_batches_tracked"))
         elif drop_head and key.startswith(head):
             report.skipped.append((key, "classifier dropped"))

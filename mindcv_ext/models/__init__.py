@@ -1,5 +1,5 @@
 """Model families; importing this package registers them in mindcv's model registry."""
-from . import dvt, gmlp, mlp_mixer, t2t_vit, vitae
+from . import dvt, gmlp, gpt2, mlp_mixer, t2t_vit, vitae
 from .factory import (
     MODEL_ALIASES,
     count_params,
@@ -11,6 +11,7 @@ from .factory import (
 )
 from .dvt import DVT
 from .gmlp import GMLP
+from .gpt2 import GPT2LMHeadModel
 from .mlp_mixer import MlpMixer
 from .t2t_vit import T2T_ViT
 from .vitae import ViTAE
@@ -18,6 +19,7 @@ from .vitae import ViTAE
 __all__ = [
     "DVT",
     "GMLP",
+    "GPT2LMHeadModel",
     "MlpMixer",
     "T2T_ViT",
     "ViTAE",

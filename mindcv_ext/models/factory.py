@@ -18,7 +18,7 @@ __all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params"
            "read_mindspore_checkpoint", "list_ext_models"]
 
 MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES, **DVT_ALIASES, **GMLP_ALIASES}
-_EXT_MODULES = ("dvt", "gmlp", "mlp_mixer", "t2t_vit", "vitae")
+_EXT_MODULES = ("dvt", "gmlp", "gpt2", "mlp_mixer", "t2t_vit", "vitae")
 
 
 def list_ext_models() -> List[str]:

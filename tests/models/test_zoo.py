@@ -16,6 +16,7 @@ BASES = ["gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224",
          "vitae_basic_tiny", "vitae_basic_6m", "vitae_basic_13m", "vitae_basic_small",
          "t2t_vit_12", "t2t_vit_14", "t2t_vit_t_14"]
 ALL = sorted(BASES + [b + "_monarch" for b in BASES] + ["dvt_t2t_vit_12", "dvt_t2t_vit_14"])  # DVT: dense only
+LANGUAGE = ["gpt2", "gpt2_large", "gpt2_medium", "gpt2_xl"]  # fly's structured-MLP benchmark model
 
 # Reference counts (timm 0.4.12 / ViTAE-Transformer / T2T-ViT, all parameters incl. fixed ones, 224 px, 1000 classes).
 DENSE = {
@@ -77,7 +78,7 @@ def test_published_monarch_counts_agree_with_fly_formula():
 def test_mindcv_registry_sees_every_model():
     registered = set(list_models())
     assert set(ALL) <= registered
-    assert sorted(mindcv_ext.list_ext_models()) == ALL
+    assert sorted(mindcv_ext.list_ext_models()) == sorted(ALL + LANGUAGE)
     assert all(is_model(name) for name in ALL)
     assert {"gmlp", "mlp_mixer", "t2t_vit", "vitae"} <= set(list_modules())
     assert sorted(list_models(module="vitae")) == sorted(n for n in ALL if n.startswith("vitae"))
@@ -142,7 +143,7 @@ def test_vitae_reference_names_are_aliases():
 @pytest.mark.parametrize("call,culprit", [
     (lambda: mindcv_ext.create_model("gmlp_s16"), "unknown model 'gmlp_s16'. Did you mean 'gmlp_s16_224'"),
     (lambda: create_model("gmlp_s16_224", mlp_layer="butterfly"),
-     "mlp_layer must be one of ('dense', 'monarch'), got 'butterfly'"),
+     "mlp_layer must be one of ('dense', 'monarch', 'ssl', 'lowrank', 'bdiagbfly'), got 'butterfly'"),
     (lambda: create_model("mixer_s16_224_monarch", nblocks=0), "nblocks must be a positive integer, got 0"),
     (lambda: create_model("vitae_basic_tiny", img_size=40), "img_size must be a positive multiple of 16, got 40"),
     (lambda: create_model("mixer_s16_224", img_size=30), "img_size (30, 30) must be a multiple of patch_size"),
