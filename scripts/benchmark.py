@@ -6,6 +6,7 @@
     python scripts/benchmark.py --suite attention            # T2T attention cores: time and memory vs length
     python scripts/benchmark.py --suite all --out bench/      # everything, CSV and PNG into bench/
     python scripts/benchmark.py --suite mlp models --with_plain --models "mixer_b16_224*" "gmlp_s16_224*"
+    python scripts/benchmark.py --suite gpt2 --batch_sizes 1 --seq_len 1024   # fly's SSL benchmark, CPU-sized
 
 On the CPU, the MindSpore cells run on the accelerator's kernels (``mindcv_ext.accel``, ``--cpu_kernels auto``),
 as train.py runs them; ``--with_plain`` also times the plain network (framework ``mindspore-plain``, path
@@ -38,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from config import _mapping  # noqa: E402
+from scripts.benchmark_gpt2 import GPT2_VARIANTS  # noqa: E402
 
 LAYER_FIELDS = ["kind", "framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms",
                 "gflop", "gflops_per_s", "speedup_vs_dense"]
@@ -704,8 +706,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Example: python scripts/benchmark.py --suite all --compare-torch --out bench")
-    parser.add_argument("--suite", nargs="+", choices=["mlp", "layers", "models", "attention", "all"], default=["mlp"],
-                        help="what to measure (several in one run: e.g. --suite mlp models)")
+    parser.add_argument("--suite", nargs="+", choices=["mlp", "layers", "models", "attention", "gpt2", "all"],
+                        default=["mlp"], help="what to measure (several in one run: e.g. --suite mlp models); all "
+                                              "leaves out gpt2, which is long at fly's sizes")
     parser.add_argument("--device_target", choices=["CPU", "GPU", "Ascend", "auto"], default="auto",
                         help="backend; auto uses the installed MindSpore's")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer/MLP case (median reported)")
@@ -741,6 +744,15 @@ def parse_args(argv=None):
                         help="length whose peak memory is subtracted as the fixed cost (compilation, runtime)")
     parser.add_argument("--full_max_tokens", type=int, default=3136,
                         help="skip full attention above this length (its N x N scores grow quadratically; 0: no cap)")
+    group = parser.add_argument_group("gpt2 suite (fly's ssl_bench_mlp; defaults are fly's)")
+    group.add_argument("--gpt2_size", default="gpt2", choices=["gpt2", "gpt2_medium", "gpt2_large", "gpt2_xl"],
+                       help="published GPT-2 size (--model_kwargs overrides its dimensions, e.g. '{n_layer: 2}')")
+    group.add_argument("--gpt2_variants", nargs="+", default=list(GPT2_VARIANTS), choices=list(GPT2_VARIANTS),
+                       metavar="VARIANT", help=f"MLP variants: {', '.join(GPT2_VARIANTS)}")
+    group.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 16, 32], help="batch sizes")
+    group.add_argument("--seq_len", type=int, default=1024, help="tokens per sequence")
+    group.add_argument("--iterations", type=int, default=25, help="timed forwards per variant and batch size")
+    group.add_argument("--gpt2_warmup", type=int, default=5, help="untimed forwards first")
     parser.add_argument("--cpu_kernels", choices=["auto", "on", "off"], default="auto",
                         help="the accelerator (mindcv_ext.accel) on the CPU: auto where it can serve, on to insist, "
                              "off to time the plain network only")
@@ -752,8 +764,10 @@ def parse_args(argv=None):
     parser.add_argument("--_worker_path", default="accel", choices=["accel", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--_worker_attention", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.repeats, args.model_repeats, args.model_rounds) < 1 or min(args.warmup, args.model_warmup) < 0:
-        parser.error("--repeats, --model_repeats and --model_rounds must be >= 1, --warmup and --model_warmup >= 0")
+    if min(args.repeats, args.model_repeats, args.model_rounds, args.iterations, *args.batch_sizes, args.seq_len) < 1 \
+            or min(args.warmup, args.model_warmup, args.gpt2_warmup) < 0:
+        parser.error("--repeats, --model_repeats, --model_rounds, --iterations, --batch_sizes and --seq_len must be "
+                     ">= 1; --warmup, --model_warmup and --gpt2_warmup >= 0")
     return args
 
 
@@ -823,6 +837,19 @@ def main(argv=None) -> int:
               f"process's before the inputs)\n" + markdown_table(rows, ATTENTION_FIELDS))
         if args.out:
             write_csv(os.path.join(args.out, "attention.csv"), ATTENTION_FIELDS, rows)
+    if "gpt2" in args.suite:
+        from scripts.benchmark_gpt2 import LAYER_FIELDS as GPT2_LAYER_FIELDS, MODEL_FIELDS as GPT2_FIELDS, \
+            plot_gpt2, run_gpt2
+
+        layer_rows, model_rows = run_gpt2(args, progress, _sync)
+        print(f"\n### {args.gpt2_size} MLP layers, forward, {layer_rows[0]['tokens']} tokens (medians of "
+              f"{args.iterations})\n" + markdown_table(layer_rows, GPT2_LAYER_FIELDS))
+        print(f"\n### {args.gpt2_size} forward, sequence {args.seq_len}, eval mode ({args.gpt2_warmup} untimed, then "
+              f"the mean of {args.iterations})\n" + markdown_table(model_rows, GPT2_FIELDS[4:]))
+        if args.out:
+            write_csv(os.path.join(args.out, "gpt2.csv"), GPT2_FIELDS, model_rows)
+            write_csv(os.path.join(args.out, "gpt2_layers.csv"), GPT2_LAYER_FIELDS, layer_rows)
+            plot_gpt2(model_rows, os.path.join(args.out, "gpt2.png"))
     if args.out:
         print(f"\nwrote {args.out}/")
     return 0
