@@ -731,7 +731,8 @@ def parse_args(argv=None):
     parser.add_argument("--model_warmup", type=int, default=5,
                         help="untimed steps first: compilation, and the first few steps run up to 40%% slower")
     parser.add_argument("--model_rounds", type=int, default=1,
-                        help="worker processes per model, alternating dense and Monarch (median over all steps)")
+                        help="worker processes per model, alternating dense and Monarch (median over all steps); "
+                             "also the gpt2 suite's workers per variant")
     parser.add_argument("--model_kwargs", type=_mapping, default={},
                         help="extra entrypoint arguments for every model, e.g. '{num_blocks: 4}' for shallower "
                              "Mixers and gMLPs")
@@ -761,8 +762,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=str, default="", help="directory for CSV, JSON and PNG results")
     parser.add_argument("--_worker_model", default="", help=argparse.SUPPRESS)
     parser.add_argument("--_worker_mlp_layer", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--_worker_path", default="accel", choices=["accel", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--_worker_path", default="accel", choices=["accel", "plain", "device"], help=argparse.SUPPRESS)
     parser.add_argument("--_worker_attention", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--_worker_gpt2", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.repeats, args.model_repeats, args.model_rounds, args.iterations, *args.batch_sizes, args.seq_len) < 1 \
             or min(args.warmup, args.model_warmup, args.gpt2_warmup) < 0:
@@ -788,6 +790,11 @@ def main(argv=None) -> int:
         return 0
     if args._worker_attention:
         print(json.dumps(_attention_worker(args)))
+        return 0
+    if args._worker_gpt2:
+        from scripts.benchmark_gpt2 import gpt2_worker
+
+        print(json.dumps(gpt2_worker(args, _sync)))
         return 0
     if args.compare_torch:
         try:
@@ -841,7 +848,7 @@ def main(argv=None) -> int:
         from scripts.benchmark_gpt2 import LAYER_FIELDS as GPT2_LAYER_FIELDS, MODEL_FIELDS as GPT2_FIELDS, \
             plot_gpt2, run_gpt2
 
-        layer_rows, model_rows = run_gpt2(args, progress, _sync)
+        layer_rows, model_rows = run_gpt2(args, progress, _sync, os.path.abspath(__file__))
         print(f"\n### {args.gpt2_size} MLP layers, forward, {layer_rows[0]['tokens']} tokens (medians of "
               f"{args.iterations})\n" + markdown_table(layer_rows, GPT2_LAYER_FIELDS))
         print(f"\n### {args.gpt2_size} forward, sequence {args.seq_len}, eval mode ({args.gpt2_warmup} untimed, then "

@@ -1,15 +1,16 @@
 """``scripts/benchmark.py --suite gpt2``: fly's structured-MLP inference benchmark (kimiasa/Experiments,
 ``ssl_bench_mlp``) on MindSpore.
 
-GPT-2 with its MLPs' fc1 and fc2 swapped for each of fly's variants, in eval mode: ``--warmup`` untimed forwards,
-then ``--iterations`` timed ones (fly: 5 and 25), per batch size. The variants are timed in alternating order, so
-a machine that drifts affects them alike. fp16 (AMP O2) on Ascend and GPU, as fly's ``precision: 16``; fp32 on
+GPT-2 with its MLPs' fc1 and fc2 swapped for each of fly's variants, in eval mode: ``--gpt2_warmup`` untimed
+forwards, then ``--iterations`` timed ones (fly: 5 and 25), per batch size, each variant in a worker process of its
+own (``--model_rounds`` alternates them). fp16 (AMP O2) on Ascend and GPU, as fly's ``precision: 16``; fp32 on
 the CPU, with the accelerator's kernels unless ``--cpu_kernels off`` (``--with_plain`` adds the plain network).
 
-Also times each variant's two MLP layers alone (n_embd -> 4 n_embd and back) on ``batch x seq_len`` tokens.
+Also times each variant's two MLP layers alone (n_embd -> 4 n_embd and back) on ``batch x seq_len`` tokens of the
+smallest batch, the variants alternating call by call in one process.
 """
-__all__ = ["GPT2_VARIANTS", "MODEL_FIELDS", "LAYER_FIELDS", "run_gpt2", "plot_gpt2", "gpt2_macs", "variant_kwargs",
-           "alternating_samples"]
+__all__ = ["GPT2_VARIANTS", "MODEL_FIELDS", "LAYER_FIELDS", "FORK_FIELDS", "run_gpt2", "gpt2_worker", "plot_gpt2",
+           "gpt2_macs", "variant_kwargs", "alternating_samples"]
 
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -101,58 +102,110 @@ def _build(args, variant: str, path: str):
     return net
 
 
-def run_gpt2(args, progress, sync: Callable) -> Tuple[List[dict], List[dict]]:
-    """(layer rows, model rows) for every variant, batch size and path."""
+def _layer_rows(args, path: str, sync: Callable) -> List[dict]:
+    """Each variant's fc1 and fc2 alone, built as the model builds them, timed in alternation in this process."""
+    import mindspore as ms
+
+    from mindcv_ext.accel import accelerate
+    from mindcv_ext.layers.mlp import create_linear, linear_settings
+    from mindcv_ext.models.gpt2 import GPT2_SIZES
+
+    width = dict(GPT2_SIZES[args.gpt2_size], **args.model_kwargs)["n_embd"]
+    tokens = min(args.batch_sizes) * args.seq_len
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer, (in_f, out_f) in (("fc1", (width, 4 * width)), ("fc2", (4 * width, width))):
+        cells = {}
+        for variant in args.gpt2_variants:
+            settings = variant_kwargs(variant)
+            mlp_layer, nblocks = settings.pop("mlp_layer"), settings.pop("nblocks", 4)
+            cell = create_linear(in_f, out_f, mlp_layer, nblocks, settings=linear_settings(mlp_layer, settings))
+            cell.set_train(False)
+            cells[variant] = accelerate(cell, args.cpu_kernels) if path == "accel" else cell
+        x = ms.Tensor(rng.standard_normal((tokens, in_f)).astype(np.float32))
+        times = alternating_samples({v: (lambda cell=cell: sync(cell(x))) for v, cell in cells.items()},
+                                    args.iterations, args.gpt2_warmup)
+        for variant, cell in cells.items():
+            rows.append({"variant": variant, "layer": layer, "in_features": in_f, "out_features": out_f,
+                         "tokens": tokens, "path": path, "params": sum(p.size for p in cell.trainable_params()),
+                         "fwd_ms": round(float(np.median(times[variant])), 2)})
+    base = {r["layer"]: r["fwd_ms"] for r in rows if r["variant"] == "nnlinear"}
+    for row in rows:
+        if base:
+            row["speedup_vs_nnlinear"] = round(base[row["layer"]] / row["fwd_ms"], 2)
+    return rows
+
+
+def gpt2_worker(args, sync: Callable) -> dict:
+    """One variant on one path in this process (run_gpt2 starts one per variant, path and round): its forward
+    times at every batch size, parameters and MACs."""
     import mindspore as ms
 
     from mindcv_ext.models import count_params
 
-    paths = ["accel"] + (["plain"] if args.with_plain else []) if ms.get_context("device_target") == "CPU" \
-        else ["device"]
-    precision = "fp32" if ms.get_context("device_target") == "CPU" else "fp16"
-    variants = list(args.gpt2_variants)
-    layer_rows, model_rows = [], []
+    variant, path = args._worker_gpt2, args._worker_path
+    net = _build(args, variant, path)
     rng = np.random.default_rng(0)
+    samples, macs = {}, {}
+    for batch in sorted(args.batch_sizes):
+        ids = ms.Tensor(rng.integers(0, net.vocab_size, (batch, args.seq_len)).astype(np.int32))
+        samples[batch] = alternating_samples({variant: lambda: sync(net(ids))}, args.iterations,
+                                             args.gpt2_warmup)[variant]
+        macs[batch] = gpt2_macs(net, batch, args.seq_len)
+    return {"variant": variant, "path": path, "params": count_params(net), "samples": samples, "macs": macs}
+
+
+def run_gpt2(args, progress, sync: Callable, script: str) -> Tuple[List[dict], List[dict]]:
+    """(layer rows, model rows) for every variant, batch size and path.
+
+    Each model runs in a worker process of its own: eight GPT-2s compiled in one process do not fit in memory at
+    fly's sizes. ``--model_rounds N`` runs N workers per variant, the variants alternating round by round, and pools
+    their forwards.
+    """
+    import json
+    import subprocess
+    import sys
+
+    import mindspore as ms
+
+    device = ms.get_context("device_target")
+    paths = (["accel"] + (["plain"] if args.with_plain else [])) if device == "CPU" else ["device"]
+    precision = "fp32" if device == "CPU" else "fp16"
+    layer_rows, model_rows = [], []
     for path in paths:
-        nets = {variant: _build(args, variant, path) for variant in progress(variants, desc=f"gpt2 build ({path})")}
-        # The MLP layers alone, on the tokens of the smallest batch.
-        tokens = min(args.batch_sizes) * args.seq_len
-        width = nets[variants[0]].n_embd
-        for layer in ("fc1", "fc2"):
-            cells = {v: getattr(nets[v].transformer.h[0].mlp, layer) for v in variants}
-            in_f = width if layer == "fc1" else 4 * width
-            x = ms.Tensor(rng.standard_normal((tokens, in_f)).astype(np.float32))
-            calls = {v: (lambda cell=cell: sync(cell(x))) for v, cell in cells.items()}
-            times = alternating_samples(calls, args.iterations, args.gpt2_warmup)
-            for v in variants:
-                layer_rows.append({"variant": v, "layer": layer, "in_features": in_f,
-                                   "out_features": 4 * width if layer == "fc1" else width, "tokens": tokens,
-                                   "path": path, "params": sum(p.size for p in cells[v].trainable_params()),
-                                   "fwd_ms": round(float(np.median(times[v])), 2)})
-        base = {r["layer"]: r["fwd_ms"] for r in layer_rows if r["variant"] == "nnlinear" and r["path"] == path}
-        for r in layer_rows:
-            if r["path"] == path and "nnlinear" in variants:
-                r["speedup_vs_nnlinear"] = round(base[r["layer"]] / r["fwd_ms"], 2)
-        for batch in progress(sorted(args.batch_sizes), desc=f"gpt2 batches ({path})"):
-            ids = ms.Tensor(rng.integers(0, nets[variants[0]].vocab_size, (batch, args.seq_len)).astype(np.int32))
-            calls = {v: (lambda net=net: sync(net(ids))) for v, net in nets.items()}
-            times = alternating_samples(calls, args.iterations, args.gpt2_warmup)
+        layer_rows += _layer_rows(args, path, sync)
+    results = {(v, path): [] for v in args.gpt2_variants for path in paths}
+    cases = [(round_index, path, variant) for round_index in range(args.model_rounds) for path in paths
+             for variant in (args.gpt2_variants if round_index % 2 == 0 else args.gpt2_variants[::-1])]
+    for _, path, variant in progress(cases, desc="gpt2 models"):
+        command = [sys.executable, script, "--suite", "gpt2", "--_worker_gpt2", variant, "--_worker_path", path,
+                   "--gpt2_size", args.gpt2_size, "--model_kwargs", json.dumps(args.model_kwargs), "--batch_sizes",
+                   *map(str, args.batch_sizes), "--seq_len", str(args.seq_len), "--iterations", str(args.iterations),
+                   "--gpt2_warmup", str(args.gpt2_warmup), "--cpu_kernels", args.cpu_kernels, "--device_target",
+                   args.device_target]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"gpt2 benchmark worker for {variant} ({path}) failed:\n{result.stderr[-3000:]}")
+        results[variant, path].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    for path in paths:
+        for batch in sorted(args.batch_sizes):
             rows = {}
-            for v in variants:
-                total = float(np.sum(times[v]))
-                rows[v] = {"experiment": f"ssl_bench_mlp_{args.gpt2_size}_{v}_{batch}", "name": "forward",
-                           "Count": "", "Time (ns)": "", "Count (inc)": args.iterations,
-                           "Time (ns) (inc)": round(total * 1e6), "time/ms (inc)": round(total, 3),
-                           "avgTime (inc)": round(total / args.iterations, 3), "variant": v,
-                           "gpt2_size": args.gpt2_size, "batch_size": batch, "seq_len": args.seq_len, "path": path,
-                           "precision": precision, "params": count_params(nets[v]),
-                           "macs_g": round(gpt2_macs(nets[v], batch, args.seq_len) / 1e9, 2),
-                           "median_ms": round(float(np.median(times[v])), 2)}
-            for v, row in rows.items():
+            for variant in args.gpt2_variants:
+                measured = results[variant, path]
+                times = [t for worker in measured for t in worker["samples"][str(batch)]]
+                total = float(np.sum(times))
+                rows[variant] = {
+                    "experiment": f"ssl_bench_mlp_{args.gpt2_size}_{variant}_{batch}", "name": "forward", "Count": "",
+                    "Time (ns)": "", "Count (inc)": len(times), "Time (ns) (inc)": round(total * 1e6),
+                    "time/ms (inc)": round(total, 3), "avgTime (inc)": round(total / len(times), 3),
+                    "variant": variant, "gpt2_size": args.gpt2_size, "batch_size": batch, "seq_len": args.seq_len,
+                    "path": path, "precision": precision, "params": measured[0]["params"],
+                    "macs_g": round(measured[0]["macs"][str(batch)] / 1e9, 2),
+                    "median_ms": round(float(np.median(times)), 2)}
+            for row in rows.values():
                 if "nnlinear" in rows:
                     row["speedup_vs_nnlinear"] = round(rows["nnlinear"]["avgTime (inc)"] / row["avgTime (inc)"], 2)
                 model_rows.append(row)
-        del nets
     return layer_rows, model_rows
 
 
