@@ -30,7 +30,7 @@ __all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "input
 # Model keys passed to the entrypoint only when set, for the models that take them.
 MODEL_ARGUMENTS = ("t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed")
 
-DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
+DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100", "fashion_mnist", "mnist")
 
 
 # Keys of older mindcv versions and of the ports our users come from: (current key, value conversion).
@@ -193,7 +193,9 @@ def create_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("Dataset")
     group.add_argument("--dataset", type=str, default="imagenet", choices=DATASETS,
-                       help="imagenet/folder: data_dir/<split>/<class>/<image>; digits: built-in; cifar10/100")
+                       help="imagenet/folder: data_dir/<split>/<class>/<image>; digits: built-in; cifar10/100; "
+                            "fashion_mnist/mnist: the four IDX files in data_dir (Fashion-MNIST unset: "
+                            "/usr/share/datasets/fashion-mnist, from apt-get install dataset-fashion-mnist)")
     group.add_argument("--data_dir", "--dataset_path", type=str, default="./", help="dataset root")
     group.add_argument("--train_split", type=str, default="train", help="training sub-folder")
     group.add_argument("--val_split", type=str, default="val", help="validation sub-folder")

@@ -55,7 +55,7 @@ def evaluate_checkpoint(args) -> dict:
     if openi_requested(args.openi):
         for note in OpenITask.prepare(rank).apply(args):
             _logger.info(note)
-    info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir)
+    info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir, in_channels=args.in_channels)
     network = build_model(args.model, args.num_classes or info.num_classes, args.in_channels, args.pretrained,
                           None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
                           **model_arguments(args))

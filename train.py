@@ -146,7 +146,7 @@ def train(args) -> int:
         _logger.warning(note)
     set_seed(args.seed)
 
-    info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir)
+    info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir, in_channels=args.in_channels)
     _check_data(args, info, rank, device_num)
     for warning in _ineffective_settings(args, info):
         _logger.warning(warning)

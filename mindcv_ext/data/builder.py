@@ -1,7 +1,8 @@
 """Datasets and loaders for training and evaluation, through mindcv's dataset, transform and loader factories.
 
 Supported ``dataset`` values: ``imagenet`` or ``folder`` (an ImageNet-style tree ``data_dir/<split>/<class>/``),
-``digits`` (built in, see ``digits.py``), ``cifar10`` and ``cifar100`` (see ``cifar.py``). The evaluation
+``digits`` (built in, see ``digits.py``), ``cifar10`` and ``cifar100`` (see ``cifar.py``), ``fashion_mnist`` and
+``mnist`` (their IDX files, see ``idx.py``). The evaluation
 transform defaults to the model's own (crop, interpolation, mean, std from its ``default_cfg``).
 """
 import os
@@ -16,13 +17,14 @@ from mindcv.data import create_dataset, create_loader, create_transforms
 
 from .cifar import cifar_class_names, create_cifar_dataset
 from .digits import prepare_digits
+from .idx import DEFAULT_DIRS, IDX_DATASETS, create_idx_dataset, find_idx_files, idx_class_names
 from .mixup import BatchMixup
 
 __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
            "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
            "imagenet_class_names", "empty_class_folders", "check_image_headers", "array_transforms", "unreadable_images_error"]
 
-DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
+DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100", "fashion_mnist", "mnist")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -32,6 +34,7 @@ class DatasetInfo:
     root: str
     num_classes: int
     class_names: Optional[List[str]]
+    in_channels: int = 3  # what the images arrive with (IDX: 1 grey channel, or replicated to 3)
 
     @property
     def is_folder(self) -> bool:
@@ -42,11 +45,29 @@ def _class_folders(split_dir: Path) -> List[str]:
     return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
+def _idx_root(dataset: str, data_dir: Optional[str]) -> Optional[str]:
+    """``data_dir``, or the default directory when it is unset (``./`` without the files)."""
+    if data_dir and os.path.normpath(data_dir) != ".":
+        return data_dir
+    try:
+        find_idx_files(dataset, data_dir or ".")
+        return data_dir or "."
+    except FileNotFoundError:
+        return None  # the package's location (DEFAULT_DIRS)
+
+
 def resolve_dataset(dataset: str, data_dir: str, train_split: str = "train", cache_dir: Optional[str] = None,
-                    image_size: int = 32) -> DatasetInfo:
+                    image_size: int = 32, in_channels: int = 3) -> DatasetInfo:
     """Locate the data and its classes; a missing directory is an error that names it."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset in IDX_DATASETS:
+        root = _idx_root(dataset, data_dir)
+        find_idx_files(dataset, root)  # all four files, or an error that says where to get them
+        if in_channels not in (1, 3):
+            raise ValueError(f"{dataset} images are grey: --in_channels must be 1, or 3 to replicate the channel, "
+                             f"got {in_channels}")
+        return DatasetInfo(dataset, root or DEFAULT_DIRS[dataset], 10, idx_class_names(dataset), in_channels)
     if dataset in ("cifar10", "cifar100"):
         names = cifar_class_names(dataset, data_dir)
         return DatasetInfo(dataset, data_dir, 10 if dataset == "cifar10" else 100, names)
@@ -105,12 +126,20 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
             options.update(augment or {})
         transform = create_transforms("imagenet", is_training=training, **options)
     else:
-        # The CIFAR files hold two splits: the training batches (training, or split "train" read with the
-        # evaluation transform, e.g. to calibrate early exits) and the test batch.
-        dataset = create_cifar_dataset(info.name, info.root, training or split == "train", shuffle,
-                                       num_parallel_workers=workers, **shards)
+        # The CIFAR and IDX files hold two splits: the training set (training, or split "train" read with the
+        # evaluation transform, e.g. to calibrate early exits) and the test set.
+        if info.name in IDX_DATASETS:
+            dataset = create_idx_dataset(info.name, info.root, training or split == "train", shuffle,
+                                         info.in_channels, num_parallel_workers=workers, **shards)
+        else:
+            dataset = create_cifar_dataset(info.name, info.root, training or split == "train", shuffle,
+                                           num_parallel_workers=workers, **shards)
         if num_samples:
             dataset = dataset.take(num_samples)
+        if info.in_channels == 1:  # one grey channel: one mean and std (the model's, averaged over RGB)
+            transforms = dict(transforms, mean=[float(np.mean(transforms["mean"]))],
+                              std=[float(np.mean(transforms["std"]))])
+            augment = _grey_augment(augment) if training else augment
         transform = array_transforms(training, transforms, augment)
     size = dataset.get_dataset_size()
     loader = create_loader(dataset, batch_size=batch_size, drop_remainder=drop_remainder, is_training=training,
@@ -121,6 +150,19 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
         mix = BatchMixup(mixup, cutmix, cutmix_prob, num_classes or info.num_classes, seed=ds.config.get_seed())
         loader = loader.map(operations=mix, input_columns=["image", "label"], num_parallel_workers=1)
     return loader, size
+
+
+def _grey_augment(augment: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Augmentation settings for one grey channel: colour jitter 0 is dropped (mindcv would still add its colour
+    op, which needs three channels); colour jitter or an auto-augment policy is an error that says what to do."""
+    augment = dict(augment or {})
+    colour = [name for name, value in (("color_jitter", augment.get("color_jitter")),
+                                       ("auto_augment", augment.get("auto_augment"))) if value]
+    if colour:
+        raise ValueError(f"{' and '.join(colour)} need three colour channels, and these images have one: pass "
+                         f"--in_channels 3 (the grey channel replicated), or drop {' and '.join(colour)}")
+    augment["color_jitter"] = None
+    return augment
 
 
 def array_transforms(training: bool, transforms: Dict[str, Any], augment: Optional[Dict[str, Any]] = None) -> list:
