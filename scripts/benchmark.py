@@ -373,29 +373,19 @@ def run_mlp(args) -> List[dict]:
     return _compare("mlp", args.mlp_dim, None, args.mlp_nblocks, args.mlp_tokens, args, hidden=args.mlp_hidden)
 
 
-def _model_worker(args) -> dict:
-    """Measures one model in this process (started by run_models)."""
-    import resource
-
+def count_macs(net, image_size: int, in_channels: int = 3) -> int:
+    """Multiply-accumulates of one image through a vision model: its linear, Monarch, Pixelfly, patch, convolution
+    and gMLP token-projection layers, counted by forward hooks on the plain network (the accelerated MLPs use
+    fc1/fc2's weights without calling them). Leaves the network in eval mode."""
     import mindspore as ms
     from mindspore import nn
 
-    import mindcv_ext
-    from mindcv_ext.engine import NetWithLoss, TrainStep
-    from mindcv_ext.accel import accelerate
     from mindcv_ext.layers import MonarchLinear, PatchEmbed, SparseLRLinear
-    from mindcv_ext.models import count_params
     from mindcv_ext.models.gmlp import SpatialGatingUnit
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    name, batch, size = args._worker_model, args.batch_size, args.img_size
-    extra = dict(args.model_kwargs)
-    if args._worker_mlp_layer:
-        extra["mlp_layer"] = args._worker_mlp_layer
-    net = mindcv_ext.create_model(name, img_size=size, **extra)
     macs = [0]
 
-    def count(cell, inputs, output):  # multiply-accumulates of linear, Monarch, Pixelfly, patch and conv layers
+    def count(cell, inputs, output):
         tokens = math.prod(inputs[0].shape[:-1])
         if isinstance(cell, nn.Dense):  # also Pixelfly's gate, Linear(in, 1)
             macs[0] += tokens * cell.in_channels * cell.out_channels
@@ -411,13 +401,39 @@ def _model_worker(args) -> dict:
         elif isinstance(cell, SpatialGatingUnit):  # gMLP's token projection (T, T) on half of x (N, T, 2C)
             macs[0] += inputs[0].size // 2 * cell.proj.in_channels
 
-    handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names()
-               if isinstance(cell, (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d, SpatialGatingUnit))]
-    # Counted on the plain network: the accelerated MLPs use fc1/fc2's weights without calling them.
-    net.set_train(False)
-    net(ms.Tensor(np.zeros((1, 3, size, size), np.float32)))
-    for handle in handles:
-        handle.remove()
+    kinds = (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d, SpatialGatingUnit)
+    handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names() if isinstance(cell, kinds)]
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks run in PyNative only
+    try:
+        net.set_train(False)
+        net(ms.Tensor(np.zeros((1, in_channels, image_size, image_size), np.float32)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        ms.set_context(mode=mode)
+    return macs[0]
+
+
+def _model_worker(args) -> dict:
+    """Measures one model in this process (started by run_models)."""
+    import resource
+
+    import mindspore as ms
+    from mindspore import nn
+
+    import mindcv_ext
+    from mindcv_ext.engine import NetWithLoss, TrainStep
+    from mindcv_ext.accel import accelerate
+    from mindcv_ext.models import count_params
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    name, batch, size = args._worker_model, args.batch_size, args.img_size
+    extra = dict(args.model_kwargs)
+    if args._worker_mlp_layer:
+        extra["mlp_layer"] = args._worker_mlp_layer
+    net = mindcv_ext.create_model(name, img_size=size, **extra)
+    macs = [count_macs(net, size)]
     if args._worker_path == "accel":
         net = accelerate(net, args.cpu_kernels)
 
