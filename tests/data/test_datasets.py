@@ -126,7 +126,7 @@ def test_missing_data_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no cifar10 files under"):
         resolve_dataset("cifar10", str(tmp_path / "data"))
     with pytest.raises(ValueError, match="dataset must be one of"):
-        resolve_dataset("mnist", str(tmp_path))
+        resolve_dataset("nonsense", str(tmp_path))
 
 
 def test_unreadable_images_are_found_and_class_folders_listed(tmp_path):

@@ -52,7 +52,7 @@ def test_each_family_builds_counts_and_trains(family, mlp_layer):
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), nn.Adam(net.trainable_params(), learning_rate=3e-3))
     before = {name: cell.trainable_params()[0].asnumpy().copy() for name, cell in swapped}
-    losses = [float(step(images, labels).asnumpy()) for _ in range(3)]
+    losses = [float(step(images, labels).asnumpy()) for _ in range(2)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     assert all(not np.array_equal(cell.trainable_params()[0].asnumpy(), before[name]) for name, cell in swapped)
 
