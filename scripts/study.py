@@ -53,9 +53,14 @@ def latest_checkpoint(run_dir: str, model: str) -> Optional[str]:
 
 def train_arguments(family: str, variant: str, seed: int, epochs: Optional[int], run_dir: str,
                     extra: List[str]) -> List[str]:
+    """train.py's arguments for one run. Other epochs than the recipe's shorten its cosine decay to match, so that
+    every study ends at the recipe's final learning rate."""
+    from config import parse_args
+
     argv = ["-c", config_path(family, variant), "--seed", str(seed), "--ckpt_save_dir", run_dir]
     if epochs:
-        argv += ["--epoch_size", str(epochs)]
+        warmup = parse_args(["-c", config_path(family, variant)]).warmup_epochs
+        argv += ["--epoch_size", str(epochs), "--decay_epochs", str(max(1, epochs - int(warmup)))]
     return argv + list(extra)
 
 
@@ -186,7 +191,8 @@ def parse(argv=None):
     parser.add_argument("--variants", nargs="+", default=None, choices=["dense", "monarch", "pixelfly"],
                         help="variants to train (default: every twin of the family)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (>= 2 for a spread)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe's)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per run, the cosine decay fitted to them (default: the recipe's)")
     parser.add_argument("--out", default="study", help="directory for the runs, CSVs and plot")
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:

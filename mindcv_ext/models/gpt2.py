@@ -21,12 +21,13 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.common.initializer import Normal, initializer
+from mindspore.common.initializer import initializer
 
 from mindcv.models.registry import register_model
 
 from ..layers import Mlp, gelu, layer_norm
 from ..layers.mlp import MLP_LAYERS, check_mlp_layer
+from ..layers.weight_init import normal_
 from .helpers import build_model
 
 __all__ = ["GPT2LMHeadModel", "GPT2Block", "GPT2Attention", "Conv1D", "GPT2_SIZES"]
@@ -57,7 +58,8 @@ class Conv1D(nn.Cell):
     def __init__(self, in_features: int, out_features: int, std: float = 0.02) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = ms.Parameter(initializer(Normal(std), (in_features, out_features), ms.float32), name="weight")
+        self.weight = ms.Parameter(initializer("zeros", (in_features, out_features), ms.float32), name="weight")
+        normal_(self.weight, std)
         self.bias = ms.Parameter(initializer("zeros", (out_features,), ms.float32), name="bias")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -71,7 +73,8 @@ class Embedding(nn.Cell):
 
     def __init__(self, num_embeddings: int, dim: int, std: float = 0.02) -> None:
         super().__init__()
-        self.weight = ms.Parameter(initializer(Normal(std), (num_embeddings, dim), ms.float32), name="weight")
+        self.weight = ms.Parameter(initializer("zeros", (num_embeddings, dim), ms.float32), name="weight")
+        normal_(self.weight, std)
 
     def construct(self, ids: ms.Tensor) -> ms.Tensor:
         return ops.gather(self.weight, ids, 0)
@@ -191,7 +194,7 @@ class GPT2LMHeadModel(nn.Cell):
         for name, cell in self.cells_and_names():
             if isinstance(cell, nn.Dense):
                 std = proj_std if name.endswith("mlp.fc2") else initializer_range
-                cell.weight.set_data(initializer(Normal(std), cell.weight.shape, ms.float32))
+                normal_(cell.weight, std)
                 if cell.has_bias:
                     cell.bias.set_data(initializer("zeros", cell.bias.shape, ms.float32))
 

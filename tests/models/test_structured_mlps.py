@@ -8,11 +8,12 @@ from mindspore import nn
 from mindcv_ext.layers import BlockdiagButterflyLinear, LowRankLinear, SketchStructuredLinear
 from mindcv_ext.models import count_params, create_model
 
-# Tiny configurations (32 px, two blocks) whose MLP widths every layer can take (SSL: in % (32 c), out % 64).
+# Tiny configurations (32 px, two blocks; ViTAE 16 px, one token after its x16 reduction) whose MLP widths every
+# layer can take (SSL: in % (32 c), out % 64).
 FAMILIES = {
     "mixer_s16_224": dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64),
     "gmlp_s16_224": dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64, mlp_ratio=4),
-    "vitae_basic_tiny": dict(img_size=32, nc_depth=2, token_dims=(64, 64, 128), embed_dims=(32, 32, 64)),
+    "vitae_basic_tiny": dict(img_size=16, nc_depth=2, token_dims=(64, 64, 128), embed_dims=(32, 32, 64)),
     "t2t_vit_t_14": dict(img_size=32, depth=2, embed_dim=64, num_heads=2, mlp_ratio=4),
 }
 LAYERS = {"ssl": (SketchStructuredLinear, dict(redn_factor=2)), "lowrank": (LowRankLinear, dict(rank=8)),
@@ -47,7 +48,8 @@ def test_each_family_builds_counts_and_trains(family, mlp_layer):
 
     ms.set_seed(0)
     rng = np.random.default_rng(0)
-    images = ms.Tensor(rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
+    size = FAMILIES[family]["img_size"]
+    images = ms.Tensor(rng.standard_normal((4, 3, size, size)).astype(np.float32))
     labels = ms.Tensor(rng.integers(0, 4, 4).astype(np.int32))
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), nn.Adam(net.trainable_params(), learning_rate=3e-3))
