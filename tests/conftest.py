@@ -1,4 +1,5 @@
 import gc
+import logging
 import os
 
 import numpy as np
@@ -20,6 +21,20 @@ def dataset_cache(tmp_path_factory):
         os.environ.pop("MINDCV_EXT_CACHE", None)
     else:
         os.environ["MINDCV_EXT_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def mindcv_ext_logger():
+    """Each test gets the "mindcv_ext" logger as it found it: an in-process train.main() sets it up for its run
+    (its own handlers, no propagation), which would hide later tests' records from caplog."""
+    logger = logging.getLogger("mindcv_ext")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield logger
+    for handler in list(logger.handlers):
+        if handler not in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture(params=sorted(MODES))
