@@ -32,12 +32,17 @@ def _convert(src, dst, model_kwargs, capsys=None):
 
 
 # The accelerated path swaps LayerNorm, GELU and SSL, none of which the attention mask touches: causal suffices there.
-@pytest.mark.parametrize("path,causal", [("plain", True), ("plain", False), ("accel", True)],
-                         ids=["plain-causal", "plain-fork", "accel-causal"])
+# The fork's model in PyNative mode, the causal one compiled in graph mode.
+@pytest.mark.parametrize("path,causal,mode", [("plain", True, ms.GRAPH_MODE), ("plain", False, ms.PYNATIVE_MODE),
+                                              ("accel", True, ms.GRAPH_MODE)],
+                         ids=["plain-causal-graph", "plain-fork-pynative", "accel-causal-graph"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_logits_match_the_reference_through_the_converter(name, path, causal, tmp_path, graph_mode, request):
+def test_logits_match_the_reference_through_the_converter(name, path, causal, mode, tmp_path, request):
     if path == "accel":
         request.getfixturevalue("kernel_library")
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    request.addfinalizer(lambda: ms.set_context(mode=previous))
     directory, meta, kwargs = _case(name)
     kwargs["causal"] = causal
     dst = tmp_path / "gpt2.ckpt"

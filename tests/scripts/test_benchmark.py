@@ -13,13 +13,15 @@ from scripts import benchmark
 
 def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
-    code = benchmark.main(["--suite", "all", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
-                           "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--repeats", "2",
-                           "--model_rounds", "1", "--model_warmup", "1", "--with_plain",
-                           "--model_kwargs", "{num_blocks: 2}",
+    # Both paths for the MLP and the layers; the models (a worker process each) on the accelerated one.
+    code = benchmark.main(["--suite", "mlp", "layers", "attention", "--with_plain", "--repeats", "2",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
                            "--attentions", "local", "--attn_lengths", "128", "--attn_baseline_tokens", "64",
                            "--out", str(tmp_path)])
+    assert code == 0
+    code = benchmark.main(["--suite", "models", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
+                           "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--model_rounds", "1",
+                           "--model_warmup", "1", "--model_kwargs", "{num_blocks: 2}", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     machine = json.loads((tmp_path / "machine.json").read_text())
@@ -59,12 +61,10 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert float(big["pixelfly"]["gflop"]) == pytest.approx(2 * 8 * (864 * 1024 + 32 * 3840 + 768) / 1e9, rel=1e-3)
     assert float(big["pixelfly"]["gflop"]) < 0.5 * float(big["dense"]["gflop"])
     rows = list(csv.DictReader(open(tmp_path / "models.csv")))
-    assert [(r["model"], r["path"]) for r in rows] == [(m, path) for path in ("accel", "plain") for m in (
+    assert [(r["model"], r["path"]) for r in rows] == [(m, "accel") for m in (
         "mixer_s32_224", "mixer_s32_224_monarch", "mixer_s32_224_pixelfly")]
     assert all(float(r["train_speedup_vs_dense"]) == 1.0 for r in rows if r["variant"] == "dense")
-    # The same models on both paths: parameters and MACs are the plain network's.
-    assert [(r["params"], r["macs_g"]) for r in rows[:3]] == [(r["params"], r["macs_g"]) for r in rows[3:]]
-    models = rows[:3]
+    models = rows
     assert [r["variant"] for r in models] == ["dense", "monarch", "pixelfly"]
     assert int(models[1]["params"]) < int(models[0]["params"]) and float(models[0]["macs_g"]) > 0
     assert float(models[1]["macs_g"]) < float(models[0]["macs_g"]) and int(models[0]["peak_rss_mb"]) > 100
@@ -74,7 +74,7 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     saved = 2 * 4 * (2 * 512 * 2048 - benchmark.pixelfly_macs(512, 2048) - benchmark.pixelfly_macs(2048, 512))
     assert float(dense["macs_g"]) - float(pixelfly["macs_g"]) == pytest.approx(saved / 1e9, abs=2e-3)
     assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch | accel |" in out
-    assert "| mixer_s32_224_pixelfly | pixelfly | plain |" in out
+    assert "| mixer_s32_224_pixelfly | pixelfly | accel |" in out
 
 
 def test_compare_torch(tmp_path, capsys):
