@@ -91,7 +91,7 @@ def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> di
     times = [float(r["epoch_time_s"]) for r in rows[:settings.epoch_size]]
     speeds = [float(r["images_per_s"]) for r in rows[:settings.epoch_size]]
     return {"family": family, "variant": variant, "seed": seed, "epochs": settings.epoch_size,
-            "top1": float(last["val_top1"]), "train_time_s": round(sum(times), 1),
+            "top1": round(100.0 * float(last["val_top1"]), 2), "train_time_s": round(sum(times), 1),
             "images_per_s": round(float(np.mean(speeds)), 1), "run_dir": run_dir}
 
 
