@@ -36,7 +36,7 @@ def _results(directory):
 def quickstart(tmp_path_factory):
     """The README's quickstart command (fewer epochs), run as users run it."""
     directory = tmp_path_factory.mktemp("quickstart")
-    result = _run(["train.py", "-c", QUICKSTART, "--epoch_size", 4, "--ckpt_save_dir", directory])
+    result = _run(["train.py", "-c", QUICKSTART, "--epoch_size", 5, "--ckpt_save_dir", directory])
     assert result.returncode == 0, result.stderr[-3000:]
     return directory, result
 
@@ -48,13 +48,13 @@ def test_quickstart_trains_to_high_accuracy_and_writes_everything(quickstart):
     assert {"gmlp_s16_224_best.ckpt", "results.csv", "curves.png", "gmlp_s16_224.yaml", "classes.json",
             "train.log", "checkpoints.json"} <= files
     epochs = sorted(f for f in files if re.fullmatch(r"gmlp_s16_224-\d+_\d+\.ckpt", f))
-    assert epochs == ["gmlp_s16_224-2_44.ckpt", "gmlp_s16_224-3_66.ckpt", "gmlp_s16_224-4_88.ckpt"]  # keep 3
+    assert epochs == ["gmlp_s16_224-3_66.ckpt", "gmlp_s16_224-4_88.ckpt", "gmlp_s16_224-5_110.ckpt"]  # keep 3
     rows = _results(directory)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     assert max(float(r["val_top1"]) for r in rows) >= 0.90
     with Image.open(directory / "curves.png") as plot:
         assert plot.size[0] > 500
-    step = re.search(r"Epoch 2/4, step 10/22, loss (\S+), lr (\S+), step time (\S+) ms, (\S+) img/s", result.stdout)
+    step = re.search(r"Epoch 2/5, step 10/22, loss (\S+), lr (\S+), step time (\S+) ms, (\S+) img/s", result.stdout)
     assert step and float(step.group(1)) > 0 and float(step.group(3)) > 0 and float(step.group(4)) > 0
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
     # On the CPU, train.py runs the accelerated network by default and says what it swapped, or why not.
