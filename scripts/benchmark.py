@@ -598,7 +598,10 @@ def run_models(args, progress) -> List[dict]:
 
 # ----------------------------------------------------------------------------------------------- output
 def write_csv(path: str, fields: List[str], rows: List[dict]) -> None:
-    with open(path, "w", newline="") as stream:
+    """Rows under ``fields``, written to a temporary file and renamed onto ``path``."""
+    from mindcv_ext.engine.files import atomic_write
+
+    with atomic_write(path, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -107,7 +107,7 @@ def _layer_rows(args, path: str, sync: Callable) -> List[dict]:
     import mindspore as ms
 
     from mindcv_ext.accel import accelerate
-    from mindcv_ext.layers.mlp import create_linear, linear_settings
+    from mindcv_ext.layers.mlp import create_linear
     from mindcv_ext.models.gpt2 import GPT2_SIZES
 
     width = dict(GPT2_SIZES[args.gpt2_size], **args.model_kwargs)["n_embd"]
@@ -119,7 +119,7 @@ def _layer_rows(args, path: str, sync: Callable) -> List[dict]:
         for variant in args.gpt2_variants:
             settings = variant_kwargs(variant)
             mlp_layer, nblocks = settings.pop("mlp_layer"), settings.pop("nblocks", 4)
-            cell = create_linear(in_f, out_f, mlp_layer, nblocks, settings=linear_settings(mlp_layer, settings))
+            cell = create_linear(in_f, out_f, mlp_layer, nblocks, settings=settings)
             cell.set_train(False)
             cells[variant] = accelerate(cell, args.cpu_kernels) if path == "accel" else cell
         x = ms.Tensor(rng.standard_normal((tokens, in_f)).astype(np.float32))

@@ -134,15 +134,6 @@ def summarize(runs: List[dict], sizes: Dict[str, dict]) -> List[dict]:
     return rows
 
 
-def write_csv(path: str, fields: List[str], rows: List[dict]) -> None:
-    from mindcv_ext.engine.files import atomic_write
-
-    with atomic_write(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
     """Test top-1 against training wall time: every run as a dot, each variant's mean as a marker."""
     try:
@@ -171,12 +162,8 @@ def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
     return path
 
 
-def markdown(rows: List[dict]) -> str:
-    fields = ["family", "variant", "seeds", "epochs", "top1_mean", "top1_spread", "params", "macs_m", "train_time_s",
-              "images_per_s", "time_speedup_vs_dense", "top1_vs_dense"]
-    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-    lines += ["| " + " | ".join(str(r.get(f, "")) for f in fields) + " |" for r in rows]
-    return "\n".join(lines)
+MARKDOWN_FIELDS = ["family", "variant", "seeds", "epochs", "top1_mean", "top1_spread", "params", "macs_m",
+                   "train_time_s", "images_per_s", "time_speedup_vs_dense", "top1_vs_dense"]
 
 
 def parse(argv=None):
@@ -204,6 +191,8 @@ def main(argv=None) -> int:
     args, extra = parse(argv)
     from tqdm import tqdm
 
+    from scripts.benchmark import markdown_table, write_csv
+
     plan = [(family, variant, seed) for family in args.family for variant in VARIANTS[family]
             if not args.variants or variant in args.variants for seed in args.seeds]
     # Seeds outermost within a family: an interrupted study has every variant of the first seeds.
@@ -226,7 +215,7 @@ def main(argv=None) -> int:
     rows = summarize(runs, sizes)
     write_csv(os.path.join(args.out, "study.csv"), STUDY_FIELDS, rows)
     plot(runs, rows, os.path.join(args.out, "study.png"))
-    print(markdown(rows))
+    print(markdown_table(rows, MARKDOWN_FIELDS))
     print(f"\nwrote {args.out}/study.csv, runs.csv and study.png")
     return 0
 

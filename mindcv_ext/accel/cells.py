@@ -10,7 +10,7 @@ from mindspore import nn, ops
 import numpy as np
 
 from ..layers import GatedMlp, MonarchLinear, Mlp, SketchStructuredLinear, is_exact_gelu
-from ..layers.ssl import SSL_BLOCK_K, SSL_BLOCK_N, SSL_VEC
+from ..layers.ssl import SSL_BLOCK_K, SSL_VEC
 from ..models.gmlp import SpatialGatingUnit
 from .cpu_kernels import (CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuBlocksMatmul, CpuColumnsOfFlat, CpuColumnsOfRows,
                           CpuColumnsOfRowsBias, CpuGateToBlocks, CpuGelu, CpuLayerNorm, CpuSslChunkSum,
@@ -110,8 +110,7 @@ class FastSketchStructuredLinear(SketchStructuredLinear):
         for name in ("in_features", "out_features", "redn_factor", "seed", "has_bias", "weight_index"):
             setattr(self, name, getattr(plain, name))
         self.weight, self.bias = plain.weight, plain.bias
-        self.chunk_shift_values = tuple(v * SSL_VEC for v in plain.vector_shifts)
-        self.chunk_shifts = ms.Tensor(np.array(self.chunk_shift_values, np.int32))
+        self.chunk_shifts = ms.Tensor(np.array([v * SSL_VEC for v in plain.vector_shifts], np.int32))
         # The sketch keeps K-step order (t, i); the plain layer's index is in (q, t, v) order with i = q*VEC + v.
         compressed = self.in_features // self.redn_factor
         steps, vectors = compressed // SSL_BLOCK_K, SSL_BLOCK_K // SSL_VEC
@@ -120,7 +119,6 @@ class FastSketchStructuredLinear(SketchStructuredLinear):
         self.fast_weight_index = ms.Tensor(natural.reshape(-1))
         self.cpu_sketch = CpuSslChunkSum()
         self.cpu_matmul = CpuBlocksMatmul()
-        assert self.out_features % SSL_BLOCK_N == 0
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if x.dtype != ms.float32:

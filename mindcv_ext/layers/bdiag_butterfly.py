@@ -11,13 +11,14 @@ With k = nblocks1, J = nblocks2, i = in/k and l = out/(J*b2), the input splits i
 Parameter names and shapes are the reference's: ``w1_bfly`` (k, J*b1, i), ``w2_bfly`` (J, out/J, k*b1), ``bias``.
 """
 import math
-import numbers
 
 import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
+
+from .monarch import _check_positive_int
 
 __all__ = ["BlockdiagButterflyLinear"]
 
@@ -48,8 +49,7 @@ class BlockdiagButterflyLinear(nn.Cell):
         values = dict(in_features=in_features, out_features=out_features, nblocks1=nblocks1, nblocks2=nblocks2,
                       b1=b1, b2=b2)
         for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+            _check_positive_int(owner, name, value)
         if in_features % nblocks1:
             raise ValueError(f"{owner}: in_features ({in_features}) must be a multiple of nblocks1 ({nblocks1})")
         if out_features % (nblocks2 * b2):

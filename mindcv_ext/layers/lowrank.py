@@ -11,13 +11,9 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
 
+from .monarch import _check_positive_int
+
 __all__ = ["LowRankLinear", "lowrank_rank"]
-
-
-def _positive(owner: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def lowrank_rank(in_features: int, out_features: int, redn_factor: float) -> int:
@@ -49,9 +45,9 @@ class LowRankLinear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, rank: int, has_bias: bool = True) -> None:
         super().__init__()
         owner = "LowRankLinear"
-        self.in_features = _positive(owner, "in_features", in_features)
-        self.out_features = _positive(owner, "out_features", out_features)
-        self.rank = _positive(owner, "rank", rank)
+        self.in_features = _check_positive_int(owner, "in_features", in_features)
+        self.out_features = _check_positive_int(owner, "out_features", out_features)
+        self.rank = _check_positive_int(owner, "rank", rank)
         self.has_bias = bool(has_bias)
         self.w1 = ms.Parameter(initializer(Uniform(1.0 / math.sqrt(self.in_features)),
                                            (self.in_features, self.rank), ms.float32), name="w1")

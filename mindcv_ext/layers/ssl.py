@@ -15,7 +15,6 @@ and ``y[m, n] = sum_t sum_i xt[m, t, i] * W[n, t*BK + i]`` with
 generator seeded with ``seed``; it is the standard MT19937, which NumPy's legacy ``RandomState`` reproduces.
 """
 import math
-import numbers
 from typing import Tuple
 
 import numpy as np
@@ -23,6 +22,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
+
+from .monarch import _check_positive_int
 
 __all__ = ["SketchStructuredLinear", "ssl_random_numbers", "ssl_shift_table", "ssl_index_map", "ssl_to_dense",
            "SSL_BLOCK_N", "SSL_BLOCK_K", "SSL_VEC"]
@@ -48,8 +49,7 @@ def ssl_random_numbers(seed: int = 1024) -> Tuple[int, int, int, int]:
 def _check(in_features, out_features, redn_factor) -> Tuple[int, int, int]:
     owner = "SketchStructuredLinear"
     for name, value in (("in_features", in_features), ("out_features", out_features), ("redn_factor", redn_factor)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+        _check_positive_int(owner, name, value)
     if redn_factor & (redn_factor - 1):
         raise ValueError(f"{owner}: redn_factor must be a power of two, got {redn_factor}")
     if in_features % (SSL_BLOCK_K * redn_factor):

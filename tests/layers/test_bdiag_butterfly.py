@@ -41,7 +41,7 @@ def test_dense_form_is_the_readmes():
     w1, w2 = data["param_w1_bfly"], data["param_w2_bfly"]
     layer.w1_bfly.set_data(ms.Tensor(w1))
     layer.w2_bfly.set_data(ms.Tensor(w2))
-    k_, j_, b1, i_, l_ = 4, 4, 48, 64, 256
+    k_, j_, b1, i_ = 4, 4, 48, 64
     dense = np.zeros((1024, 256))
     for k in range(k_):
         for j in range(j_):

@@ -74,7 +74,7 @@ def test_hash_shifts_and_index_map_are_the_references(name):
 
 
 def test_no_dense_weight_is_ever_formed():
-    """The layer holds no (out, in) tensor, and its graph's largest weight-sized operand is the compressed one."""
+    """No tensor the layer holds (parameters, the gather index) is larger than the compressed weight."""
     layer = SketchStructuredLinear(768, 3072, redn_factor=4)
     sizes = [p.size for p in layer.get_parameters()] + [layer.weight_index.size]
     assert max(sizes) == 3072 * 768 // 4
