@@ -106,3 +106,6 @@ def test_loader_resizes_and_normalises_for_the_model(idx_dir, in_channels):
     assert train_size == 24 and batch.shape == (8, in_channels, 32, 32)
     with pytest.raises(ValueError, match="in_channels must be 1, or 3"):
         create_idx_dataset("mnist", str(idx_dir), True, False, in_channels=4)
+    if in_channels == 1:  # colour augmentation on one grey channel: an error that says what to do
+        with pytest.raises(ValueError, match=r"color_jitter need three colour channels, .* pass --in_channels 3"):
+            create_split_loader(info, "train", True, 8, settings, dict(color_jitter=0.4), num_parallel_workers=1)
