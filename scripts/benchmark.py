@@ -51,7 +51,8 @@ ATTENTION_FIELDS = ["attention", "settings", "batch_heads", "tokens", "head_dim"
 ATTENTION_SETTINGS = {"full": {}, "local": {"local_context": 98}, "performer": {"nb_features": 49},
                       "sblocal": {"local_context": 49, "nb_features": 24}}
 MODEL_FIELDS = ["model", "variant", "path", "params", "macs_g", "batch_size", "img_size", "train_step_ms", "train_img_s",
-                "infer_ms", "infer_img_s", "peak_rss_mb", "train_speedup_vs_dense", "infer_speedup_vs_dense"]
+                "infer_ms", "infer_img_s", "peak_rss_mb", "train_speedup_vs_dense", "infer_speedup_vs_dense",
+                "rss_mb_per_image", "rss_per_image_vs_dense"]
 
 
 # ----------------------------------------------------------------------------------------------- machine
@@ -380,7 +381,7 @@ def count_macs(net, image_size: int, in_channels: int = 3) -> int:
     import mindspore as ms
     from mindspore import nn
 
-    from mindcv_ext.layers import MonarchLinear, PatchEmbed, SparseLRLinear
+    from mindcv_ext.layers import MonarchLinear, Mlp, PatchEmbed, SparseLRLinear
     from mindcv_ext.models.gmlp import SpatialGatingUnit
 
     macs = [0]
@@ -403,12 +404,18 @@ def count_macs(net, image_size: int, in_channels: int = 3) -> int:
 
     kinds = (nn.Dense, MonarchLinear, SparseLRLinear, PatchEmbed, nn.Conv2d, SpatialGatingUnit)
     handles = [cell.register_forward_hook(count) for _, cell in net.cells_and_names() if isinstance(cell, kinds)]
+    # Pixelfly MLPs that pass tiles between fc1 and fc2 call neither as a cell: count them in token order.
+    tiled = [cell for _, cell in net.cells_and_names() if isinstance(cell, Mlp) and cell.hidden_as_tiles]
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks run in PyNative only
     try:
+        for cell in tiled:
+            cell.hidden_as_tiles = False
         net.set_train(False)
         net(ms.Tensor(np.zeros((1, in_channels, image_size, image_size), np.float32)))
     finally:
+        for cell in tiled:
+            cell.hidden_as_tiles = True
         for handle in handles:
             handle.remove()
         ms.set_context(mode=mode)
@@ -417,8 +424,6 @@ def count_macs(net, image_size: int, in_channels: int = 3) -> int:
 
 def _model_worker(args) -> dict:
     """Measures one model in this process (started by run_models)."""
-    import resource
-
     import mindspore as ms
     from mindspore import nn
 
@@ -445,7 +450,7 @@ def _model_worker(args) -> dict:
     train = time_samples(lambda: _sync(step(images, labels)[0]), args.model_repeats, args.model_warmup)
     net.set_train(False)
     infer = time_samples(lambda: _sync(net(images)), args.model_repeats, args.model_warmup)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = _peak_rss_mb()  # this process's own high-water mark (ru_maxrss would start from the parent's at exec)
     return {"model": name, "path": args._worker_path, "params": count_params(net), "macs_g": round(macs[0] / 1e9, 3), "batch_size": batch,
             "img_size": size, "train_samples_ms": train, "infer_samples_ms": infer, "peak_rss_mb": round(peak)}
 
@@ -566,7 +571,22 @@ def run_models(args, progress) -> List[dict]:
     if not bases:
         raise ValueError(f"no registered model matches --models {args.models}")
     paths = ["accel"] + (["plain"] if args.with_plain else [])
+    # Peak memory per image: the slope of peak RSS over --memory_batch_sizes (each in a fresh worker, a few steps).
+    memory_batches = sorted(set(args.memory_batch_sizes) - {args.batch_size})
     rows = []
+
+    def measure(name, mlp_layer, path, batch, repeats, warmup, label):
+        command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size", str(batch),
+                   "--img_size", str(args.img_size), "--model_repeats", str(repeats), "--model_warmup", str(warmup),
+                   "--device_target", args.device_target, "--model_kwargs", json.dumps(args.model_kwargs),
+                   "--cpu_kernels", args.cpu_kernels, "--_worker_path", path]
+        if mlp_layer:
+            command += ["--_worker_mlp_layer", mlp_layer]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"benchmark worker for {label} ({path}, batch {batch}) failed:\n{result.stderr[-3000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     for base in progress(bases, desc="models"):
         variants = model_variants(base, registered, args.pixelfly_models)
         results = {(variant, path): [] for variant, _, _, _ in variants for path in paths}
@@ -575,25 +595,35 @@ def run_models(args, progress) -> List[dict]:
         for _ in range(args.model_rounds):
             for path in paths:
                 for variant, label, name, mlp_layer in variants:
-                    command = [sys.executable, os.path.abspath(__file__), "--_worker_model", name, "--batch_size",
-                               str(args.batch_size), "--img_size", str(args.img_size), "--model_repeats",
-                               str(args.model_repeats), "--model_warmup", str(args.model_warmup), "--device_target",
-                               args.device_target, "--model_kwargs", json.dumps(args.model_kwargs),
-                               "--cpu_kernels", args.cpu_kernels, "--_worker_path", path]
-                    if mlp_layer:
-                        command += ["--_worker_mlp_layer", mlp_layer]
-                    result = subprocess.run(command, capture_output=True, text=True)
-                    if result.returncode != 0:
-                        raise RuntimeError(f"benchmark worker for {label} ({path}) failed:\n{result.stderr[-3000:]}")
-                    results[variant, path].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                    results[variant, path].append(measure(name, mlp_layer, path, args.batch_size, args.model_repeats,
+                                                          args.model_warmup, label))
+        peaks = {(variant, path): {} for variant, _, _, _ in variants for path in paths}
+        for batch in memory_batches:
+            for path in paths:
+                for variant, label, name, mlp_layer in variants:
+                    peaks[variant, path][batch] = measure(name, mlp_layer, path, batch, 2, 1, label)["peak_rss_mb"]
         for path in paths:
             measured = {variant: dict(summarize_model(results[variant, path]), model=label, variant=variant)
                         for variant, label, _, _ in variants}
-            for row in measured.values():
+            for variant, row in measured.items():
                 row["train_speedup_vs_dense"] = round(measured["dense"]["train_step_ms"] / row["train_step_ms"], 2)
                 row["infer_speedup_vs_dense"] = round(measured["dense"]["infer_ms"] / row["infer_ms"], 2)
+                if memory_batches:
+                    by_batch = {**peaks[variant, path], args.batch_size: row["peak_rss_mb"]}
+                    row["rss_mb_per_image"] = round(memory_slope(by_batch), 1)
+            for row in measured.values():
+                if memory_batches:
+                    row["rss_per_image_vs_dense"] = round(row["rss_mb_per_image"] /
+                                                          measured["dense"]["rss_mb_per_image"], 2)
                 rows.append(row)
     return rows
+
+
+def memory_slope(peak_by_batch: Dict[int, float]) -> float:
+    """MB per extra image: the least-squares slope of peak RSS against the batch size."""
+    batches = np.array(sorted(peak_by_batch), np.float64)
+    peaks = np.array([peak_by_batch[b] for b in sorted(peak_by_batch)], np.float64)
+    return float(np.polyfit(batches, peaks, 1)[0])
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -746,6 +776,9 @@ def parse_args(argv=None):
                         help="models also measured with Pixelfly channel MLPs, as <model>_pixelfly (MLP-Mixer only)")
     parser.add_argument("--batch_size", type=int, default=8, help="model batch size")
     parser.add_argument("--img_size", type=int, default=224, help="model input size")
+    parser.add_argument("--memory_batch_sizes", type=int, nargs="*", default=[],
+                        help="models: also run these batch sizes (a few steps each) and report peak RSS per image, the "
+                             "slope over them and --batch_size, e.g. 2 4 (with --batch_size 8)")
     parser.add_argument("--model_repeats", type=int, default=10, help="timed steps per model and round")
     parser.add_argument("--model_warmup", type=int, default=5,
                         help="untimed steps first: compilation, and the first few steps run up to 40%% slower")

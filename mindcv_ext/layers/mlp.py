@@ -112,8 +112,17 @@ class Mlp(nn.Cell):
         self.drop1 = nn.Dropout(p=drop if drop_between_fcs else 0.0)  # GPT-2 has no dropout between fc1 and fc2
         self.fc2 = create_linear(hidden_features, out_features, mlp_layer, nblocks, settings=settings)
         self.drop2 = nn.Dropout(p=drop)
+        # Pixelfly's fc1 can hand its output to fc2 as the tiles fc2's sparse product reads, so the hidden
+        # activation is never transposed, and the backward keeps no copy of it beyond the activation's own.
+        self.hidden_as_tiles = isinstance(self.fc1, SparseLRLinear) and isinstance(self.fc2, SparseLRLinear) and \
+            self.fc1.tiled and self.fc2.tiled and self.fc1.sparse.groups == self.fc2.sparse.groups and \
+            self.fc1.out_features == self.fc1.out_ext == self.fc2.in_ext
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if self.hidden_as_tiles:
+            shape = x.shape
+            hidden = self.drop1(self.act(self.fc1.forward_to_tiles(x.reshape(-1, shape[-1]))))
+            return self.drop2(self.fc2.forward_from_tiles(hidden).reshape(shape[:-1] + (-1,)))
         x = self.drop1(self.act(self.fc1(x)))
         return self.drop2(self.fc2(x))
 

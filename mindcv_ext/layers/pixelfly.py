@@ -25,7 +25,7 @@ from .monarch import _check_positive_int
 __all__ = ["butterfly_base_mask", "flat_block_butterfly_layout", "BlockSparseLinear", "LowRank", "SparseLRLinear",
            "FlatBlockButterflyLinear", "PRODUCTS"]
 
-_bmm_nt = ops.BatchMatMul(transpose_b=True)
+_bmm = ops.BatchMatMul()
 
 
 def butterfly_base_mask(butterfly_size: int, n_factors: int) -> np.ndarray:
@@ -89,26 +89,37 @@ def _kron_factor(layout: np.ndarray) -> Optional[Tuple[np.ndarray, int, int]]:
     return mask, a, c
 
 
-def _uniform(counts: np.ndarray) -> bool:
-    return counts.min() > 0 and (counts == counts[0]).all()
+def _diagonal_groups(mask: np.ndarray) -> int:
+    """The largest number of groups g > 1 such that ``mask`` is block diagonal: its rows and columns split into g
+    equal runs and every nonzero of row run r lies in column run r. 0 when there is none."""
+    rows, cols = mask.shape
+    for groups in range(math.gcd(rows, cols), 1, -1):
+        if rows % groups or cols % groups:
+            continue
+        row_group = np.arange(rows)[:, None] // (rows // groups)
+        col_group = np.arange(cols)[None, :] // (cols // groups)
+        if not mask[row_group != col_group].any():
+            return groups
+    return 0
 
 
-PRODUCTS = ("auto", "gather_inputs", "scatter_outputs", "densify")
+PRODUCTS = ("auto", "block_diagonal", "densify")
 
 
 class BlockSparseLinear(nn.Cell):
     """fly's ``BlockSparseLinear`` (no bias here): ``weight`` (nnz, block, block) on a fixed block ``layout``.
 
-    Works on the extended (block-padded) sizes; ``SparseLRLinear`` pads and slices around it. When the layout
-    is ``kron(mask, ones(a, c))`` (every flat block butterfly layout is), the product is one batched matmul over
-    tiles of the mask, so the work is the mask's density times dense:
+    Works on the extended (block-padded) sizes; ``SparseLRLinear`` pads and slices around it.
 
-    - ``gather_inputs``: each row tile gathers the input tiles it reads (the mask's rows must hold equal
-      counts); chosen by ``auto`` when the layer does not narrow (in <= out);
-    - ``scatter_outputs``: each input tile is multiplied by the tiles of its column and the partial outputs are
-      summed per row tile (equal column counts); chosen when the layer narrows, so the copies are of the
-      narrower side;
-    - ``densify``: build the (out, in) weight with a gather and multiply densely, for any other layout.
+    - ``block_diagonal`` (chosen by ``auto`` when the layout allows): when the layout is ``kron(mask, ones)`` and
+      the mask is block diagonal over g groups, the product is one batched matmul of the input's g column runs,
+      a reshaped and transposed view, against g dense tiles gathered from the weight (zero blocks inside a tile
+      stay zero). A flat block butterfly with ``n_factors`` f has groups of 2**f base rows, so the work is
+      2**f / butterfly_size of dense (1/2 for Pixelfly's 8 and 2, whose layout holds 3/8). The layer keeps one
+      copy of its input for the backward, as a dense layer does: no per-block copies of the activations, no
+      scatter of the outputs.
+    - ``densify``: build the (out, in) weight with a gather and multiply densely, for any other layout (fly's
+      ``shuffle`` or ``global_size`` ones).
     """
 
     torch_buffers = ("layout",)  # a buffer in PyTorch: in checkpoints, not counted as a parameter
@@ -133,69 +144,57 @@ class BlockSparseLinear(nn.Cell):
         self.dense_index = ms.Tensor(position.reshape(-1))
 
         factor = _kron_factor(layout)
-        rows_ok = factor is not None and _uniform(factor[0].sum(axis=1))
-        cols_ok = factor is not None and _uniform(factor[0].sum(axis=0))
+        groups = _diagonal_groups(factor[0]) if factor is not None else 0
         if product == "auto":
-            if rows_ok and (in_ext <= out_ext or not cols_ok):
-                product = "gather_inputs"
-            elif cols_ok:
-                product = "scatter_outputs"
-            else:
-                product = "densify"
-        elif (product == "gather_inputs" and not rows_ok) or (product == "scatter_outputs" and not cols_ok):
-            raise ValueError(f"BlockSparseLinear: product {product!r} needs a layout kron(mask, ones) whose mask has "
-                             f"equal {'row' if product == 'gather_inputs' else 'column'} counts; use 'densify'")
+            product = "block_diagonal" if groups else "densify"
+        elif product == "block_diagonal" and not groups:
+            raise ValueError("BlockSparseLinear: product 'block_diagonal' needs a layout kron(mask, ones) with a "
+                             "block-diagonal mask; use 'densify'")
         self.product = product
-        if product == "densify":
-            return
-        mask, a, c = factor
-        self.tile_shape = (mask.shape[0], mask.shape[1], a, c)
-        if product == "gather_inputs":
-            # Row tile i reads the column tiles j with mask[i, j] = 1; in fly's row-major order the weight of
-            # each of its block-rows lists exactly those blocks, by column, so the weight needs no gather.
-            self.k = int(mask[0].sum())
-            columns = [[j * c + v for j in np.flatnonzero(mask[i]) for v in range(c)] for i in range(mask.shape[0])]
-            self.column_index = ms.Tensor(np.array(columns, np.int32).reshape(-1))
-        else:
-            # Column tile j feeds the row tiles i with mask[i, j] = 1; its weight blocks are gathered per (i, u, v).
-            self.k = int(mask[:, 0].sum())
-            row_tiles = np.stack([np.flatnonzero(mask[:, j]) for j in range(mask.shape[1])])  # (n_c, k)
-            p = row_tiles[:, :, None, None] * a + np.arange(a)[None, None, :, None]
-            r = np.arange(mask.shape[1])[:, None, None, None] * c + np.arange(c)[None, None, None, :]
-            self.block_index = ms.Tensor(position[p, r].reshape(-1).astype(np.int32))
-            self.segment_ids = ms.Tensor(row_tiles.reshape(-1).astype(np.int32))
+        self.groups = groups if product == "block_diagonal" else 1
+        if product == "block_diagonal":
+            # Group k's tile: block rows k*R .. (k+1)*R - 1 by block columns k*C .. (k+1)*C - 1 of the layout.
+            rows, cols = layout.shape[0] // groups, layout.shape[1] // groups
+            block_rows = np.arange(groups)[:, None] * rows + np.arange(rows)[None, :]
+            block_cols = np.arange(groups)[:, None] * cols + np.arange(cols)[None, :]
+            self.tile_index = ms.Tensor(position[block_rows[:, :, None], block_cols[:, None, :]].reshape(-1))
+            self.tile_blocks = (groups, rows, cols)
 
     def dense_weight(self) -> ms.Tensor:
         """The (out_ext, in_ext) weight with zeros outside the layout."""
         return self._densify(self.weight)
 
+    def _with_zero_block(self, weight: ms.Tensor) -> ms.Tensor:
+        b = self.block
+        return ops.concat((weight, ops.zeros((1, b, b), weight.dtype)), axis=0)  # index nnz reads zeros
+
     def _densify(self, weight: ms.Tensor) -> ms.Tensor:
         rows, cols = self.layout_array.shape
         b = self.block
-        padded = ops.concat((weight, ops.zeros((1, b, b), weight.dtype)), axis=0)  # one zero block at the end
-        blocks = ops.gather(padded, self.dense_index, 0)
+        blocks = ops.gather(self._with_zero_block(weight), self.dense_index, 0)
         return blocks.reshape(rows, cols, b, b).transpose(0, 2, 1, 3).reshape(rows * b, cols * b)
+
+    def tiles(self, x: ms.Tensor) -> ms.Tensor:
+        """(T, in_ext) -> (groups, T, in_ext / groups): the input's column runs, one per group."""
+        return x.reshape(x.shape[0], self.groups, -1).transpose(1, 0, 2)
+
+    def tile_weights(self, dtype) -> ms.Tensor:
+        """(groups, in_ext / groups, out_ext / groups): each group's dense tile, transposed for ``tiles @ w``."""
+        groups, rows, cols = self.tile_blocks
+        b = self.block
+        blocks = ops.gather(self._with_zero_block(ops.cast(self.weight, dtype)), self.tile_index, 0)
+        return blocks.reshape(groups, rows, cols, b, b).transpose(0, 2, 4, 1, 3).reshape(groups, cols * b, rows * b)
+
+    def multiply_tiles(self, tiles: ms.Tensor) -> ms.Tensor:
+        """(groups, T, in_ext / groups) -> (T, out_ext); ``block_diagonal`` only."""
+        out = _bmm(tiles, self.tile_weights(tiles.dtype))  # (groups, T, out_ext / groups)
+        return out.transpose(1, 0, 2).reshape(tiles.shape[1], self.out_ext)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         """(T, in_ext) -> (T, out_ext)."""
-        weight = ops.cast(self.weight, x.dtype)
         if self.product == "densify":
-            return ops.matmul(x, self._densify(weight).transpose(1, 0))
-        tokens, b, k = x.shape[0], self.block, self.k
-        n_r, n_c, a, c = self.tile_shape
-        if self.product == "gather_inputs":
-            tiles = weight.reshape(n_r, a, k * c, b, b).transpose(0, 1, 3, 2, 4).reshape(n_r, a * b, k * c * b)
-            gathered = ops.gather(x.reshape(tokens, -1, b), self.column_index, 1)  # (T, n_r*k*c, b)
-            gathered = gathered.reshape(tokens, n_r, k * c * b).transpose(1, 0, 2)  # (n_r, T, k*c*b)
-            out = _bmm_nt(gathered, tiles)  # (n_r, T, a*b)
-        else:
-            tiles = ops.gather(weight, self.block_index, 0).reshape(n_c, k, a, c, b, b)
-            tiles = tiles.transpose(0, 1, 2, 4, 3, 5).reshape(n_c, k * a * b, c * b)
-            inputs = x.reshape(tokens, n_c, c * b).transpose(1, 0, 2)  # (n_c, T, c*b)
-            partial = _bmm_nt(inputs, tiles).reshape(n_c, tokens, k, a * b)  # (n_c, T, k*a*b)
-            partial = partial.transpose(0, 2, 1, 3).reshape(n_c * k, tokens, a * b)
-            out = ops.unsorted_segment_sum(partial, self.segment_ids, n_r)  # (n_r, T, a*b)
-        return out.transpose(1, 0, 2).reshape(tokens, n_r * a * b)
+            return ops.matmul(x, self._densify(ops.cast(self.weight, x.dtype)).transpose(1, 0))
+        return self.multiply_tiles(self.tiles(x))
 
 
 class LowRank(nn.Cell):
@@ -316,21 +315,94 @@ class SparseLRLinear(nn.Cell):
         if self.bias is not None:
             self.bias.set_data(init.initializer(init.Normal(1e-6), self.bias.shape, ms.float32))
 
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        padded = flat if self.in_ext == self.in_features else ops.pad(flat, (0, self.in_ext - self.in_features))
-        sparse = self.sparse(padded)
+    @property
+    def tiled(self) -> bool:
+        """Whether the sparse product runs on tiles (``block_diagonal``), so ``forward_to_tiles`` and
+        ``forward_from_tiles`` apply."""
+        return self.sparse.product == "block_diagonal"
+
+    def _pad(self, flat: ms.Tensor) -> ms.Tensor:
+        return flat if self.in_ext == self.in_features else ops.pad(flat, (0, self.in_ext - self.in_features))
+
+    def _gate(self, logit: ms.Tensor) -> ms.Tensor:
+        return ops.sigmoid(logit + ops.cast(self.gate.bias, logit.dtype))
+
+    def _untile(self, tiles: ms.Tensor) -> ms.Tensor:
+        out = tiles.transpose(1, 0, 2).reshape(tiles.shape[1], -1)
+        return out if self.out_ext == self.out_features else out[:, :self.out_features]
+
+    def _bias_tiles(self, dtype) -> ms.Tensor:
+        bias = ops.cast(self.bias, dtype)
+        if self.out_ext != self.out_features:
+            bias = ops.pad(bias, (0, self.out_ext - self.out_features))
+        return bias.reshape(self.sparse.groups, 1, -1)
+
+    def forward_to_tiles(self, flat: ms.Tensor) -> ms.Tensor:
+        """(T, in) -> the output as ``block_diagonal`` tiles (groups, T, out_ext / groups), bias included.
+
+        The gate is one scalar per token, so (1 - g) * S(x) = S((1 - g) * x) and g * W2 W1 x = W2 (g * W1 x): the
+        gate scales the narrow input and the rank-wide hidden, and one batched matmul of
+        [input tiles | hidden] against [sparse tiles ; lr_weight2 tiles] gives both terms. The backward keeps
+        input-sized tensors, nothing output-sized.
+        """
+        groups, dtype = self.sparse.groups, flat.dtype
+        hidden = ops.matmul(flat, ops.cast(self.low_rank.lr_weight1, dtype).transpose(1, 0))
+        if self.gating:
+            gate = self._gate(ops.matmul(flat, ops.cast(self.gate.weight, dtype).transpose(1, 0)))
+            flat, hidden = flat * (1 - gate), hidden * gate
+        else:
+            flat, hidden = flat * 0.5, hidden * 0.5
+        operand = ops.concat((self.sparse.tiles(self._pad(flat)),
+                              ops.broadcast_to(hidden.reshape(1, -1, self.rank), (groups, -1, -1))), axis=2)
+        w2 = ops.cast(self.low_rank.lr_weight2, dtype)
+        if self.out_ext != self.out_features:
+            w2 = ops.pad(w2, (0, 0, 0, self.out_ext - self.out_features))
+        w2 = w2.transpose(1, 0).reshape(self.rank, groups, -1).transpose(1, 0, 2)  # (groups, rank, out / groups)
+        out = _bmm(operand, ops.concat((self.sparse.tile_weights(dtype), w2), axis=1))
+        return out + self._bias_tiles(dtype) if self.has_bias else out
+
+    def forward_from_tiles(self, tiles: ms.Tensor) -> ms.Tensor:
+        """The input as ``block_diagonal`` tiles (groups, T, in_ext / groups) -> (T, out), bias included.
+
+        One batched matmul of the tiles against [sparse tiles | lr_weight1 | gate weight] gives the sparse term and,
+        summed over the groups, the low-rank hidden and the gate's logit, so the backward keeps only the tiles (the
+        wide input) and the narrow output's terms.
+        """
+        dtype, rank = tiles.dtype, self.rank
+        reads = ops.cast(self.low_rank.lr_weight1, dtype)
+        if self.gating:
+            reads = ops.concat((reads, ops.cast(self.gate.weight, dtype)), axis=0)  # (rank + 1, in)
+        if self.in_ext != self.in_features:
+            reads = ops.pad(reads, (0, self.in_ext - self.in_features))
+        reads = reads.transpose(1, 0).reshape(self.sparse.groups, -1, reads.shape[0])  # (groups, in / groups, r [+1])
+        out = _bmm(tiles, ops.concat((self.sparse.tile_weights(dtype), reads), axis=2))
+        width = self.out_ext // self.sparse.groups
+        sparse = self._untile(out[:, :, :width])
+        projected = out[:, :, width:].sum(0)  # (T, rank [+ 1])
+        low_rank = ops.matmul(projected[:, :rank], ops.cast(self.low_rank.lr_weight2, dtype).transpose(1, 0))
+        y = sparse + self._gate(projected[:, rank:]) * (low_rank - sparse) if self.gating else (sparse + low_rank) * 0.5
+        return y + ops.cast(self.bias, dtype) if self.has_bias else y
+
+    def _forward_densified(self, flat: ms.Tensor) -> ms.Tensor:
+        sparse = self.sparse(self._pad(flat))
         if self.out_ext != self.out_features:
             sparse = sparse[:, :self.out_features]
         low_rank = self.low_rank(flat)
         if self.gating:
-            gate = ops.sigmoid(self.gate(flat))
-            y = sparse + gate * (low_rank - sparse)
+            y = sparse + ops.sigmoid(self.gate(flat)) * (low_rank - sparse)
         else:
             y = (sparse + low_rank) * 0.5
-        if self.has_bias:
-            y = y + ops.cast(self.bias, y.dtype)
+        return y + ops.cast(self.bias, y.dtype) if self.has_bias else y
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if not self.tiled:
+            y = self._forward_densified(flat)
+        elif self.in_ext <= self.out_ext:  # mix on the narrow side: the input
+            y = self._untile(self.forward_to_tiles(flat))
+        else:  # ... or the output
+            y = self.forward_from_tiles(self.sparse.tiles(self._pad(flat)))
         return y.reshape(shape[:-1] + (self.out_features,))
 
 

@@ -75,3 +75,18 @@ def test_mlp_builds_each_structured_layer(mlp_layer, settings, cls):
         assert mlp.fc1.rank == mlp.fc2.rank == 16  # the baselines' rule: 2**round(log2(int(128*512/8/640)))
     if mlp_layer == "ssl":
         assert mlp.fc1.bias is None and mlp.fc2.bias is None  # the reference's SSL has no bias
+
+
+def test_pixelfly_mlp_hands_the_hidden_activation_over_as_tiles(ms_mode):
+    mlp, in_order = Mlp(256, 1024, mlp_layer="pixelfly"), Mlp(256, 1024, mlp_layer="pixelfly")
+    ms.load_param_into_net(in_order, {p.name: p for p in mlp.get_parameters()})
+    assert mlp.hidden_as_tiles
+    in_order.hidden_as_tiles = False  # fc1, GELU and fc2 one after the other, each in token order
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((2, 5, 256)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((2, 5, 256)).astype(np.float32))
+    np.testing.assert_allclose(mlp(x).asnumpy(), in_order(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    got, want = SensGrads(mlp)(x, sens), SensGrads(in_order)(x, sens)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4)
+    assert not Mlp(100, 300, mlp_layer="pixelfly").hidden_as_tiles  # padded: the densified product, token order

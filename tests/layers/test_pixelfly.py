@@ -6,7 +6,7 @@ import pytest
 
 import mindspore as ms
 
-from mindcv_ext.layers.pixelfly import (BlockSparseLinear, SparseLRLinear, butterfly_base_mask,
+from mindcv_ext.layers.pixelfly import (BlockSparseLinear, SparseLRLinear, _diagonal_groups, butterfly_base_mask,
                                         flat_block_butterfly_layout, leading_svd)
 from tests.utils import SensGrads, on_path, shared_fixture_dir
 
@@ -81,16 +81,16 @@ def test_mixer_b_layout_density_is_three_eighths():
     np.testing.assert_array_equal(layout, np.kron(butterfly_base_mask(8, 2), np.ones((12, 3))).astype(np.int32))
 
 
-KRON = np.kron(butterfly_base_mask(4, 1), np.ones((2, 3))).astype(np.int32)  # rows and columns: equal counts
+KRON = np.kron(butterfly_base_mask(8, 2), np.ones((2, 3))).astype(np.int32)  # a mask block diagonal in 2 groups
+CYCLIC = np.kron(np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]]), np.ones((2, 2))).astype(np.int32)  # no groups
 IRREGULAR = np.array([[1, 0, 1], [1, 1, 1], [0, 0, 1], [1, 1, 0]], np.int32)
 
 
 @pytest.mark.parametrize("layout,product,chosen", [
-    (KRON.T.copy(), "auto", "gather_inputs"),  # in <= out
-    (KRON, "auto", "scatter_outputs"),  # in > out
-    (KRON, "gather_inputs", "gather_inputs"),
-    (KRON, "scatter_outputs", "scatter_outputs"),
+    (KRON.T.copy(), "auto", "block_diagonal"),  # in <= out
+    (KRON, "auto", "block_diagonal"),  # in > out
     (KRON, "densify", "densify"),
+    (CYCLIC, "auto", "densify"),
     (IRREGULAR, "auto", "densify"),
 ])
 def test_block_sparse_products_equal_the_dense_weight(layout, product, chosen, ms_mode):
@@ -113,8 +113,18 @@ def test_block_sparse_products_equal_the_dense_weight(layout, product, chosen, m
 
 
 def test_a_product_the_layout_cannot_take_is_refused():
-    with pytest.raises(ValueError, match="'gather_inputs' needs a layout kron"):
-        BlockSparseLinear(12, 16, IRREGULAR, 4, product="gather_inputs")
+    with pytest.raises(ValueError, match="'block_diagonal' needs a layout kron"):
+        BlockSparseLinear(12, 12, CYCLIC, 2, product="block_diagonal")
+
+
+def test_butterfly_masks_split_into_diagonal_groups():
+    # fly's flat butterfly with f factors stays inside groups of 2**f base rows
+    assert _diagonal_groups(butterfly_base_mask(8, 2)) == 2
+    assert _diagonal_groups(butterfly_base_mask(16, 2)) == 4
+    assert _diagonal_groups(butterfly_base_mask(8, 3)) == 0  # one group: the densified product
+    assert _diagonal_groups(CYCLIC) == 0
+    cell = SparseLRLinear(768, 3072).sparse
+    assert cell.product == "block_diagonal" and cell.groups == 2
 
 
 @pytest.mark.parametrize("kwargs,culprit", [
@@ -160,3 +170,34 @@ def test_mixer_init_uses_dense_xavier_projections():
     assert np.abs(layer.sparse.weight.asnumpy()).max() <= bound * np.sqrt(8 / 3) + 1e-6  # rows scaled by sqrt(8/3)
     low_rank = layer.low_rank.lr_weight2.asnumpy() @ layer.low_rank.lr_weight1.asnumpy()
     assert np.linalg.matrix_rank(low_rank) == 32 and np.abs(layer.bias.asnumpy()).max() < 1e-4
+
+
+def _densified_twin(layer: SparseLRLinear) -> SparseLRLinear:
+    """The same layer (same Parameter objects) with the sparse product densified: the reference for the tiles."""
+    twin = SparseLRLinear(layer.in_features, layer.out_features, rank=layer.rank, gating=layer.gating)
+    sparse = BlockSparseLinear(layer.in_ext, layer.out_ext, layer.sparse.layout_array, layer.sparse.block,
+                               product="densify")
+    sparse.weight = layer.sparse.weight
+    twin.sparse, twin.low_rank, twin.gate, twin.bias = sparse, layer.low_rank, layer.gate, layer.bias
+    return twin
+
+
+@pytest.mark.parametrize("in_f,out_f,gating", [(250, 1000, True), (1000, 250, True), (256, 1024, False),
+                                               (1024, 256, False)])
+def test_tiled_forms_equal_the_densified_layer(in_f, out_f, gating, ms_mode):
+    # padded sizes and the ungated layer, both mixing sides (the fixtures cover the unpadded gated ones)
+    layer = SparseLRLinear(in_f, out_f, gating=gating)
+    assert layer.tiled
+    twin = _densified_twin(layer)
+    assert not twin.tiled
+    rng = np.random.default_rng(1)
+    layer.bias.set_data(ms.Tensor(rng.standard_normal(out_f).astype(np.float32)))
+    x = ms.Tensor(rng.standard_normal((7, in_f)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((7, out_f)).astype(np.float32))
+    np.testing.assert_allclose(layer(x).asnumpy(), twin(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    got, want = SensGrads(layer)(x, sens), SensGrads(twin)(x, sens)
+    np.testing.assert_allclose(got[0][0].asnumpy(), want[0][0].asnumpy(), rtol=1e-5, atol=1e-5)
+    names = [p.name for p in layer.trainable_params()]
+    assert names == [p.name for p in twin.trainable_params()]
+    for name, a, b in zip(names, got[1], want[1]):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4, err_msg=name)

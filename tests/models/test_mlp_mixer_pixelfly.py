@@ -63,7 +63,8 @@ def test_full_size_pixelfly_mixer_b16_matches_fly_count(graph_mode):
     assert count_params(net) == 27_486_256
     fc1 = net.blocks[0].mlp_channels.fc1
     assert isinstance(fc1, SparseLRLinear) and fc1.sparse.weight.shape == (864, 32, 32)
-    assert fc1.sparse.product == "gather_inputs" and net.blocks[0].mlp_channels.fc2.sparse.product == "scatter_outputs"
+    assert fc1.sparse.product == net.blocks[0].mlp_channels.fc2.sparse.product == "block_diagonal"
+    assert fc1.sparse.groups == 2 and net.blocks[0].mlp_channels.hidden_as_tiles
     assert type(net.blocks[0].mlp_tokens.fc1).__name__ == "Dense"  # token MLPs stay dense, as in fly
     net.set_train(False)
     logits = net(ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)))

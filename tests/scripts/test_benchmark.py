@@ -21,7 +21,8 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert code == 0
     code = benchmark.main(["--suite", "models", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
                            "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--model_rounds", "1",
-                           "--model_warmup", "1", "--model_kwargs", "{num_blocks: 2}", "--out", str(tmp_path)])
+                           "--model_warmup", "1", "--model_kwargs", "{num_blocks: 2}", "--memory_batch_sizes", "1",
+                           "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     machine = json.loads((tmp_path / "machine.json").read_text())
@@ -75,6 +76,15 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert float(dense["macs_g"]) - float(pixelfly["macs_g"]) == pytest.approx(saved / 1e9, abs=2e-3)
     assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch | accel |" in out
     assert "| mixer_s32_224_pixelfly | pixelfly | accel |" in out
+    # memory per image from batches 1 and 2; each variant against dense's
+    assert float(dense["rss_per_image_vs_dense"]) == 1.0 and all(r["rss_mb_per_image"] != "" for r in models)
+    assert float(pixelfly["rss_per_image_vs_dense"]) == pytest.approx(
+        float(pixelfly["rss_mb_per_image"]) / float(dense["rss_mb_per_image"]), abs=0.01)
+
+
+def test_memory_slope_is_the_least_squares_line():
+    assert benchmark.memory_slope({2: 1000.0, 4: 1400.0, 8: 2200.0}) == pytest.approx(200.0)
+    assert benchmark.memory_slope({2: 1000.0, 4: 1500.0, 8: 2200.0}) == pytest.approx(3666.67 / 18.667, rel=1e-4)
 
 
 def test_compare_torch(tmp_path, capsys):
