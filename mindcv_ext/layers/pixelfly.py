@@ -7,9 +7,15 @@ same names (``sparse.weight`` (nnz, block, block) in the layout's row-major orde
 ``low_rank.lr_weight1/2``, ``gate.weight/bias``, ``bias``), the same padding and the same initialisation.
 
 The block-sparse product never builds the dense weight when the layout is a Kronecker product of a mask and a
-block of ones (every flat block butterfly layout is): it runs as one batched matmul over the mask's tiles, so
-the work is the layout's density times dense (see ``BlockSparseLinear``). Other layouts densify the weight
-with a gather, still without a Python loop.
+block of ones whose mask is block diagonal (every flat block butterfly layout without ``shuffle`` or
+``global_size`` is): it runs as one batched matmul over the diagonal groups (see ``BlockSparseLinear``), and
+``SparseLRLinear`` folds its low-rank term, gate and bias into that matmul, so the backward keeps input-sized
+tensors and no per-block copies of the activations. Other layouts densify the weight with a gather.
+
+On MindSpore's CPU backend a training step holds several activation-sized buffers per Transpose and per
+implicitly broadcast product until the step ends (measured: ~8.7 activation copies per transpose pair or
+broadcast product, against ~1 for slices, stacks and explicit broadcasts), so the tiles are slices and the gate's
+products broadcast explicitly.
 """
 import math
 from typing import Optional, Tuple
@@ -153,12 +159,20 @@ class BlockSparseLinear(nn.Cell):
         self.product = product
         self.groups = groups if product == "block_diagonal" else 1
         if product == "block_diagonal":
-            # Group k's tile: block rows k*R .. (k+1)*R - 1 by block columns k*C .. (k+1)*C - 1 of the layout.
-            rows, cols = layout.shape[0] // groups, layout.shape[1] // groups
-            block_rows = np.arange(groups)[:, None] * rows + np.arange(rows)[None, :]
-            block_cols = np.arange(groups)[:, None] * cols + np.arange(cols)[None, :]
-            self.tile_index = ms.Tensor(position[block_rows[:, :, None], block_cols[:, None, :]].reshape(-1))
-            self.tile_blocks = (groups, rows, cols)
+            self.tile_index = ms.Tensor(self.tile_elements(zero=nnz * block * block).reshape(-1).astype(np.int32))
+
+    def tile_elements(self, zero: int) -> np.ndarray:
+        """(groups, in_ext / groups, out_ext / groups): where each entry of the transposed group tiles sits in the
+        flattened ``weight``; ``zero`` marks the entries outside the layout."""
+        groups, b = self.groups, self.block
+        in_group, out_group = self.in_ext // groups, self.out_ext // groups
+        cols = np.arange(groups)[:, None, None] * in_group + np.arange(in_group)[None, :, None]  # (g, in, 1)
+        rows = np.arange(groups)[:, None, None] * out_group + np.arange(out_group)[None, None, :]  # (g, 1, out)
+        nnz = self.weight.shape[0]
+        position = np.full(self.layout_array.shape, -1, np.int64)
+        position[self.layout_array.astype(bool)] = np.arange(nnz)
+        blocks = position[rows // b, cols // b]
+        return np.where(blocks >= 0, blocks * b * b + (rows % b) * b + cols % b, zero)
 
     def dense_weight(self) -> ms.Tensor:
         """The (out_ext, in_ext) weight with zeros outside the layout."""
@@ -176,19 +190,24 @@ class BlockSparseLinear(nn.Cell):
 
     def tiles(self, x: ms.Tensor) -> ms.Tensor:
         """(T, in_ext) -> (groups, T, in_ext / groups): the input's column runs, one per group."""
-        return x.reshape(x.shape[0], self.groups, -1).transpose(1, 0, 2)
+        # Slices and a stack, not a transpose (see the module docstring: memory on the CPU backend)
+        width = x.shape[1] // self.groups
+        return ops.stack([x[:, k * width:(k + 1) * width] for k in range(self.groups)], axis=0)
+
+    @staticmethod
+    def untile(tiles: ms.Tensor) -> ms.Tensor:
+        """(groups, T, w) -> (T, groups * w), the inverse of ``tiles``."""
+        return ops.concat([tiles[k] for k in range(tiles.shape[0])], axis=1)
 
     def tile_weights(self, dtype) -> ms.Tensor:
         """(groups, in_ext / groups, out_ext / groups): each group's dense tile, transposed for ``tiles @ w``."""
-        groups, rows, cols = self.tile_blocks
-        b = self.block
-        blocks = ops.gather(self._with_zero_block(ops.cast(self.weight, dtype)), self.tile_index, 0)
-        return blocks.reshape(groups, rows, cols, b, b).transpose(0, 2, 4, 1, 3).reshape(groups, cols * b, rows * b)
+        # One gather of single entries: transposing the gathered blocks instead costs more than the matmul
+        flat = ops.concat((ops.cast(self.weight, dtype).reshape(-1), ops.zeros(1, dtype)))
+        return ops.gather(flat, self.tile_index, 0).reshape(self.groups, self.in_ext // self.groups, -1)
 
     def multiply_tiles(self, tiles: ms.Tensor) -> ms.Tensor:
         """(groups, T, in_ext / groups) -> (T, out_ext); ``block_diagonal`` only."""
-        out = _bmm(tiles, self.tile_weights(tiles.dtype))  # (groups, T, out_ext / groups)
-        return out.transpose(1, 0, 2).reshape(tiles.shape[1], self.out_ext)
+        return self.untile(_bmm(tiles, self.tile_weights(tiles.dtype)))  # from (groups, T, out_ext / groups)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         """(T, in_ext) -> (T, out_ext)."""
@@ -275,7 +294,43 @@ class SparseLRLinear(nn.Cell):
         self.gate = nn.Dense(in_features, 1) if gating else None
         self.has_bias = has_bias
         self.bias = ms.Parameter(ms.Tensor(np.zeros(out_features, np.float32)), name="bias") if has_bias else None
+        if self.tiled:
+            index = self._tile_operand_elements()
+            self.tile_operand_index = ms.Tensor(index.reshape(-1).astype(np.int32))
+            self.tile_operand_shape = index.shape
         self.reset_parameters()
+
+    def _tile_operand_elements(self) -> np.ndarray:
+        """Where each entry of the tiled matmul's weight operand sits in the flat concatenation of the parameters it
+        reads (``_tile_operand``), the last entry being a zero. Widening layers: [sparse ; lr_weight2 ; bias] as
+        (groups, in/groups + rank [+ 1], out/groups); narrowing: [sparse | lr_weight1 | gate] as
+        (groups, in/groups, out/groups + rank [+ 1])."""
+        groups, rank = self.sparse.groups, self.rank
+        offset = self.sparse.weight.size
+        if self.in_ext <= self.out_ext:
+            rows = np.arange(groups)[:, None, None] * (self.out_ext // groups) + \
+                np.arange(self.out_ext // groups)[None, None, :]  # output feature, (groups, 1, out / groups)
+            zero = offset + self.out_features * (rank + int(self.has_bias))
+            parts = [self.sparse.tile_elements(zero), offset + rows * rank + np.arange(rank)[None, :, None]]
+            if self.has_bias:
+                parts.append(offset + self.out_features * rank + rows)
+            return np.concatenate([np.where(rows < self.out_features, part, zero) for part in parts], axis=1)
+        cols = np.arange(groups)[:, None, None] * (self.in_ext // groups) + \
+            np.arange(self.in_ext // groups)[None, :, None]  # input feature, (groups, in / groups, 1)
+        zero = offset + self.in_features * (rank + int(self.gating))
+        parts = [self.sparse.tile_elements(zero), offset + np.arange(rank)[None, None, :] * self.in_features + cols]
+        if self.gating:
+            parts.append(offset + rank * self.in_features + cols)
+        return np.concatenate([np.where(cols < self.in_features, part, zero) for part in parts], axis=2)
+
+    def _tile_operand(self, dtype) -> ms.Tensor:
+        sources = [self.sparse.weight]
+        if self.in_ext <= self.out_ext:
+            sources += [self.low_rank.lr_weight2] + ([self.bias] if self.has_bias else [])
+        else:
+            sources += [self.low_rank.lr_weight1] + ([self.gate.weight] if self.gating else [])
+        flat = ops.concat([ops.cast(p, dtype).reshape(-1) for p in sources] + [ops.zeros(1, dtype)])
+        return ops.gather(flat, self.tile_operand_index, 0).reshape(self.tile_operand_shape)
 
     @property
     def saving(self) -> float:
@@ -328,14 +383,13 @@ class SparseLRLinear(nn.Cell):
         return ops.sigmoid(logit + ops.cast(self.gate.bias, logit.dtype))
 
     def _untile(self, tiles: ms.Tensor) -> ms.Tensor:
-        out = tiles.transpose(1, 0, 2).reshape(tiles.shape[1], -1)
+        out = self.sparse.untile(tiles)
         return out if self.out_ext == self.out_features else out[:, :self.out_features]
 
-    def _bias_tiles(self, dtype) -> ms.Tensor:
-        bias = ops.cast(self.bias, dtype)
-        if self.out_ext != self.out_features:
-            bias = ops.pad(bias, (0, self.out_ext - self.out_features))
-        return bias.reshape(self.sparse.groups, 1, -1)
+    @staticmethod
+    def _scale(x: ms.Tensor, per_token: ms.Tensor) -> ms.Tensor:
+        # An explicit broadcast and a plain product (see the module docstring: memory on the CPU backend)
+        return x * ops.broadcast_to(per_token, x.shape)
 
     def forward_to_tiles(self, flat: ms.Tensor) -> ms.Tensor:
         """(T, in) -> the output as ``block_diagonal`` tiles (groups, T, out_ext / groups), bias included.
@@ -345,21 +399,19 @@ class SparseLRLinear(nn.Cell):
         [input tiles | hidden] against [sparse tiles ; lr_weight2 tiles] gives both terms. The backward keeps
         input-sized tensors, nothing output-sized.
         """
-        groups, dtype = self.sparse.groups, flat.dtype
+        groups, dtype, tokens = self.sparse.groups, flat.dtype, flat.shape[0]
         hidden = ops.matmul(flat, ops.cast(self.low_rank.lr_weight1, dtype).transpose(1, 0))
         if self.gating:
             gate = self._gate(ops.matmul(flat, ops.cast(self.gate.weight, dtype).transpose(1, 0)))
-            flat, hidden = flat * (1 - gate), hidden * gate
+            flat, hidden = self._scale(flat, 1 - gate), self._scale(hidden, gate)
         else:
             flat, hidden = flat * 0.5, hidden * 0.5
-        operand = ops.concat((self.sparse.tiles(self._pad(flat)),
-                              ops.broadcast_to(hidden.reshape(1, -1, self.rank), (groups, -1, -1))), axis=2)
-        w2 = ops.cast(self.low_rank.lr_weight2, dtype)
-        if self.out_ext != self.out_features:
-            w2 = ops.pad(w2, (0, 0, 0, self.out_ext - self.out_features))
-        w2 = w2.transpose(1, 0).reshape(self.rank, groups, -1).transpose(1, 0, 2)  # (groups, rank, out / groups)
-        out = _bmm(operand, ops.concat((self.sparse.tile_weights(dtype), w2), axis=1))
-        return out + self._bias_tiles(dtype) if self.has_bias else out
+        # [input tiles | hidden | 1] @ [sparse tiles ; lr_weight2 tiles ; bias]: the bias rides on a column of ones
+        operands = [self.sparse.tiles(self._pad(flat)), ops.broadcast_to(hidden.reshape(1, tokens, self.rank),
+                                                                         (groups, tokens, self.rank))]
+        if self.has_bias:
+            operands.append(ops.ones((groups, tokens, 1), dtype))
+        return _bmm(ops.concat(operands, axis=2), self._tile_operand(dtype))
 
     def forward_from_tiles(self, tiles: ms.Tensor) -> ms.Tensor:
         """The input as ``block_diagonal`` tiles (groups, T, in_ext / groups) -> (T, out), bias included.
@@ -369,19 +421,16 @@ class SparseLRLinear(nn.Cell):
         wide input) and the narrow output's terms.
         """
         dtype, rank = tiles.dtype, self.rank
-        reads = ops.cast(self.low_rank.lr_weight1, dtype)
-        if self.gating:
-            reads = ops.concat((reads, ops.cast(self.gate.weight, dtype)), axis=0)  # (rank + 1, in)
-        if self.in_ext != self.in_features:
-            reads = ops.pad(reads, (0, self.in_ext - self.in_features))
-        reads = reads.transpose(1, 0).reshape(self.sparse.groups, -1, reads.shape[0])  # (groups, in / groups, r [+1])
-        out = _bmm(tiles, ops.concat((self.sparse.tile_weights(dtype), reads), axis=2))
+        out = _bmm(tiles, self._tile_operand(dtype))
         width = self.out_ext // self.sparse.groups
         sparse = self._untile(out[:, :, :width])
         projected = out[:, :, width:].sum(0)  # (T, rank [+ 1])
         low_rank = ops.matmul(projected[:, :rank], ops.cast(self.low_rank.lr_weight2, dtype).transpose(1, 0))
-        y = sparse + self._gate(projected[:, rank:]) * (low_rank - sparse) if self.gating else (sparse + low_rank) * 0.5
-        return y + ops.cast(self.bias, dtype) if self.has_bias else y
+        if self.gating:
+            y = sparse + self._scale(low_rank - sparse, self._gate(projected[:, rank:]))
+        else:
+            y = (sparse + low_rank) * 0.5
+        return ops.bias_add(y, ops.cast(self.bias, dtype)) if self.has_bias else y
 
     def _forward_densified(self, flat: ms.Tensor) -> ms.Tensor:
         sparse = self.sparse(self._pad(flat))
