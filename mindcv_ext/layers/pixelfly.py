@@ -31,7 +31,7 @@ from .monarch import _check_positive_int
 __all__ = ["butterfly_base_mask", "flat_block_butterfly_layout", "BlockSparseLinear", "LowRank", "SparseLRLinear",
            "FlatBlockButterflyLinear", "PRODUCTS"]
 
-_bmm = ops.BatchMatMul()
+_bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
 def butterfly_base_mask(butterfly_size: int, n_factors: int) -> np.ndarray:
@@ -159,20 +159,12 @@ class BlockSparseLinear(nn.Cell):
         self.product = product
         self.groups = groups if product == "block_diagonal" else 1
         if product == "block_diagonal":
-            self.tile_index = ms.Tensor(self.tile_elements(zero=nnz * block * block).reshape(-1).astype(np.int32))
-
-    def tile_elements(self, zero: int) -> np.ndarray:
-        """(groups, in_ext / groups, out_ext / groups): where each entry of the transposed group tiles sits in the
-        flattened ``weight``; ``zero`` marks the entries outside the layout."""
-        groups, b = self.groups, self.block
-        in_group, out_group = self.in_ext // groups, self.out_ext // groups
-        cols = np.arange(groups)[:, None, None] * in_group + np.arange(in_group)[None, :, None]  # (g, in, 1)
-        rows = np.arange(groups)[:, None, None] * out_group + np.arange(out_group)[None, None, :]  # (g, 1, out)
-        nnz = self.weight.shape[0]
-        position = np.full(self.layout_array.shape, -1, np.int64)
-        position[self.layout_array.astype(bool)] = np.arange(nnz)
-        blocks = position[rows // b, cols // b]
-        return np.where(blocks >= 0, blocks * b * b + (rows % b) * b + cols % b, zero)
+            # Group k's tile: block rows k*R .. (k+1)*R - 1 by block columns k*C .. (k+1)*C - 1 of the layout.
+            rows, cols = layout.shape[0] // groups, layout.shape[1] // groups
+            block_rows = np.arange(groups)[:, None] * rows + np.arange(rows)[None, :]
+            block_cols = np.arange(groups)[:, None] * cols + np.arange(cols)[None, :]
+            self.tile_index = ms.Tensor(position[block_rows[:, :, None], block_cols[:, None, :]].reshape(-1))
+            self.tile_blocks = (groups, rows, cols)
 
     def dense_weight(self) -> ms.Tensor:
         """The (out_ext, in_ext) weight with zeros outside the layout."""
@@ -200,14 +192,16 @@ class BlockSparseLinear(nn.Cell):
         return ops.concat([tiles[k] for k in range(tiles.shape[0])], axis=1)
 
     def tile_weights(self, dtype) -> ms.Tensor:
-        """(groups, in_ext / groups, out_ext / groups): each group's dense tile, transposed for ``tiles @ w``."""
-        # One gather of single entries: transposing the gathered blocks instead costs more than the matmul
-        flat = ops.concat((ops.cast(self.weight, dtype).reshape(-1), ops.zeros(1, dtype)))
-        return ops.gather(flat, self.tile_index, 0).reshape(self.groups, self.in_ext // self.groups, -1)
+        """(groups, out_ext / groups, in_ext / groups): each group's dense tile, for ``tiles @ w^T``."""
+        groups, rows, cols = self.tile_blocks
+        b = self.block
+        blocks = ops.gather(self._with_zero_block(ops.cast(self.weight, dtype)), self.tile_index, 0)
+        # Only whole rows of blocks move: the transpose keeps each block row's b entries together
+        return blocks.reshape(groups, rows, cols, b, b).transpose(0, 1, 3, 2, 4).reshape(groups, rows * b, cols * b)
 
     def multiply_tiles(self, tiles: ms.Tensor) -> ms.Tensor:
         """(groups, T, in_ext / groups) -> (T, out_ext); ``block_diagonal`` only."""
-        return self.untile(_bmm(tiles, self.tile_weights(tiles.dtype)))  # from (groups, T, out_ext / groups)
+        return self.untile(_bmm_nt(tiles, self.tile_weights(tiles.dtype)))  # from (groups, T, out_ext / groups)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         """(T, in_ext) -> (T, out_ext)."""
@@ -294,43 +288,28 @@ class SparseLRLinear(nn.Cell):
         self.gate = nn.Dense(in_features, 1) if gating else None
         self.has_bias = has_bias
         self.bias = ms.Parameter(ms.Tensor(np.zeros(out_features, np.float32)), name="bias") if has_bias else None
-        if self.tiled:
-            index = self._tile_operand_elements()
-            self.tile_operand_index = ms.Tensor(index.reshape(-1).astype(np.int32))
-            self.tile_operand_shape = index.shape
         self.reset_parameters()
 
-    def _tile_operand_elements(self) -> np.ndarray:
-        """Where each entry of the tiled matmul's weight operand sits in the flat concatenation of the parameters it
-        reads (``_tile_operand``), the last entry being a zero. Widening layers: [sparse ; lr_weight2 ; bias] as
-        (groups, in/groups + rank [+ 1], out/groups); narrowing: [sparse | lr_weight1 | gate] as
-        (groups, in/groups, out/groups + rank [+ 1])."""
-        groups, rank = self.sparse.groups, self.rank
-        offset = self.sparse.weight.size
-        if self.in_ext <= self.out_ext:
-            rows = np.arange(groups)[:, None, None] * (self.out_ext // groups) + \
-                np.arange(self.out_ext // groups)[None, None, :]  # output feature, (groups, 1, out / groups)
-            zero = offset + self.out_features * (rank + int(self.has_bias))
-            parts = [self.sparse.tile_elements(zero), offset + rows * rank + np.arange(rank)[None, :, None]]
-            if self.has_bias:
-                parts.append(offset + self.out_features * rank + rows)
-            return np.concatenate([np.where(rows < self.out_features, part, zero) for part in parts], axis=1)
-        cols = np.arange(groups)[:, None, None] * (self.in_ext // groups) + \
-            np.arange(self.in_ext // groups)[None, :, None]  # input feature, (groups, in / groups, 1)
-        zero = offset + self.in_features * (rank + int(self.gating))
-        parts = [self.sparse.tile_elements(zero), offset + np.arange(rank)[None, None, :] * self.in_features + cols]
-        if self.gating:
-            parts.append(offset + rank * self.in_features + cols)
-        return np.concatenate([np.where(cols < self.in_features, part, zero) for part in parts], axis=2)
+    def _widening_weights(self, dtype) -> ms.Tensor:
+        """[sparse tiles | lr_weight2 | bias] as (groups, out/groups, in/groups + rank [+ 1])."""
+        groups = self.sparse.groups
+        parts = [ops.cast(self.low_rank.lr_weight2, dtype)]  # (out, rank)
+        if self.has_bias:
+            parts.append(ops.cast(self.bias, dtype).reshape(-1, 1))
+        columns = ops.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+        if self.out_ext != self.out_features:
+            columns = ops.pad(columns, (0, 0, 0, self.out_ext - self.out_features))
+        return ops.concat((self.sparse.tile_weights(dtype), columns.reshape(groups, -1, columns.shape[1])), axis=2)
 
-    def _tile_operand(self, dtype) -> ms.Tensor:
-        sources = [self.sparse.weight]
-        if self.in_ext <= self.out_ext:
-            sources += [self.low_rank.lr_weight2] + ([self.bias] if self.has_bias else [])
-        else:
-            sources += [self.low_rank.lr_weight1] + ([self.gate.weight] if self.gating else [])
-        flat = ops.concat([ops.cast(p, dtype).reshape(-1) for p in sources] + [ops.zeros(1, dtype)])
-        return ops.gather(flat, self.tile_operand_index, 0).reshape(self.tile_operand_shape)
+    def _narrowing_reads(self, dtype) -> ms.Tensor:
+        """[lr_weight1 ; gate] as (groups, rank [+ 1], in/groups): what the low rank and the gate read of the tiles."""
+        parts = [ops.cast(self.low_rank.lr_weight1, dtype)]
+        if self.gating:
+            parts.append(ops.cast(self.gate.weight, dtype))
+        reads = ops.concat(parts, axis=0) if len(parts) > 1 else parts[0]  # (rank [+ 1], in)
+        if self.in_ext != self.in_features:
+            reads = ops.pad(reads, (0, self.in_ext - self.in_features))
+        return reads.reshape(reads.shape[0], self.sparse.groups, -1).transpose(1, 0, 2)
 
     @property
     def saving(self) -> float:
@@ -411,20 +390,17 @@ class SparseLRLinear(nn.Cell):
                                                                          (groups, tokens, self.rank))]
         if self.has_bias:
             operands.append(ops.ones((groups, tokens, 1), dtype))
-        return _bmm(ops.concat(operands, axis=2), self._tile_operand(dtype))
+        return _bmm_nt(ops.concat(operands, axis=2), self._widening_weights(dtype))
 
     def forward_from_tiles(self, tiles: ms.Tensor) -> ms.Tensor:
         """The input as ``block_diagonal`` tiles (groups, T, in_ext / groups) -> (T, out), bias included.
 
-        One batched matmul of the tiles against [sparse tiles | lr_weight1 | gate weight] gives the sparse term and,
-        summed over the groups, the low-rank hidden and the gate's logit, so the backward keeps only the tiles (the
-        wide input) and the narrow output's terms.
+        Two batched matmuls read the tiles: the sparse term, and, summed over the groups, the low-rank hidden and
+        the gate's logit. So the backward keeps only the tiles (the wide input) and the narrow output's terms.
         """
         dtype, rank = tiles.dtype, self.rank
-        out = _bmm(tiles, self._tile_operand(dtype))
-        width = self.out_ext // self.sparse.groups
-        sparse = self._untile(out[:, :, :width])
-        projected = out[:, :, width:].sum(0)  # (T, rank [+ 1])
+        sparse = self._untile(_bmm_nt(tiles, self.sparse.tile_weights(dtype)))
+        projected = _bmm_nt(tiles, self._narrowing_reads(dtype)).sum(0)  # (T, rank [+ 1])
         low_rank = ops.matmul(projected[:, :rank], ops.cast(self.low_rank.lr_weight2, dtype).transpose(1, 0))
         if self.gating:
             y = sparse + self._scale(low_rank - sparse, self._gate(projected[:, rank:]))
