@@ -8,9 +8,10 @@ same names (``sparse.weight`` (nnz, block, block) in the layout's row-major orde
 
 The block-sparse product never builds the dense weight when the layout is a Kronecker product of a mask and a
 block of ones whose mask is block diagonal (every flat block butterfly layout without ``shuffle`` or
-``global_size`` is): it runs as one batched matmul over the diagonal groups (see ``BlockSparseLinear``), and
-``SparseLRLinear`` folds its low-rank term, gate and bias into that matmul, so the backward keeps input-sized
-tensors and no per-block copies of the activations. Other layouts densify the weight with a gather.
+``global_size`` is): it runs as one batched matmul over the diagonal groups (see ``BlockSparseLinear``).
+``SparseLRLinear`` mixes its gate on the narrow side of the layer and folds the low-rank term and the bias into
+the tiled matmuls, so the backward keeps input-sized tensors and no per-block copies of the activations; the
+Pixelfly ``Mlp`` hands fc1's output to fc2 as tiles. Other layouts densify the weight with a gather.
 
 On MindSpore's CPU backend a training step holds several activation-sized buffers per Transpose and per
 implicitly broadcast product until the step ends (measured: ~8.7 activation copies per transpose pair or
@@ -118,9 +119,8 @@ class BlockSparseLinear(nn.Cell):
     Works on the extended (block-padded) sizes; ``SparseLRLinear`` pads and slices around it.
 
     - ``block_diagonal`` (chosen by ``auto`` when the layout allows): when the layout is ``kron(mask, ones)`` and
-      the mask is block diagonal over g groups, the product is one batched matmul of the input's g column runs,
-      a reshaped and transposed view, against g dense tiles gathered from the weight (zero blocks inside a tile
-      stay zero). A flat block butterfly with ``n_factors`` f has groups of 2**f base rows, so the work is
+      the mask is block diagonal over g groups, the product is one batched matmul of the input's g column runs
+      against g dense tiles gathered from the weight (zero blocks inside a tile stay zero). A flat block butterfly with ``n_factors`` f has groups of 2**f base rows, so the work is
       2**f / butterfly_size of dense (1/2 for Pixelfly's 8 and 2, whose layout holds 3/8). The layer keeps one
       copy of its input for the backward, as a dense layer does: no per-block copies of the activations, no
       scatter of the outputs.
