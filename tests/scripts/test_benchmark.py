@@ -14,9 +14,9 @@ from scripts import benchmark
 def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
     # Both paths for the MLP and the layers; the models (a worker process each) on the accelerated one.
-    code = benchmark.main(["--suite", "mlp", "layers", "attention", "--with_plain", "--repeats", "2",
+    # (the attention suite has its own test below)
+    code = benchmark.main(["--suite", "mlp", "layers", "--with_plain", "--repeats", "2",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
-                           "--attentions", "local", "--attn_lengths", "128", "--attn_baseline_tokens", "64",
                            "--out", str(tmp_path)])
     assert code == 0
     code = benchmark.main(["--suite", "models", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
