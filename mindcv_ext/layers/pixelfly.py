@@ -120,10 +120,10 @@ class BlockSparseLinear(nn.Cell):
 
     - ``block_diagonal`` (chosen by ``auto`` when the layout allows): when the layout is ``kron(mask, ones)`` and
       the mask is block diagonal over g groups, the product is one batched matmul of the input's g column runs
-      against g dense tiles gathered from the weight (zero blocks inside a tile stay zero). A flat block butterfly with ``n_factors`` f has groups of 2**f base rows, so the work is
-      2**f / butterfly_size of dense (1/2 for Pixelfly's 8 and 2, whose layout holds 3/8). The layer keeps one
-      copy of its input for the backward, as a dense layer does: no per-block copies of the activations, no
-      scatter of the outputs.
+      against g dense tiles gathered from the weight (zero blocks inside a tile stay zero). A flat block
+      butterfly with ``n_factors`` f has groups of 2**f base rows, so the work is 2**f / butterfly_size of dense
+      (1/2 for Pixelfly's 8 and 2, whose layout holds 3/8). The layer keeps one copy of its input for the
+      backward, as a dense layer does: no per-block copies of the activations, no scatter of the outputs.
     - ``densify``: build the (out, in) weight with a gather and multiply densely, for any other layout (fly's
       ``shuffle`` or ``global_size`` ones).
     """
@@ -375,8 +375,8 @@ class SparseLRLinear(nn.Cell):
 
         The gate is one scalar per token, so (1 - g) * S(x) = S((1 - g) * x) and g * W2 W1 x = W2 (g * W1 x): the
         gate scales the narrow input and the rank-wide hidden, and one batched matmul of
-        [input tiles | hidden] against [sparse tiles ; lr_weight2 tiles] gives both terms. The backward keeps
-        input-sized tensors, nothing output-sized.
+        [input tiles | hidden | 1] against [sparse tiles | lr_weight2 | bias] (transposed) gives both terms and
+        the bias. The backward keeps input-sized tensors, nothing output-sized.
         """
         groups, dtype, tokens = self.sparse.groups, flat.dtype, flat.shape[0]
         hidden = ops.matmul(flat, ops.cast(self.low_rank.lr_weight1, dtype).transpose(1, 0))
