@@ -2,8 +2,9 @@
 
 The models of mindcv_ext are plain MindSpore, the code that Ascend and GPU run. On a CPU, ``accelerate`` swaps some
 of their cells for twins on fused C++ kernels (``cells.py``, ``kernels/cpu_ops.cc``): exact GELU and LayerNorm in
-one pass each, Monarch layers on oneDNN's sgemm with one-pass permutations, and Monarch MLPs that never put fc1's
-output back in order. The twins hold the same Parameter objects, so checkpoints, optimizers and EMA are unchanged,
+one pass each, Monarch layers on oneDNN's sgemm with one-pass permutations, Monarch MLPs that never put fc1's
+output back in order, and Pixelfly layers as one kernel each way (the block-sparse product as a few large sgemms
+over runs of blocks, with the gate, the low-rank term and the bias in the same pass). The twins hold the same Parameter objects, so checkpoints, optimizers and EMA are unchanged,
 and give the same results to float32 rounding.
 
     from mindcv_ext.accel import accelerate

@@ -9,16 +9,16 @@ from mindspore import nn, ops
 
 import numpy as np
 
-from ..layers import GatedMlp, MonarchLinear, Mlp, SketchStructuredLinear, is_exact_gelu
+from ..layers import GatedMlp, MonarchLinear, Mlp, SketchStructuredLinear, SparseLRLinear, is_exact_gelu
 from ..layers.ssl import SSL_BLOCK_K, SSL_VEC
 from ..models.gmlp import SpatialGatingUnit
 from .cpu_kernels import (CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuBlocksMatmul, CpuColumnsOfFlat, CpuColumnsOfRows,
-                          CpuColumnsOfRowsBias, CpuGateToBlocks, CpuGelu, CpuLayerNorm, CpuSslChunkSum,
-                          cpu_sgemm_available)
+                          CpuColumnsOfRowsBias, CpuGateToBlocks, CpuGelu, CpuLayerNorm, CpuSparseLowRank,
+                          CpuSslChunkSum, cpu_sgemm_available)
 from .fused import gated_pair_fusable, monarch_forward, monarch_gated_mlp, monarch_mlp, pair_fusable, reorder_features
 
-__all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastSketchStructuredLinear", "FastMlp", "FastGatedMlp",
-           "FastSpatialGatingUnit", "FAST_CELLS"]
+__all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastSketchStructuredLinear", "FastSparseLRLinear",
+           "FastMlp", "FastPixelflyMlp", "FastGatedMlp", "FastSpatialGatingUnit", "FAST_CELLS"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
@@ -134,6 +134,55 @@ class FastSketchStructuredLinear(SketchStructuredLinear):
         return out.reshape(lead_shape + (self.out_features,))
 
 
+class FastSparseLRLinear(SparseLRLinear):
+    """Pixelfly's ``SparseLRLinear`` as one kernel each way (``CpuSparseLowRank``): the block-sparse product on
+    oneDNN's sgemm over runs of blocks, with the gate, the low-rank term and the bias in the same pass over each
+    chunk of tokens. Unpadded layers only (widths that are whole blocks); needs MindSpore's oneDNN sgemm."""
+
+    @staticmethod
+    def applies(cell: nn.Cell) -> bool:
+        return isinstance(cell, SparseLRLinear) and cell.in_ext == cell.in_features and \
+            cell.out_ext == cell.out_features and cpu_sgemm_available()
+
+    def __init__(self, plain: SparseLRLinear) -> None:
+        nn.Cell.__init__(self)
+        for name in ("in_features", "out_features", "rank", "in_ext", "out_ext", "gating", "has_bias"):
+            setattr(self, name, getattr(plain, name))
+        self.sparse, self.low_rank, self.gate, self.bias = plain.sparse, plain.low_rank, plain.gate, plain.bias
+        # Without a gate the layer averages its terms: a zero logit gives g = sigmoid(0) = 0.5 exactly.
+        self.no_gate = (ms.Tensor(np.zeros((1, self.in_features), np.float32)), ms.Tensor(np.zeros(1, np.float32)))
+        self.no_bias = ms.Tensor(np.zeros(self.out_features, np.float32))
+        self.kernel = CpuSparseLowRank()
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if x.dtype != ms.float32:
+            return super().construct(x)
+        gate_weight, gate_bias = (self.gate.weight, self.gate.bias) if self.gating else self.no_gate
+        bias = self.bias if self.has_bias else self.no_bias
+        shape = x.shape
+        y = self.kernel(x.reshape(-1, self.in_features), self.sparse.weight, self.sparse.layout,
+                        self.low_rank.lr_weight1, self.low_rank.lr_weight2, gate_weight, gate_bias, bias)
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class FastPixelflyMlp(Mlp):
+    """An MLP of two Pixelfly layers, each ``FastSparseLRLinear``, around the kernel GELU; the hidden activation
+    stays token-major (the tiles of the plain ``Mlp.hidden_as_tiles`` serve MindSpore's own operators)."""
+
+    @staticmethod
+    def applies(cell: nn.Cell) -> bool:
+        return isinstance(cell, Mlp) and FastSparseLRLinear.applies(cell.fc1) and FastSparseLRLinear.applies(cell.fc2)
+
+    def __init__(self, plain: Mlp) -> None:
+        nn.Cell.__init__(self)
+        self.fc1 = FastSparseLRLinear(plain.fc1)
+        self.act = FastGELU(plain.act) if is_exact_gelu(plain.act) else plain.act
+        self.drop1 = plain.drop1
+        self.fc2 = FastSparseLRLinear(plain.fc2)
+        self.drop2 = plain.drop2
+        self.hidden_as_tiles = False
+
+
 def _monarch_pair(fc1: nn.Cell, fc2: nn.Cell, fusable) -> bool:
     return FastMonarchLinear.applies(fc1) and FastMonarchLinear.applies(fc2) and fusable(fc1, fc2)
 
@@ -241,5 +290,5 @@ class FastGatedMlp(GatedMlp):
 
 
 # In the order accelerate tries them: a fused MLP takes its layers with it.
-FAST_CELLS = (FastMlp, FastGatedMlp, FastMonarchLinear, FastSketchStructuredLinear, FastSpatialGatingUnit,
-              FastLayerNorm, FastGELU)
+FAST_CELLS = (FastMlp, FastPixelflyMlp, FastGatedMlp, FastMonarchLinear, FastSketchStructuredLinear,
+              FastSparseLRLinear, FastSpatialGatingUnit, FastLayerNorm, FastGELU)

@@ -32,7 +32,8 @@ from mindspore import nn, ops
 
 __all__ = ["cpu_kernel_library", "build_cpu_kernels", "kernels_disabled", "CpuGelu",
            "CpuBiasGeluRegroup", "CpuBiasGeluSplit", "CpuGateToBlocks", "CpuLayerNorm", "CpuColumnsOfRows",
-           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat", "cpu_sgemm_available", "CpuBlocksMatmul", "CpuSslChunkSum"]
+           "CpuColumnsOfRowsBias", "CpuColumnsOfFlat", "cpu_sgemm_available", "CpuBlocksMatmul", "CpuSslChunkSum",
+           "CpuSparseLowRank"]
 
 _logger = logging.getLogger("mindcv_ext")
 SOURCE = Path(__file__).with_name("kernels") / "cpu_ops.cc"
@@ -353,6 +354,32 @@ class CpuSslChunkSum(nn.Cell):
 
     def bprop(self, x, shifts, out, dout):
         return self.backward_kernel(x, shifts, dout), ops.zeros_like(shifts)
+
+
+class CpuSparseLowRank(nn.Cell):
+    """Pixelfly's ``SparseLRLinear`` on a float32 token-major ``x (T, in)``: ``(1 - g) S x + g W2 W1 x + bias``
+    with ``g = sigmoid(x wg + bg)`` per token, forward and backward each one kernel. ``S`` is fly's block-sparse
+    weight ``(nnz, b, b)`` on its int32 ``layout``, multiplied as a few large sgemms over runs of blocks (see the
+    source), so only the layout's share of the dense work is done. The backward recomputes the gate and the
+    low-rank hidden from ``x`` instead of keeping them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        library = cpu_kernel_library()
+        self.forward_kernel = ops.Custom(f"{library}:SparseLowRankForward",
+                                         out_shape=lambda x, w, layout, lr1, lr2, gw, gb, bias: (x[0], lr2[0]),
+                                         out_dtype=lambda x, *rest: x, func_type="aot")
+        grads = lambda x, w, layout, lr1, lr2, gw, gb, bias, dy: (x, w, lr1, lr2, gw, gb, bias)  # noqa: E731
+        self.backward_kernel = ops.Custom(f"{library}:SparseLowRankBackward", out_shape=grads, out_dtype=grads,
+                                          func_type="aot")
+
+    def construct(self, x, weight, layout, lr_weight1, lr_weight2, gate_weight, gate_bias, bias):
+        return self.forward_kernel(x, weight, layout, lr_weight1, lr_weight2, gate_weight, gate_bias, bias)
+
+    def bprop(self, x, weight, layout, lr_weight1, lr_weight2, gate_weight, gate_bias, bias, out, dout):
+        dx, dweight, dlr1, dlr2, dgate_w, dgate_b, dbias = self.backward_kernel(
+            x, weight, layout, lr_weight1, lr_weight2, gate_weight, gate_bias, bias, dout)
+        return dx, dweight, ops.zeros_like(layout), dlr1, dlr2, dgate_w, dgate_b, dbias
 
 
 class CpuLayerNorm(nn.Cell):

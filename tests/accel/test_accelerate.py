@@ -11,8 +11,8 @@ from mindspore import nn
 import mindcv_ext
 import mindcv_ext.accel as accel
 from mindcv_ext.accel import accelerate, accelerated_cells
-from mindcv_ext.accel.cells import FastGatedMlp, FastMlp, FastMonarchLinear
-from mindcv_ext.layers import GatedMlp, MonarchLinear, Mlp
+from mindcv_ext.accel.cells import FastGatedMlp, FastMlp, FastMonarchLinear, FastPixelflyMlp, FastSparseLRLinear
+from mindcv_ext.layers import GatedMlp, MonarchLinear, Mlp, SparseLRLinear
 from mindcv_ext.models.gmlp import SpatialGatingUnit
 from tests.utils import SensGrads, rel_err
 
@@ -106,6 +106,28 @@ def test_gated_mlp_twin(dim, nblocks, fusable, graph_mode):
     assert len(fast.trainable_params()) == 10  # fc1 (3), the gate's norm (2) and projection (2), fc2 (3)
 
 
+@pytest.mark.parametrize("dim,hidden,gating", [(256, 1024, True), (128, 512, False)])
+def test_pixelfly_mlp_twin(dim, hidden, gating, graph_mode):
+    """Both Pixelfly layers one kernel each way around the GELU kernel, gated or not, with the plain tiled MLP's
+    values and gradients."""
+    mlp = Mlp(dim, hidden, mlp_layer="pixelfly", settings=dict(gating=gating))
+    assert mlp.hidden_as_tiles
+    _randomise(mlp, 5, scale=0.1)
+    x = np.random.default_rng(6).standard_normal((2, 70, dim)).astype(np.float32)
+    fast = _assert_same_results(mlp, x, (2, 70, dim))
+    assert isinstance(fast, FastPixelflyMlp) and not fast.hidden_as_tiles
+    assert accelerated_cells(fast) == {"FastPixelflyMlp": 1, "FastSparseLRLinear": 2, "FastGELU": 1}
+
+
+def test_padded_pixelfly_layer_keeps_the_plain_layer(graph_mode):
+    """The kernel multiplies whole blocks: a layer padded inside (100 -> 300) runs its plain tiles."""
+    padded = SparseLRLinear(100, 300)
+    assert accelerate(padded, "on") is padded and not accelerated_cells(padded)
+    unpadded = _randomise(SparseLRLinear(96, 320), 7, scale=0.1)
+    x = np.random.default_rng(8).standard_normal((40, 96)).astype(np.float32)
+    assert isinstance(_assert_same_results(unpadded, x, (40, 320)), FastSparseLRLinear)
+
+
 def test_twins_fall_back_to_the_plain_formula_off_float32(graph_mode):
     """Under AMP applied after accelerate, fp16 reaches the twins: they take the plain operators."""
     mlp = _randomise(GatedMlp(64, 384, lambda hidden: SpatialGatingUnit(hidden, 16), mlp_layer="monarch"), 3)
@@ -121,6 +143,7 @@ def test_twins_fall_back_to_the_plain_formula_off_float32(graph_mode):
 FAMILIES = [
     ("mixer_s16_224_monarch", dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64), 32),
     ("mixer_s16_224", dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64), 32),
+    ("mixer_s16_224", dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=128, mlp_layer="pixelfly"), 32),
     ("gmlp_s16_224_monarch", dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64), 32),
     ("gmlp_s16_224", dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64), 32),
     ("vitae_basic_tiny_monarch", dict(img_size=32, nc_depth=1), 32),
@@ -129,7 +152,8 @@ FAMILIES = [
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,size", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize("name,kwargs,size", FAMILIES,
+                         ids=[f[0] + ("_pixelfly" if f[1].get("mlp_layer") == "pixelfly" else "") for f in FAMILIES])
 def test_every_family_gives_the_plain_logits_and_gradients(name, kwargs, size, graph_mode):
     net = _randomise(mindcv_ext.create_model(name, num_classes=10, **kwargs), 6, scale=0.1)
     net.set_train(False)

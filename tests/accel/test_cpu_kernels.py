@@ -115,3 +115,65 @@ def test_blocks_matmul_rejects_mismatched_shapes(sgemm):
     matmul = cpu_kernels.CpuBlocksMatmul()
     with pytest.raises(RuntimeError):
         matmul(ms.Tensor(np.ones((4, 5, 6), np.float32)), ms.Tensor(np.ones((4, 3, 7), np.float32))).asnumpy()
+
+
+def _sparse_low_rank_inputs(rng, layout, block, tokens, rank):
+    rows, cols = layout.shape
+    nnz = int(layout.sum())
+    shapes = [(tokens, cols * block), (nnz, block, block), (rank, cols * block), (rows * block, rank),
+              (1, cols * block), (1,), (rows * block,)]
+    x, weight, lr1, lr2, gate_w, gate_b, bias = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    return x, weight, lr1, lr2, gate_w, gate_b, bias
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_sparse_low_rank_kernel_against_float64(gated, sgemm, graph_mode):
+    """Pixelfly's layer in one kernel on a layout with every case of its plan: block rows sharing their columns (one
+    packed matrix for both), a row of two column runs, an empty block row (zeros), an empty block column; values
+    and all seven gradients against NumPy in float64. A zero gate is the ungated layer's mean, g = 0.5."""
+    block, tokens, rank = 4, 150, 3  # 150 tokens: more than a thread's chunk of 128
+    layout = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 0]], np.int32)
+    rng = np.random.default_rng(3)
+    x, weight, lr1, lr2, gate_w, gate_b, bias = _sparse_low_rank_inputs(rng, layout, block, tokens, rank)
+    if not gated:
+        gate_w, gate_b = np.zeros_like(gate_w), np.zeros_like(gate_b)
+    sens = rng.standard_normal((tokens, layout.shape[0] * block)).astype(np.float32)
+    kernel = cpu_kernels.CpuSparseLowRank()
+    inputs = [ms.Tensor(a) for a in (x, weight, layout, lr1, lr2, gate_w, gate_b, bias)]
+    y = kernel(*inputs).asnumpy()
+    grads = [g.asnumpy() for g in ms.ops.GradOperation(get_all=True, sens_param=True)(kernel)(*inputs,
+                                                                                            ms.Tensor(sens))]
+
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    dense = np.zeros((layout.shape[0] * block, layout.shape[1] * block))
+    for index, (r, c) in enumerate(zip(*np.nonzero(layout))):  # fly's row-major order of the nonzero blocks
+        dense[r * block:(r + 1) * block, c * block:(c + 1) * block] = weight[index]
+    x64, sens64 = f64(x), f64(sens)
+    g = 1 / (1 + np.exp(-(x64 @ f64(gate_w).T + f64(gate_b))))  # (T, 1)
+    hidden = x64 @ f64(lr1).T
+    sparse, low = x64 @ dense.T, hidden @ f64(lr2).T
+    assert rel_err(y, (1 - g) * sparse + g * low + f64(bias)) < 1e-6
+    dlogit = ((sens64 * (low - sparse)).sum(1, keepdims=True)) * g * (1 - g)
+    dhidden = (g * sens64) @ f64(lr2)
+    expected_dx = ((1 - g) * sens64) @ dense + dhidden @ f64(lr1) + dlogit @ f64(gate_w)
+    dense_grad = ((1 - g) * sens64).T @ x64
+    expected_dweight = np.stack([dense_grad[r * block:(r + 1) * block, c * block:(c + 1) * block]
+                                 for r, c in zip(*np.nonzero(layout))])
+    dx, dweight, dlayout, dlr1, dlr2, dgate_w, dgate_b, dbias = grads
+    assert rel_err(dx, expected_dx) < 1e-5 and rel_err(dweight, expected_dweight) < 1e-5
+    assert rel_err(dlr1, dhidden.T @ x64) < 1e-5 and rel_err(dlr2, sens64.T @ (g * hidden)) < 1e-5
+    assert rel_err(dgate_w, dlogit.T @ x64) < 1e-5 and rel_err(dgate_b, dlogit.sum(0)) < 1e-5
+    assert rel_err(dbias, sens64.sum(0)) < 1e-5 and not dlayout.any()
+
+
+@pytest.mark.parametrize("bad", ["value", "count"])
+def test_sparse_low_rank_kernel_refuses_a_corrupt_layout(bad, sgemm):
+    """The layout decides where the kernel reads the weight: an entry other than 0 or 1, or more ones than the
+    weight has blocks, is an error from the kernel, not a read past the weight."""
+    layout = np.array([[1, 0], [0, 1]], np.int32)
+    rng = np.random.default_rng(0)
+    x, weight, lr1, lr2, gate_w, gate_b, bias = _sparse_low_rank_inputs(rng, layout, 4, 5, 2)
+    corrupt = np.array([[1, 0], [0, 7]], np.int32) if bad == "value" else np.ones((2, 2), np.int32)
+    with pytest.raises(RuntimeError):
+        cpu_kernels.CpuSparseLowRank()(*(ms.Tensor(a) for a in (x, weight, corrupt, lr1, lr2, gate_w, gate_b,
+                                                                  bias))).asnumpy()

@@ -747,3 +747,276 @@ extern "C" int SslChunkSumBackward(int nparam, void **params, int *ndims, int64_
   });
   return 0;
 }
+
+// Pixelfly's SparseLRLinear (layers/pixelfly.py), token-major, one kernel each way:
+//   y = (1 - g) * S x + g * W2 (W1 x) + bias,   g = sigmoid(x . wg + bg), one scalar per token
+// S is fly's block-sparse weight: blocks (nnz, b, b) in the row-major order of the layout's nonzeros. The product
+// runs as a few large sgemms instead of one per block: block rows with the same nonzero columns form a row run,
+// its nonzero columns split into contiguous column runs, and each (row run, column run) is one matrix packed from
+// the blocks. A Mixer-B channel layer (flat butterfly 8, 2 factors) has 8 row runs and 12 such matrices, so only
+// the layout's 3/8 of the dense work is done. The gate scales whole rows, so the sparse term is mixed per token
+// after its sgemms and the low-rank term is added by one more sgemm on the gated hidden.
+namespace {
+
+// One packed matrix of S: output features [row0, row0 + rows) by input features [col0, col0 + cols), stored
+// row-major at `offset` of the packed buffer. `first`: the first of its row run (sgemm's beta = 0).
+struct SparseCall {
+  int64_t row0, rows, col0, cols, offset;
+  bool first;
+};
+
+struct SparsePlan {
+  int64_t block = 0, in = 0, out = 0, packed = 0;
+  std::vector<SparseCall> calls;
+  std::vector<std::pair<int64_t, int64_t>> empty_rows;  // output feature ranges no block reaches: zeros
+  std::vector<int64_t> position;                        // block (r, c) -> index in the weight, or -1
+};
+
+// The plan of a layout (R, C) of zeros and ones with exactly `nnz` ones; false for anything else, so a
+// corrupt layout can never send a read past the weight.
+bool MakeSparsePlan(const int32_t *layout, int64_t R, int64_t C, int64_t b, int64_t nnz, SparsePlan *plan) {
+  plan->block = b, plan->in = C * b, plan->out = R * b;
+  plan->position.assign(R * C, -1);
+  int64_t count = 0;
+  for (int64_t i = 0; i < R * C; ++i) {
+    if (layout[i] != 0 && layout[i] != 1) return false;
+    if (layout[i] == 1) plan->position[i] = count++;
+  }
+  if (count != nnz) return false;
+  for (int64_t r = 0; r < R;) {
+    int64_t end = r + 1;
+    while (end < R && std::equal(layout + end * C, layout + (end + 1) * C, layout + r * C)) ++end;
+    bool first = true;
+    for (int64_t c = 0; c < C;) {
+      if (layout[r * C + c] == 0) { ++c; continue; }
+      int64_t stop = c + 1;
+      while (stop < C && layout[r * C + stop] == 1) ++stop;
+      plan->calls.push_back({r * b, (end - r) * b, c * b, (stop - c) * b, plan->packed, first});
+      plan->packed += (end - r) * b * (stop - c) * b;
+      first = false;
+      c = stop;
+    }
+    if (first) plan->empty_rows.push_back({r * b, (end - r) * b});
+    r = end;
+  }
+  return true;
+}
+
+// Copies between fly's blocks and the packed matrices, each way (to_packed: blocks -> packed).
+void CopyPacked(const SparsePlan &plan, float *blocks, float *packed, bool to_packed) {
+  const int64_t b = plan.block, C = plan.in / b;
+  ParallelFor(static_cast<int64_t>(plan.calls.size()), [&](int, int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const SparseCall &call = plan.calls[n];
+      for (int64_t row = 0; row < call.rows; ++row) {
+        const int64_t r = (call.row0 + row) / b, ii = (call.row0 + row) % b;
+        float *packed_row = packed + call.offset + row * call.cols;
+        for (int64_t j = 0; j < call.cols / b; ++j) {
+          float *block_row = blocks + (plan.position[r * C + call.col0 / b + j] * b + ii) * b;
+          if (to_packed) std::copy(block_row, block_row + b, packed_row + j * b);
+          else std::copy(packed_row + j * b, packed_row + (j + 1) * b, block_row);
+        }
+      }
+    }
+  });
+}
+
+inline float Dot(const float *a, const float *b, int64_t n) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+inline float Sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+constexpr int64_t kTokenChunk = 128;  // tokens per step of a thread: its hidden and gate stay in cache
+
+// Inputs shared by both directions: x (T, in), weight (nnz, b, b), layout (R, C) int32, lr_weight1 (rank, in),
+// lr_weight2 (out, rank), gate weight (1, in), gate bias (1), bias (out). Checked, and the plan made.
+struct SparseLowRank {
+  const float *x, *weight, *lr1, *lr2, *gate_w, *gate_b, *bias;
+  int64_t tokens, in, out, rank;
+  SparsePlan plan;
+};
+
+bool SparseLowRankInputs(void **params, int *ndims, int64_t **shapes, const char **dtypes, SparseLowRank *s) {
+  if (ndims[0] != 2 || ndims[1] != 3 || ndims[2] != 2 || ndims[3] != 2 || ndims[4] != 2) return false;
+  if (std::strcmp(dtypes[2], "int32") != 0) return false;
+  const char *floats[] = {dtypes[0], dtypes[1], dtypes[3], dtypes[4], dtypes[5], dtypes[6], dtypes[7]};
+  if (!AllFloat32(7, floats)) return false;
+  s->tokens = shapes[0][0], s->in = shapes[0][1];
+  const int64_t nnz = shapes[1][0], b = shapes[1][1], R = shapes[2][0], C = shapes[2][1];
+  s->rank = shapes[3][0], s->out = shapes[4][0];
+  if (b <= 0 || shapes[1][2] != b || C * b != s->in || R * b != s->out || shapes[3][1] != s->in ||
+      shapes[4][1] != s->rank || s->rank <= 0 || NumElements(ndims[5], shapes[5]) != s->in ||
+      NumElements(ndims[6], shapes[6]) != 1 || NumElements(ndims[7], shapes[7]) != s->out)
+    return false;
+  s->x = static_cast<const float *>(params[0]);
+  s->weight = static_cast<const float *>(params[1]);
+  s->lr1 = static_cast<const float *>(params[3]);
+  s->lr2 = static_cast<const float *>(params[4]);
+  s->gate_w = static_cast<const float *>(params[5]);
+  s->gate_b = static_cast<const float *>(params[6]);
+  s->bias = static_cast<const float *>(params[7]);
+  return MakeSparsePlan(static_cast<const int32_t *>(params[2]), R, C, b, nnz, &s->plan);
+}
+
+// h = x W1^T and g for tokens [t, t + m).
+bool HiddenAndGate(Sgemm sgemm, const SparseLowRank &s, int64_t t, int64_t m, float *h, float *g) {
+  const float *x = s.x + t * s.in;
+  if (sgemm('N', 'T', m, s.rank, s.in, 1.0f, x, s.in, s.lr1, s.in, 0.0f, h, s.rank) != 0) return false;
+  for (int64_t i = 0; i < m; ++i) g[i] = Sigmoid(Dot(x + i * s.in, s.gate_w, s.in) + s.gate_b[0]);
+  return true;
+}
+
+}  // namespace
+
+// params: x, weight, layout, lr_weight1, lr_weight2, gate weight, gate bias, bias, y (T, out)
+extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *stream, void *extra) {
+  const Sgemm sgemm = FindSgemm();
+  SparseLowRank s;
+  if (sgemm == nullptr || nparam != 9 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s)) return 1;
+  if (ndims[8] != 2 || shapes[8][0] != s.tokens || shapes[8][1] != s.out || !AllFloat32(1, dtypes + 8)) return 1;
+  float *y = static_cast<float *>(params[8]);
+  std::vector<float> packed(s.plan.packed);
+  CopyPacked(s.plan, const_cast<float *>(s.weight), packed.data(), true);
+  std::atomic<int> status{0};
+  ParallelFor(s.tokens, [&](int, int64_t begin, int64_t end) {
+    std::vector<float> h(kTokenChunk * s.rank), g(kTokenChunk);
+    for (int64_t t = begin; t < end; t += kTokenChunk) {
+      const int64_t m = std::min(kTokenChunk, end - t);
+      const float *x = s.x + t * s.in;
+      float *yt = y + t * s.out;
+      if (!HiddenAndGate(sgemm, s, t, m, h.data(), g.data())) { status = 1; return; }
+      for (const auto &[row0, rows] : s.plan.empty_rows)
+        for (int64_t i = 0; i < m; ++i) std::fill(yt + i * s.out + row0, yt + i * s.out + row0 + rows, 0.0f);
+      for (const SparseCall &call : s.plan.calls) {
+        if (sgemm('N', 'T', m, call.rows, call.cols, 1.0f, x + call.col0, s.in, packed.data() + call.offset,
+                  call.cols, call.first ? 0.0f : 1.0f, yt + call.row0, s.out) != 0) { status = 1; return; }
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        const float keep = 1.0f - g[i];
+        float *row = yt + i * s.out;
+#pragma omp simd
+        for (int64_t o = 0; o < s.out; ++o) row[o] = keep * row[o] + s.bias[o];
+        for (int64_t k = 0; k < s.rank; ++k) h[i * s.rank + k] *= g[i];
+      }
+      if (sgemm('N', 'T', m, s.out, s.rank, 1.0f, h.data(), s.rank, s.lr2, s.rank, 1.0f, yt, s.out) != 0) {
+        status = 1;
+        return;
+      }
+    }
+  });
+  return status.load();
+}
+
+// The gradients. With u = dy S (the sparse term's input gradient before the gate), per token
+//   dg = dy . (W2 h - S x) = (dy W2) . h - u . x,   dlogit = dg g (1 - g)
+//   dx = (1 - g) u + (g dy W2) W1 + dlogit wg
+//   dS = ((1 - g) dy)^T x on the layout's blocks,  dW2 = dy^T (g h),  dW1 = (g dy W2)^T x,  dbias = sum dy
+// params: x, weight, layout, lr_weight1, lr_weight2, gate weight, gate bias, bias, dy (T, out),
+//         dx, dweight, dlr_weight1, dlr_weight2, dgate weight, dgate bias, dbias
+extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  const Sgemm sgemm = FindSgemm();
+  SparseLowRank s;
+  if (sgemm == nullptr || nparam != 16 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s)) return 1;
+  if (ndims[8] != 2 || shapes[8][0] != s.tokens || shapes[8][1] != s.out || !AllFloat32(8, dtypes + 8)) return 1;
+  const int64_t T = s.tokens, in = s.in, out = s.out, rank = s.rank;
+  const float *dy = static_cast<const float *>(params[8]);
+  float *dx = static_cast<float *>(params[9]);
+  float *dweight = static_cast<float *>(params[10]);
+  float *dlr1 = static_cast<float *>(params[11]);
+  float *dlr2 = static_cast<float *>(params[12]);
+  float *dgate_w = static_cast<float *>(params[13]);
+  float *dgate_b = static_cast<float *>(params[14]);
+  float *dbias = static_cast<float *>(params[15]);
+  std::vector<float> packed(s.plan.packed);
+  CopyPacked(s.plan, const_cast<float *>(s.weight), packed.data(), true);
+  // dS reads (1 - g) times dy or x, whichever is narrower
+  const bool scale_input = in <= out;
+  const int64_t scaled_width = scale_input ? in : out;
+  std::vector<float> scaled(T * scaled_width), gated_hidden(T * rank), hidden_grad(T * rank);
+  const int parts = NumParts();
+  std::vector<float> partial(parts * (out + in + 1), 0.0f);  // per thread: dbias, dgate weight, dgate bias
+  std::atomic<int> status{0};
+  ParallelFor(T, [&](int part, int64_t begin, int64_t end) {
+    std::vector<float> u(kTokenChunk * in), dh(kTokenChunk * rank), g(kTokenChunk);
+    float *part_dbias = partial.data() + part * (out + in + 1), *part_dgate_w = part_dbias + out;
+    float *part_dgate_b = part_dgate_w + in;
+    for (int64_t t = begin; t < end; t += kTokenChunk) {
+      const int64_t m = std::min(kTokenChunk, end - t);
+      const float *x = s.x + t * in, *dyt = dy + t * out;
+      float *h = gated_hidden.data() + t * rank, *dht = hidden_grad.data() + t * rank, *dxt = dx + t * in;
+      if (!HiddenAndGate(sgemm, s, t, m, h, g.data())) { status = 1; return; }
+      std::fill(u.begin(), u.begin() + m * in, 0.0f);
+      for (const SparseCall &call : s.plan.calls) {
+        if (sgemm('N', 'N', m, call.cols, call.rows, 1.0f, dyt + call.row0, out, packed.data() + call.offset,
+                  call.cols, 1.0f, u.data() + call.col0, in) != 0) { status = 1; return; }
+      }
+      if (sgemm('N', 'N', m, rank, out, 1.0f, dyt, out, s.lr2, rank, 0.0f, dh.data(), rank) != 0) {
+        status = 1;
+        return;
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        const float gi = g[i], keep = 1.0f - gi;
+        const float *xi = x + i * in, *dyi = dyt + i * out, *ui = u.data() + i * in;
+        const float dlogit = (Dot(dh.data() + i * rank, h + i * rank, rank) - Dot(ui, xi, in)) * gi * keep;
+        for (int64_t k = 0; k < rank; ++k) {
+          dht[i * rank + k] = gi * dh[i * rank + k];
+          h[i * rank + k] *= gi;
+        }
+        float *scaled_row = scaled.data() + (t + i) * scaled_width;
+        const float *source = scale_input ? xi : dyi;
+#pragma omp simd
+        for (int64_t c = 0; c < scaled_width; ++c) scaled_row[c] = keep * source[c];
+#pragma omp simd
+        for (int64_t o = 0; o < out; ++o) part_dbias[o] += dyi[o];
+#pragma omp simd
+        for (int64_t c = 0; c < in; ++c) part_dgate_w[c] += dlogit * xi[c];
+        part_dgate_b[0] += dlogit;
+        float *dxi = dxt + i * in;
+        for (int64_t c = 0; c < in; ++c) dxi[c] = keep * ui[c] + dlogit * s.gate_w[c];
+      }
+      if (sgemm('N', 'N', m, in, rank, 1.0f, dht, rank, s.lr1, in, 1.0f, dxt, in) != 0) { status = 1; return; }
+    }
+  });
+  if (status.load() != 0) return 1;
+  std::vector<float> totals(out + in + 1);
+  SumParts(partial, out + in + 1, totals.data());
+  std::copy(totals.begin(), totals.begin() + out, dbias);
+  std::copy(totals.begin() + out, totals.begin() + out + in, dgate_w);
+  dgate_b[0] = totals[out + in];
+  // The weight gradients reduce over the tokens: threads share their output rows (or dW1's columns) instead.
+  std::vector<float> dpacked(s.plan.packed);
+  int64_t work = 0;
+  for (const SparseCall &call : s.plan.calls) work += call.rows * call.cols;
+  ThreadPool::Get().Run([&](int part, int parts) {
+    const int64_t lo = out * part / parts, hi = out * (part + 1) / parts;
+    if (hi > lo && sgemm('T', 'N', hi - lo, rank, T, 1.0f, dy + lo, out, gated_hidden.data(), rank, 0.0f,
+                         dlr2 + lo * rank, rank) != 0) status = 1;
+    const int64_t c0 = in * part / parts, c1 = in * (part + 1) / parts;
+    if (c1 > c0 && sgemm('T', 'N', rank, c1 - c0, T, 1.0f, hidden_grad.data(), rank, s.x + c0, in, 0.0f, dlr1 + c0,
+                         in) != 0) status = 1;
+    // dS: this thread's share of the packed matrices' rows, by work
+    const int64_t from = work * part / parts, to = work * (part + 1) / parts;
+    int64_t done = 0;
+    for (const SparseCall &call : s.plan.calls) {
+      const int64_t size = call.rows * call.cols;
+      const int64_t r0 = std::clamp((from - done + call.cols - 1) / call.cols, int64_t{0}, call.rows);
+      const int64_t r1 = std::clamp((to - done + call.cols - 1) / call.cols, int64_t{0}, call.rows);
+      done += size;
+      if (r1 <= r0) continue;
+      const float *a = scale_input ? dy : scaled.data();
+      const float *bmat = scale_input ? scaled.data() : s.x;
+      const int64_t lda = out, ldb = in;
+      if (sgemm('T', 'N', r1 - r0, call.cols, T, 1.0f, a + call.row0 + r0, lda, bmat + call.col0, ldb, 0.0f,
+                dpacked.data() + call.offset + r0 * call.cols, call.cols) != 0) status = 1;
+    }
+  });
+  if (status.load() != 0) return 1;
+  CopyPacked(s.plan, dweight, dpacked.data(), false);
+  return 0;
+}
