@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -769,6 +770,10 @@ struct SparsePlan {
   int64_t block = 0, in = 0, out = 0, packed = 0;
   std::vector<SparseCall> calls;
   std::vector<std::pair<int64_t, int64_t>> empty_rows;  // output feature ranges no block reaches: zeros
+  // Every row run and empty range, (first feature, width) in order: the output features, each segment kept
+  // contiguous in the backward's copies of dy (a row of dy is 3072 floats in Mixer-B's fc1, and sgemm reads a
+  // transposed operand at that stride at half speed).
+  std::vector<std::pair<int64_t, int64_t>> segments;
   std::vector<int64_t> position;                        // block (r, c) -> index in the weight, or -1
 };
 
@@ -797,6 +802,7 @@ bool MakeSparsePlan(const int32_t *layout, int64_t R, int64_t C, int64_t b, int6
       c = stop;
     }
     if (first) plan->empty_rows.push_back({r * b, (end - r) * b});
+    plan->segments.push_back({r * b, (end - r) * b});
     r = end;
   }
   return true;
@@ -830,7 +836,18 @@ inline float Dot(const float *a, const float *b, int64_t n) {
 
 inline float Sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-constexpr int64_t kTokenChunk = 128;  // tokens per step of a thread: its hidden and gate stay in cache
+constexpr int64_t kTokenChunk = 256;
+
+// Buffers of the calling thread, kept between calls (the packed weights are the same size every step, and fresh
+// pages would be faulted in each time). Slot 0 and 1 hold packed weights and their gradient.
+std::vector<float> &Scratch(int slot, int64_t size) {
+  thread_local std::vector<float> buffers[2];
+  if (static_cast<int64_t>(buffers[slot].size()) < size) buffers[slot].resize(size);
+  return buffers[slot];
+}
+
+// An uninitialised buffer of `size` floats for this call.
+std::unique_ptr<float[]> Buffer(int64_t size) { return std::unique_ptr<float[]>(new float[std::max<int64_t>(size, 1)]); }  // tokens per step of a thread: its hidden and gate stay in cache
 
 // Inputs shared by both directions: x (T, in), weight (nnz, b, b), layout (R, C) int32, lr_weight1 (rank, in),
 // lr_weight2 (out, rank), gate weight (1, in), gate bias (1), bias (out). Checked, and the plan made.
@@ -880,7 +897,7 @@ extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64
   if (sgemm == nullptr || nparam != 9 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s)) return 1;
   if (ndims[8] != 2 || shapes[8][0] != s.tokens || shapes[8][1] != s.out || !AllFloat32(1, dtypes + 8)) return 1;
   float *y = static_cast<float *>(params[8]);
-  std::vector<float> packed(s.plan.packed);
+  std::vector<float> &packed = Scratch(0, s.plan.packed);
   CopyPacked(s.plan, const_cast<float *>(s.weight), packed.data(), true);
   std::atomic<int> status{0};
   ParallelFor(s.tokens, [&](int, int64_t begin, int64_t end) {
@@ -916,6 +933,8 @@ extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64
 //   dg = dy . (W2 h - S x) = (dy W2) . h - u . x,   dlogit = dg g (1 - g)
 //   dx = (1 - g) u + (g dy W2) W1 + dlogit wg
 //   dS = ((1 - g) dy)^T x on the layout's blocks,  dW2 = dy^T (g h),  dW1 = (g dy W2)^T x,  dbias = sum dy
+// The first pass, over chunks of tokens, also copies dy segment by segment (and (1 - g) times the narrower of dy
+// and x), so the second, over the weights' rows, reads its transposed operands contiguously.
 // params: x, weight, layout, lr_weight1, lr_weight2, gate weight, gate bias, bias, dy (T, out),
 //         dx, dweight, dlr_weight1, dlr_weight2, dgate weight, dgate bias, dbias
 extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -933,52 +952,71 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
   float *dgate_w = static_cast<float *>(params[13]);
   float *dgate_b = static_cast<float *>(params[14]);
   float *dbias = static_cast<float *>(params[15]);
-  std::vector<float> packed(s.plan.packed);
-  CopyPacked(s.plan, const_cast<float *>(s.weight), packed.data(), true);
-  // dS reads (1 - g) times dy or x, whichever is narrower
-  const bool scale_input = in <= out;
-  const int64_t scaled_width = scale_input ? in : out;
-  std::vector<float> scaled(T * scaled_width), gated_hidden(T * rank), hidden_grad(T * rank);
+  const SparsePlan &plan = s.plan;
+  std::vector<float> &packed = Scratch(0, plan.packed);
+  CopyPacked(plan, const_cast<float *>(s.weight), packed.data(), true);
+  // Segment-major copies: segment (row0, rows) of token t at [row0 * T + t * rows, + rows).
+  const bool scale_input = in <= out;  // (1 - g) goes on the narrower of x and dy
+  std::unique_ptr<float[]> dy_segments = Buffer(T * out), scaled = Buffer(T * (scale_input ? in : out));
+  std::unique_ptr<float[]> gated_hidden = Buffer(T * rank), hidden_grad = Buffer(T * rank);
   const int parts = NumParts();
   std::vector<float> partial(parts * (out + in + 1), 0.0f);  // per thread: dbias, dgate weight, dgate bias
   std::atomic<int> status{0};
   ParallelFor(T, [&](int part, int64_t begin, int64_t end) {
-    std::vector<float> u(kTokenChunk * in), dh(kTokenChunk * rank), g(kTokenChunk);
+    std::unique_ptr<float[]> u = Buffer(kTokenChunk * in), dh = Buffer(kTokenChunk * rank), g = Buffer(kTokenChunk);
     float *part_dbias = partial.data() + part * (out + in + 1), *part_dgate_w = part_dbias + out;
     float *part_dgate_b = part_dgate_w + in;
     for (int64_t t = begin; t < end; t += kTokenChunk) {
       const int64_t m = std::min(kTokenChunk, end - t);
       const float *x = s.x + t * in, *dyt = dy + t * out;
-      float *h = gated_hidden.data() + t * rank, *dht = hidden_grad.data() + t * rank, *dxt = dx + t * in;
-      if (!HiddenAndGate(sgemm, s, t, m, h, g.data())) { status = 1; return; }
-      std::fill(u.begin(), u.begin() + m * in, 0.0f);
-      for (const SparseCall &call : s.plan.calls) {
-        if (sgemm('N', 'N', m, call.cols, call.rows, 1.0f, dyt + call.row0, out, packed.data() + call.offset,
-                  call.cols, 1.0f, u.data() + call.col0, in) != 0) { status = 1; return; }
+      float *h = gated_hidden.get() + t * rank, *dht = hidden_grad.get() + t * rank, *dxt = dx + t * in;
+      if (!HiddenAndGate(sgemm, s, t, m, h, g.get())) { status = 1; return; }
+      for (const auto &[row0, rows] : plan.segments) {
+        for (int64_t i = 0; i < m; ++i) {
+          const float *source = dyt + i * out + row0;
+          std::copy(source, source + rows, dy_segments.get() + row0 * T + (t + i) * rows);
+          if (!scale_input) {
+            float *target = scaled.get() + row0 * T + (t + i) * rows;
+            const float keep = 1.0f - g[i];
+#pragma omp simd
+            for (int64_t o = 0; o < rows; ++o) target[o] = keep * source[o];
+          }
+        }
       }
-      if (sgemm('N', 'N', m, rank, out, 1.0f, dyt, out, s.lr2, rank, 0.0f, dh.data(), rank) != 0) {
+      std::fill(u.get(), u.get() + m * in, 0.0f);
+      for (const SparseCall &call : plan.calls) {
+        if (sgemm('N', 'N', m, call.cols, call.rows, 1.0f, dy_segments.get() + call.row0 * T + t * call.rows,
+                  call.rows, packed.data() + call.offset, call.cols, 1.0f, u.get() + call.col0, in) != 0) {
+          status = 1;
+          return;
+        }
+      }
+      if (sgemm('N', 'N', m, rank, out, 1.0f, dyt, out, s.lr2, rank, 0.0f, dh.get(), rank) != 0) {
         status = 1;
         return;
       }
       for (int64_t i = 0; i < m; ++i) {
         const float gi = g[i], keep = 1.0f - gi;
-        const float *xi = x + i * in, *dyi = dyt + i * out, *ui = u.data() + i * in;
-        const float dlogit = (Dot(dh.data() + i * rank, h + i * rank, rank) - Dot(ui, xi, in)) * gi * keep;
+        const float *xi = x + i * in, *dyi = dyt + i * out, *ui = u.get() + i * in;
+        const float dlogit = (Dot(dh.get() + i * rank, h + i * rank, rank) - Dot(ui, xi, in)) * gi * keep;
         for (int64_t k = 0; k < rank; ++k) {
           dht[i * rank + k] = gi * dh[i * rank + k];
           h[i * rank + k] *= gi;
         }
-        float *scaled_row = scaled.data() + (t + i) * scaled_width;
-        const float *source = scale_input ? xi : dyi;
+        if (scale_input) {
+          float *target = scaled.get() + (t + i) * in;
 #pragma omp simd
-        for (int64_t c = 0; c < scaled_width; ++c) scaled_row[c] = keep * source[c];
+          for (int64_t c = 0; c < in; ++c) target[c] = keep * xi[c];
+        }
 #pragma omp simd
         for (int64_t o = 0; o < out; ++o) part_dbias[o] += dyi[o];
-#pragma omp simd
-        for (int64_t c = 0; c < in; ++c) part_dgate_w[c] += dlogit * xi[c];
-        part_dgate_b[0] += dlogit;
         float *dxi = dxt + i * in;
-        for (int64_t c = 0; c < in; ++c) dxi[c] = keep * ui[c] + dlogit * s.gate_w[c];
+#pragma omp simd
+        for (int64_t c = 0; c < in; ++c) {
+          part_dgate_w[c] += dlogit * xi[c];
+          dxi[c] = keep * ui[c] + dlogit * s.gate_w[c];
+        }
+        part_dgate_b[0] += dlogit;
       }
       if (sgemm('N', 'N', m, in, rank, 1.0f, dht, rank, s.lr1, in, 1.0f, dxt, in) != 0) { status = 1; return; }
     }
@@ -990,33 +1028,34 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
   std::copy(totals.begin() + out, totals.begin() + out + in, dgate_w);
   dgate_b[0] = totals[out + in];
   // The weight gradients reduce over the tokens: threads share their output rows (or dW1's columns) instead.
-  std::vector<float> dpacked(s.plan.packed);
+  std::vector<float> &dpacked = Scratch(1, plan.packed);
   int64_t work = 0;
-  for (const SparseCall &call : s.plan.calls) work += call.rows * call.cols;
+  for (const SparseCall &call : plan.calls) work += call.rows * call.cols;
+  const float *dy_for_ds = scale_input ? dy_segments.get() : scaled.get();
+  const float *x_for_ds = scale_input ? scaled.get() : s.x;
   ThreadPool::Get().Run([&](int part, int parts) {
     const int64_t lo = out * part / parts, hi = out * (part + 1) / parts;
-    if (hi > lo && sgemm('T', 'N', hi - lo, rank, T, 1.0f, dy + lo, out, gated_hidden.data(), rank, 0.0f,
-                         dlr2 + lo * rank, rank) != 0) status = 1;
+    for (const auto &[row0, rows] : plan.segments) {  // dW2's rows [lo, hi), segment by segment
+      const int64_t first = std::max(lo, row0), last = std::min(hi, row0 + rows);
+      if (last > first && sgemm('T', 'N', last - first, rank, T, 1.0f, dy_segments.get() + row0 * T + (first - row0),
+                                rows, gated_hidden.get(), rank, 0.0f, dlr2 + first * rank, rank) != 0) status = 1;
+    }
     const int64_t c0 = in * part / parts, c1 = in * (part + 1) / parts;
-    if (c1 > c0 && sgemm('T', 'N', rank, c1 - c0, T, 1.0f, hidden_grad.data(), rank, s.x + c0, in, 0.0f, dlr1 + c0,
+    if (c1 > c0 && sgemm('T', 'N', rank, c1 - c0, T, 1.0f, hidden_grad.get(), rank, s.x + c0, in, 0.0f, dlr1 + c0,
                          in) != 0) status = 1;
     // dS: this thread's share of the packed matrices' rows, by work
     const int64_t from = work * part / parts, to = work * (part + 1) / parts;
     int64_t done = 0;
-    for (const SparseCall &call : s.plan.calls) {
-      const int64_t size = call.rows * call.cols;
+    for (const SparseCall &call : plan.calls) {
       const int64_t r0 = std::clamp((from - done + call.cols - 1) / call.cols, int64_t{0}, call.rows);
       const int64_t r1 = std::clamp((to - done + call.cols - 1) / call.cols, int64_t{0}, call.rows);
-      done += size;
-      if (r1 <= r0) continue;
-      const float *a = scale_input ? dy : scaled.data();
-      const float *bmat = scale_input ? scaled.data() : s.x;
-      const int64_t lda = out, ldb = in;
-      if (sgemm('T', 'N', r1 - r0, call.cols, T, 1.0f, a + call.row0 + r0, lda, bmat + call.col0, ldb, 0.0f,
-                dpacked.data() + call.offset + r0 * call.cols, call.cols) != 0) status = 1;
+      done += call.rows * call.cols;
+      if (r1 > r0 && sgemm('T', 'N', r1 - r0, call.cols, T, 1.0f, dy_for_ds + call.row0 * T + r0, call.rows,
+                           x_for_ds + call.col0, in, 0.0f, dpacked.data() + call.offset + r0 * call.cols,
+                           call.cols) != 0) status = 1;
     }
   });
   if (status.load() != 0) return 1;
-  CopyPacked(s.plan, dweight, dpacked.data(), false);
+  CopyPacked(plan, dweight, dpacked.data(), false);
   return 0;
 }
