@@ -838,16 +838,52 @@ inline float Sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 constexpr int64_t kTokenChunk = 256;
 
-// Buffers of the calling thread, kept between calls (the packed weights are the same size every step, and fresh
-// pages would be faulted in each time). Slot 0 and 1 hold packed weights and their gradient.
-std::vector<float> &Scratch(int slot, int64_t size) {
-  thread_local std::vector<float> buffers[2];
-  if (static_cast<int64_t>(buffers[slot].size()) < size) buffers[slot].resize(size);
-  return buffers[slot];
-}
+// Scratch buffers kept between calls: the same sizes come back every step, and fresh memory would be faulted in
+// page by page each time (~6,000 pages per Mixer-B backward). A buffer is lent for one call and returned; the pool
+// holds as many as were ever in use at once.
+class BufferPool {
+ public:
+  static BufferPool &Get() {
+    static BufferPool *pool = new BufferPool();  // never destroyed, as the thread pool
+    return *pool;
+  }
+  std::vector<float> Take(int64_t size) {
+    std::vector<float> buffer;
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      if (!free_.empty()) {
+        auto largest = std::max_element(free_.begin(), free_.end(),
+                                        [](const auto &a, const auto &b) { return a.size() < b.size(); });
+        buffer = std::move(*largest);
+        free_.erase(largest);
+      }
+    }
+    if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+    return buffer;
+  }
+  void Give(std::vector<float> &&buffer) {
+    std::lock_guard<std::mutex> guard(mutex_);
+    free_.push_back(std::move(buffer));
+  }
 
-// An uninitialised buffer of `size` floats for this call.
-std::unique_ptr<float[]> Buffer(int64_t size) { return std::unique_ptr<float[]>(new float[std::max<int64_t>(size, 1)]); }  // tokens per step of a thread: its hidden and gate stay in cache
+ private:
+  std::mutex mutex_;
+  std::vector<std::vector<float>> free_;
+};
+
+// A pooled buffer of at least `size` floats for the scope of one call (contents undefined).
+class Scratch {
+ public:
+  explicit Scratch(int64_t size) : buffer_(BufferPool::Get().Take(std::max<int64_t>(size, 1))) {}
+  ~Scratch() { BufferPool::Get().Give(std::move(buffer_)); }
+  Scratch(const Scratch &) = delete;
+  Scratch &operator=(const Scratch &) = delete;
+  float *get() { return buffer_.data(); }
+  float &operator[](int64_t i) { return buffer_[i]; }
+
+ private:
+  std::vector<float> buffer_;
+};
 
 // Inputs shared by both directions: x (T, in), weight (nnz, b, b), layout (R, C) int32, lr_weight1 (rank, in),
 // lr_weight2 (out, rank), gate weight (1, in), gate bias (1), bias (out). Checked, and the plan made.
@@ -897,8 +933,8 @@ extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64
   if (sgemm == nullptr || nparam != 9 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s)) return 1;
   if (ndims[8] != 2 || shapes[8][0] != s.tokens || shapes[8][1] != s.out || !AllFloat32(1, dtypes + 8)) return 1;
   float *y = static_cast<float *>(params[8]);
-  std::vector<float> &packed = Scratch(0, s.plan.packed);
-  CopyPacked(s.plan, const_cast<float *>(s.weight), packed.data(), true);
+  Scratch packed(s.plan.packed);
+  CopyPacked(s.plan, const_cast<float *>(s.weight), packed.get(), true);
   std::atomic<int> status{0};
   ParallelFor(s.tokens, [&](int, int64_t begin, int64_t end) {
     std::vector<float> h(kTokenChunk * s.rank), g(kTokenChunk);
@@ -910,7 +946,7 @@ extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64
       for (const auto &[row0, rows] : s.plan.empty_rows)
         for (int64_t i = 0; i < m; ++i) std::fill(yt + i * s.out + row0, yt + i * s.out + row0 + rows, 0.0f);
       for (const SparseCall &call : s.plan.calls) {
-        if (sgemm('N', 'T', m, call.rows, call.cols, 1.0f, x + call.col0, s.in, packed.data() + call.offset,
+        if (sgemm('N', 'T', m, call.rows, call.cols, 1.0f, x + call.col0, s.in, packed.get() + call.offset,
                   call.cols, call.first ? 0.0f : 1.0f, yt + call.row0, s.out) != 0) { status = 1; return; }
       }
       for (int64_t i = 0; i < m; ++i) {
@@ -953,17 +989,16 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
   float *dgate_b = static_cast<float *>(params[14]);
   float *dbias = static_cast<float *>(params[15]);
   const SparsePlan &plan = s.plan;
-  std::vector<float> &packed = Scratch(0, plan.packed);
-  CopyPacked(plan, const_cast<float *>(s.weight), packed.data(), true);
+  Scratch packed(plan.packed);
+  CopyPacked(plan, const_cast<float *>(s.weight), packed.get(), true);
   // Segment-major copies: segment (row0, rows) of token t at [row0 * T + t * rows, + rows).
   const bool scale_input = in <= out;  // (1 - g) goes on the narrower of x and dy
-  std::unique_ptr<float[]> dy_segments = Buffer(T * out), scaled = Buffer(T * (scale_input ? in : out));
-  std::unique_ptr<float[]> gated_hidden = Buffer(T * rank), hidden_grad = Buffer(T * rank);
+  Scratch dy_segments(T * out), scaled(T * (scale_input ? in : out)), gated_hidden(T * rank), hidden_grad(T * rank);
   const int parts = NumParts();
   std::vector<float> partial(parts * (out + in + 1), 0.0f);  // per thread: dbias, dgate weight, dgate bias
   std::atomic<int> status{0};
   ParallelFor(T, [&](int part, int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> u = Buffer(kTokenChunk * in), dh = Buffer(kTokenChunk * rank), g = Buffer(kTokenChunk);
+    Scratch u(kTokenChunk * in), dh(kTokenChunk * rank), g(kTokenChunk);
     float *part_dbias = partial.data() + part * (out + in + 1), *part_dgate_w = part_dbias + out;
     float *part_dgate_b = part_dgate_w + in;
     for (int64_t t = begin; t < end; t += kTokenChunk) {
@@ -986,7 +1021,7 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
       std::fill(u.get(), u.get() + m * in, 0.0f);
       for (const SparseCall &call : plan.calls) {
         if (sgemm('N', 'N', m, call.cols, call.rows, 1.0f, dy_segments.get() + call.row0 * T + t * call.rows,
-                  call.rows, packed.data() + call.offset, call.cols, 1.0f, u.get() + call.col0, in) != 0) {
+                  call.rows, packed.get() + call.offset, call.cols, 1.0f, u.get() + call.col0, in) != 0) {
           status = 1;
           return;
         }
@@ -1028,7 +1063,7 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
   std::copy(totals.begin() + out, totals.begin() + out + in, dgate_w);
   dgate_b[0] = totals[out + in];
   // The weight gradients reduce over the tokens: threads share their output rows (or dW1's columns) instead.
-  std::vector<float> &dpacked = Scratch(1, plan.packed);
+  Scratch dpacked(plan.packed);
   int64_t work = 0;
   for (const SparseCall &call : plan.calls) work += call.rows * call.cols;
   const float *dy_for_ds = scale_input ? dy_segments.get() : scaled.get();
@@ -1051,11 +1086,11 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
       const int64_t r1 = std::clamp((to - done + call.cols - 1) / call.cols, int64_t{0}, call.rows);
       done += call.rows * call.cols;
       if (r1 > r0 && sgemm('T', 'N', r1 - r0, call.cols, T, 1.0f, dy_for_ds + call.row0 * T + r0, call.rows,
-                           x_for_ds + call.col0, in, 0.0f, dpacked.data() + call.offset + r0 * call.cols,
+                           x_for_ds + call.col0, in, 0.0f, dpacked.get() + call.offset + r0 * call.cols,
                            call.cols) != 0) status = 1;
     }
   });
   if (status.load() != 0) return 1;
-  CopyPacked(plan, dweight, dpacked.data(), false);
+  CopyPacked(plan, dweight, dpacked.get(), false);
   return 0;
 }
