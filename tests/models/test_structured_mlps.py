@@ -29,9 +29,9 @@ def _structured_count(cls, in_f, out_f):
     return 4 * 8 * in_f + out_f * 4 * 8 + out_f  # w1 (4, 4*8, in/4), w2 (4, out/4, 4*8), bias
 
 
-@pytest.mark.parametrize("mlp_layer", sorted(LAYERS))
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_each_family_builds_counts_and_trains(family, mlp_layer):
+def _build_and_count(family, mlp_layer):
+    """The family with ``mlp_layer`` in its MLPs, checked against its dense twin: the structured layers are its fc1
+    and fc2, where the twin has ``nn.Dense`` of the same widths, and the count differs by exactly their weights."""
     cls, settings = LAYERS[mlp_layer]
     dense = create_model(family, num_classes=4, **FAMILIES[family])
     net = create_model(family, num_classes=4, mlp_layer=mlp_layer, **FAMILIES[family], **settings)
@@ -45,7 +45,20 @@ def test_each_family_builds_counts_and_trains(family, mlp_layer):
                                                                                         cell.out_features)
         saved += twin.weight.size + twin.bias.size - _structured_count(cls, cell.in_features, cell.out_features)
     assert count_params(net) == count_params(dense) - saved
+    return net, swapped
 
+
+@pytest.mark.parametrize("mlp_layer", sorted(LAYERS))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_builds_and_counts(family, mlp_layer):
+    _build_and_count(family, mlp_layer)
+
+
+# Training compiles a graph per case: each family trains with one layer, and each layer trains in some family.
+@pytest.mark.parametrize("family,mlp_layer", [("mixer_s16_224", "ssl"), ("gmlp_s16_224", "bdiagbfly"),
+                                              ("vitae_basic_tiny", "lowrank"), ("t2t_vit_t_14", "ssl")])
+def test_each_layer_trains_in_a_family(family, mlp_layer):
+    net, swapped = _build_and_count(family, mlp_layer)
     ms.set_seed(0)
     rng = np.random.default_rng(0)
     size = FAMILIES[family]["img_size"]

@@ -13,12 +13,13 @@ from scripts import benchmark
 
 def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
-    # Both paths for the MLP and the layers; the models (a worker process each) on the accelerated one.
+    # Both paths for the MLP; the layers and the models (a worker process each) on the accelerated one.
     # (the attention suite has its own test below)
-    code = benchmark.main(["--suite", "mlp", "layers", "--with_plain", "--repeats", "2",
+    code = benchmark.main(["--suite", "mlp", "--with_plain", "--repeats", "2",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
                            "--out", str(tmp_path)])
     assert code == 0
+    assert benchmark.main(["--suite", "layers", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
     code = benchmark.main(["--suite", "models", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
                            "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--model_rounds", "1",
                            "--model_warmup", "1", "--model_kwargs", "{num_blocks: 2}", "--memory_batch_sizes", "1",
@@ -50,9 +51,9 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     assert float(pixelfly_bwd["gflop"]) == pytest.approx(3 * float(pixelfly_fwd["gflop"]), rel=1e-3)
 
     layers = list(csv.DictReader(open(tmp_path / "layers.csv")))
-    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 2 of the 3 cases; both paths
-    assert len(layers) == 2 * (3 * 2 * 2 + 2 * 2) and (tmp_path / "layers.png").is_file()
-    layers = [r for r in layers if r["framework"] == "mindspore"]
+    # dense and Monarch per case; Pixelfly (no nblocks) once per (in, out, tokens): 2 of the 3 cases
+    assert len(layers) == 3 * 2 * 2 + 2 * 2 and (tmp_path / "layers.png").is_file()
+    assert {r["framework"] for r in layers} == {"mindspore"}
     pixelfly = [r for r in layers if r["impl"] == "pixelfly"]
     assert sorted((int(r["in_features"]), int(r["out_features"]), r["pass"]) for r in pixelfly) == sorted(
         (i, o, p) for i, o in ((64, 256), (768, 3072)) for p in ("fwd", "fwd+bwd"))
