@@ -769,12 +769,15 @@ struct SparseCall {
 struct SparsePlan {
   int64_t block = 0, in = 0, out = 0, packed = 0;
   std::vector<SparseCall> calls;
-  std::vector<std::pair<int64_t, int64_t>> empty_rows;  // output feature ranges no block reaches: zeros
-  // Every row run and empty range, (first feature, width) in order: the output features, each segment kept
-  // contiguous in the backward's copies of dy (a row of dy is 3072 floats in Mixer-B's fc1, and sgemm reads a
-  // transposed operand at that stride at half speed).
-  std::vector<std::pair<int64_t, int64_t>> segments;
-  std::vector<int64_t> position;                        // block (r, c) -> index in the weight, or -1
+  // The output features in order, one segment per row run, (first feature, width, whether no block reaches it:
+  // zeros). Each segment is kept contiguous in the backward's copies of dy (a row of dy is 3072 floats in Mixer-B's
+  // fc1, and sgemm reads a transposed operand at that stride at half speed).
+  struct Segment {
+    int64_t row0, rows;
+    bool empty;
+  };
+  std::vector<Segment> segments;
+  std::vector<int64_t> position;  // block (r, c) -> index in the weight, or -1
 };
 
 // The plan of a layout (R, C) of zeros and ones with exactly `nnz` ones; false for anything else, so a
@@ -801,8 +804,7 @@ bool MakeSparsePlan(const int32_t *layout, int64_t R, int64_t C, int64_t b, int6
       first = false;
       c = stop;
     }
-    if (first) plan->empty_rows.push_back({r * b, (end - r) * b});
-    plan->segments.push_back({r * b, (end - r) * b});
+    plan->segments.push_back({r * b, (end - r) * b, first});
     r = end;
   }
   return true;
@@ -886,7 +888,8 @@ class Scratch {
 };
 
 // Inputs shared by both directions: x (T, in), weight (nnz, b, b), layout (R, C) int32, lr_weight1 (rank, in),
-// lr_weight2 (out, rank), gate weight (1, in), gate bias (1), bias (out). Checked, and the plan made.
+// lr_weight2 (out, rank), gate weight (1, in), gate bias (1), bias (out), then y or dy (T, out). Checked, and the
+// plan made.
 struct SparseLowRank {
   const float *x, *weight, *lr1, *lr2, *gate_w, *gate_b, *bias;
   int64_t tokens, in, out, rank;
@@ -897,13 +900,14 @@ bool SparseLowRankInputs(void **params, int *ndims, int64_t **shapes, const char
   if (ndims[0] != 2 || ndims[1] != 3 || ndims[2] != 2 || ndims[3] != 2 || ndims[4] != 2) return false;
   if (std::strcmp(dtypes[2], "int32") != 0) return false;
   const char *floats[] = {dtypes[0], dtypes[1], dtypes[3], dtypes[4], dtypes[5], dtypes[6], dtypes[7]};
-  if (!AllFloat32(7, floats)) return false;
+  if (!AllFloat32(7, floats) || !AllFloat32(1, dtypes + 8)) return false;
   s->tokens = shapes[0][0], s->in = shapes[0][1];
   const int64_t nnz = shapes[1][0], b = shapes[1][1], R = shapes[2][0], C = shapes[2][1];
   s->rank = shapes[3][0], s->out = shapes[4][0];
   if (b <= 0 || shapes[1][2] != b || C * b != s->in || R * b != s->out || shapes[3][1] != s->in ||
       shapes[4][1] != s->rank || s->rank <= 0 || NumElements(ndims[5], shapes[5]) != s->in ||
-      NumElements(ndims[6], shapes[6]) != 1 || NumElements(ndims[7], shapes[7]) != s->out)
+      NumElements(ndims[6], shapes[6]) != 1 || NumElements(ndims[7], shapes[7]) != s->out || ndims[8] != 2 ||
+      shapes[8][0] != s->tokens || shapes[8][1] != s->out)
     return false;
   s->x = static_cast<const float *>(params[0]);
   s->weight = static_cast<const float *>(params[1]);
@@ -931,7 +935,6 @@ extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64
   const Sgemm sgemm = FindSgemm();
   SparseLowRank s;
   if (sgemm == nullptr || nparam != 9 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s)) return 1;
-  if (ndims[8] != 2 || shapes[8][0] != s.tokens || shapes[8][1] != s.out || !AllFloat32(1, dtypes + 8)) return 1;
   float *y = static_cast<float *>(params[8]);
   Scratch packed(s.plan.packed);
   CopyPacked(s.plan, const_cast<float *>(s.weight), packed.get(), true);
@@ -943,8 +946,9 @@ extern "C" int SparseLowRankForward(int nparam, void **params, int *ndims, int64
       const float *x = s.x + t * s.in;
       float *yt = y + t * s.out;
       if (!HiddenAndGate(sgemm, s, t, m, h.data(), g.data())) { status = 1; return; }
-      for (const auto &[row0, rows] : s.plan.empty_rows)
-        for (int64_t i = 0; i < m; ++i) std::fill(yt + i * s.out + row0, yt + i * s.out + row0 + rows, 0.0f);
+      for (const auto &[row0, rows, empty] : s.plan.segments)
+        if (empty)
+          for (int64_t i = 0; i < m; ++i) std::fill(yt + i * s.out + row0, yt + i * s.out + row0 + rows, 0.0f);
       for (const SparseCall &call : s.plan.calls) {
         if (sgemm('N', 'T', m, call.rows, call.cols, 1.0f, x + call.col0, s.in, packed.get() + call.offset,
                   call.cols, call.first ? 0.0f : 1.0f, yt + call.row0, s.out) != 0) { status = 1; return; }
@@ -977,8 +981,9 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
                                      void *stream, void *extra) {
   const Sgemm sgemm = FindSgemm();
   SparseLowRank s;
-  if (sgemm == nullptr || nparam != 16 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s)) return 1;
-  if (ndims[8] != 2 || shapes[8][0] != s.tokens || shapes[8][1] != s.out || !AllFloat32(8, dtypes + 8)) return 1;
+  if (sgemm == nullptr || nparam != 16 || !SparseLowRankInputs(params, ndims, shapes, dtypes, &s) ||
+      !AllFloat32(7, dtypes + 9))
+    return 1;
   const int64_t T = s.tokens, in = s.in, out = s.out, rank = s.rank;
   const float *dy = static_cast<const float *>(params[8]);
   float *dx = static_cast<float *>(params[9]);
@@ -1006,7 +1011,7 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
       const float *x = s.x + t * in, *dyt = dy + t * out;
       float *h = gated_hidden.get() + t * rank, *dht = hidden_grad.get() + t * rank, *dxt = dx + t * in;
       if (!HiddenAndGate(sgemm, s, t, m, h, g.get())) { status = 1; return; }
-      for (const auto &[row0, rows] : plan.segments) {
+      for (const auto &[row0, rows, empty] : plan.segments) {
         for (int64_t i = 0; i < m; ++i) {
           const float *source = dyt + i * out + row0;
           std::copy(source, source + rows, dy_segments.get() + row0 * T + (t + i) * rows);
@@ -1070,7 +1075,7 @@ extern "C" int SparseLowRankBackward(int nparam, void **params, int *ndims, int6
   const float *x_for_ds = scale_input ? scaled.get() : s.x;
   ThreadPool::Get().Run([&](int part, int parts) {
     const int64_t lo = out * part / parts, hi = out * (part + 1) / parts;
-    for (const auto &[row0, rows] : plan.segments) {  // dW2's rows [lo, hi), segment by segment
+    for (const auto &[row0, rows, empty] : plan.segments) {  // dW2's rows [lo, hi), segment by segment
       const int64_t first = std::max(lo, row0), last = std::min(hi, row0 + rows);
       if (last > first && sgemm('T', 'N', last - first, rank, T, 1.0f, dy_segments.get() + row0 * T + (first - row0),
                                 rows, gated_hidden.get(), rank, 0.0f, dlr2 + first * rank, rank) != 0) status = 1;
