@@ -78,11 +78,14 @@ def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> di
         if checkpoint:  # a killed study: continue this run exactly where its last checkpoint left it
             command += ["--ckpt_path", checkpoint, "--resume_opt", "True"]
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "train.log"), "a") as log:
+        # train.py keeps its own train.log in run_dir; the console (progress bars, errors before logging starts)
+        # goes to a file of its own so that the log does not hold every line twice.
+        console = os.path.join(run_dir, "console.log")
+        with open(console, "a") as log:
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         if result.returncode != 0:
             raise RuntimeError(f"training {family}_{variant} seed {seed} failed (exit {result.returncode}); see "
-                               f"{os.path.join(run_dir, 'train.log')}")
+                               f"{console}")
         rows = read_results(run_dir)
     rows = [r for r in rows if r["val_top1"]]
     if len(rows) < settings.epoch_size:

@@ -38,6 +38,8 @@ def test_a_study_runs_summarises_and_continues_after_a_kill(tmp_path, capsys):
     assert float(rows["dense"]["time_speedup_vs_dense"]) == 1.0 and float(rows["dense"]["top1_vs_dense"]) == 0.0
     assert int(rows["monarch"]["params"]) < int(rows["dense"]["params"])
     assert (out / "study.png").is_file() and (out / "runs.csv").is_file()
+    log = (out / "gmlp_dense_seed0" / "train.log").read_text().splitlines()
+    assert len([line for line in log if "Epoch 1/2 done in" in line]) == 1  # train.py's own log, once
     assert "| gmlp | monarch | 1 | 2 |" in capsys.readouterr().out
     first = {r["variant"]: r["top1_mean"] for r in rows.values()}
 
@@ -63,3 +65,5 @@ def test_a_failed_run_says_how_to_continue(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "training gmlp_dense seed 0 failed (exit 2)" in err
     assert "Run the same command again to continue the study" in err
+    console = tmp_path / "study" / "gmlp_dense_seed0" / "console.log"
+    assert str(console) in err and "apt-get install dataset-fashion-mnist" in console.read_text()
