@@ -68,14 +68,19 @@ def count_params(net: nn.Cell, trainable_only: bool = False) -> int:
 def read_mindspore_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     """Every entry of a MindSpore checkpoint; a missing, empty, corrupt or unreadable file is an error that names it.
 
-    The checkpoints this project writes carry MindSpore's CRC32 (``crc_check=True``), verified here before any
-    weight is used; older files without one still load (MindSpore logs that they have none).
+    The file is parsed and checked first (``convert.mindspore_checkpoint``): MindSpore trusts a tensor's declared
+    dims, and a crafted file would corrupt the heap. The checkpoints this project writes carry MindSpore's CRC32
+    (``crc_check=True``), verified here before any weight is used; older files without one still load (MindSpore
+    logs that they have none).
     """
+    from ..convert.mindspore_checkpoint import check_mindspore_checkpoint
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.getsize(path) == 0:
         raise ValueError(f"checkpoint {path!r} is empty (0 bytes): an interrupted copy or save? Use another "
                          f"checkpoint of the run")
+    check_mindspore_checkpoint(path)
     try:
         return ms.load_checkpoint(path, crc_check=True)
     except Exception as exc:
