@@ -82,7 +82,8 @@ def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> di
         # goes to a file of its own so that the log does not hold every line twice.
         console = os.path.join(run_dir, "console.log")
         with open(console, "a") as log:
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            # From the caller's folder, like its paths (--out, --data_dir); MindSpore's graph dumps land there too.
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             raise RuntimeError(f"training {family}_{variant} seed {seed} failed (exit {result.returncode}); see "
                                f"{console}")

@@ -1,11 +1,19 @@
 import gc
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
 
 import mindspore as ms
+
+from tests.checkout_guard import checkout_entries, new_entries_message
+from tests.utils import REPO_ROOT
+
+# Tests and the scripts they start write no bytecode caches into the checkout (see checkout_guard).
+sys.dont_write_bytecode = True
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
@@ -21,6 +29,22 @@ def dataset_cache(tmp_path_factory):
         os.environ.pop("MINDCV_EXT_CACHE", None)
     else:
         os.environ["MINDCV_EXT_CACHE"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_working_folder(tmp_path_factory):
+    """Session- and module-scoped fixtures run in a temporary folder too, never in the checkout."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("session_cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def working_folder(tmp_path, monkeypatch):
+    """Each test runs in its own temporary folder: relative paths (a config's ./ckpt/..., MindSpore's rank_0/ graph
+    dumps) land there, not in the checkout, and no test sees what a user's own runs left in it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)
@@ -79,9 +103,24 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def _is_controller(config) -> bool:
+    return not hasattr(config, "workerinput")  # pytest-xdist workers have it
+
+
+def pytest_sessionstart(session):
+    if _is_controller(session.config):
+        session.config._checkout_before = checkout_entries(REPO_ROOT)
+
+
 def pytest_sessionfinish(session, exitstatus):
     # Cells still alive at interpreter exit make MindSpore print "Exception ignored in Cell.__del__".
     gc.collect()
+    before = getattr(session.config, "_checkout_before", None)
+    if before is not None:
+        message = new_entries_message(REPO_ROOT, before)
+        if message:
+            session.config.get_terminal_writer().line(f"\nERROR: {message}", red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # The slowest files first: pytest-xdist's loadfile hands files to idle workers in collection order, so starting

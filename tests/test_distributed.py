@@ -27,7 +27,7 @@ def test_msrun_two_workers_on_cpu(tmp_path, dataset_cache):
     logs, ckpt = tmp_path / "msrun_log", tmp_path / "ckpt"
     command = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True", "--cluster_time_out=180",
-               "python", "train.py", "-c", str(QUICKSTART), "--distribute", "True",
+               "python", str(REPO_ROOT / "train.py"), "-c", str(QUICKSTART), "--distribute", "True",
                "--model_kwargs", "{patch_size: 4, num_blocks: 2, embed_dim: 32}", "--epoch_size", "1",
                "--batch_size", "16", "--log_interval", "10", "--ckpt_save_dir", str(ckpt),
                # no random crop or flip, so an image's digest identifies the sample
@@ -38,7 +38,7 @@ def test_msrun_two_workers_on_cpu(tmp_path, dataset_cache):
                LOCAL_OUTPUT_PATH=str(tmp_path),
                # msrun starts "python" from PATH: this interpreter's, also in a venv that is not activated
                PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worker = {rank: (logs / f"worker_{rank}.log").read_text() for rank in (0, 1)}
     assert len(re.findall(r"OpenI: uploaded \S+ after", worker[0])) == 2 and "OpenI: uploaded" not in worker[1]

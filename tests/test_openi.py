@@ -3,14 +3,12 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 
 import mindspore as ms
 
-from tests.utils import REPO_ROOT, write_jpeg_folder
+from tests.utils import REPO_ROOT, run_script, write_jpeg_folder
 
 pytest.importorskip("c2net", reason="c2net is in requirements-dev.txt")
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
@@ -30,8 +28,7 @@ def _task(tmp_path, method: str):
 
 
 def _run(args, env, timeout=600):
-    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_script(args, env=env, timeout=timeout)
 
 
 def _checkpoints(folder):

@@ -1,6 +1,8 @@
 """The repository's own promises: CI runs the README's test command, dependencies are pinned."""
 import re
+from pathlib import Path
 
+from tests.checkout_guard import checkout_entries, new_entries_message
 from tests.utils import REPO_ROOT
 
 
@@ -34,3 +36,29 @@ def test_requirements_pin_what_mindspore_needs():
 def test_run_outputs_are_git_ignored():
     ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert {"ckpt/", "predictions.json", "msrun_log/"} <= set(ignored)
+
+
+def test_tests_run_in_their_own_folder_not_the_checkout(tmp_path):
+    """conftest's working_folder: relative paths (a config's ./ckpt/quickstart, MindSpore's rank_0/ dumps) land in
+    the test's folder, and a user's runs in the checkout are neither read nor overwritten."""
+    assert Path.cwd() == tmp_path and REPO_ROOT not in Path.cwd().resolve().parents
+
+
+def test_the_checkout_guard_names_what_a_test_left(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "mindcv_ext").mkdir(parents=True)
+    (checkout / "README.md").write_text("x")
+    before = checkout_entries(checkout)
+    assert new_entries_message(checkout, before) == ""
+    (checkout / "ckpt" / "quickstart").mkdir(parents=True)
+    (checkout / "ckpt" / "quickstart" / "train.log").write_text("x")
+    (checkout / "rank_0" / "om").mkdir(parents=True)
+    (checkout / "rank_0" / "om" / "analyze_fail.ir").write_text("x")
+    (checkout / "mindcv_ext" / "__pycache__").mkdir()
+    (checkout / "mindcv_ext" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    message = new_entries_message(checkout, before)
+    assert "left 6 new file(s) or folder(s)" in message
+    for entry in ("ckpt", "ckpt/quickstart/train.log", "rank_0/om/analyze_fail.ir"):
+        assert f"\n  {entry}" in message
+    assert "__pycache__" not in message
+

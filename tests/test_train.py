@@ -3,8 +3,6 @@ import csv
 import glob
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,15 +14,14 @@ import train
 from mindcv_ext.data.idx import write_idx
 from mindcv_ext.engine.runtime import build_model, set_seed
 from tests.data.test_datasets import _cifar_arrays, _write_cifar
-from tests.utils import REPO_ROOT, write_jpeg_folder
+from tests.utils import REPO_ROOT, run_script, write_jpeg_folder
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
 TINY = ["-c", str(QUICKSTART), "--model_kwargs", "{patch_size: 4, num_blocks: 2, embed_dim: 32}", "--log_interval", "1"]
 
 
 def _run(args, timeout=600):
-    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_script(args, timeout=timeout)
 
 
 def _results(directory):

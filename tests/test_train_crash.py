@@ -14,7 +14,7 @@ import pytest
 
 import mindspore as ms
 
-from tests.utils import REPO_ROOT, write_jpeg_folder
+from tests.utils import REPO_ROOT, run_script, write_jpeg_folder
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
 SHORT = ["-c", QUICKSTART, "--model_kwargs", "{patch_size: 4, num_blocks: 2, embed_dim: 32}", "--log_interval", 2,
@@ -24,8 +24,7 @@ TIMING = ("epoch_time_s", "images_per_s")  # wall-clock columns: no two runs agr
 
 
 def _run(args, timeout=600):
-    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_script(args, timeout=timeout)
 
 
 def _rows(directory):
@@ -91,9 +90,9 @@ def test_kill_at_four_moments_then_resume_matches_an_uninterrupted_run(tmp_path)
 
 def test_a_second_run_into_a_busy_directory_exits_2_before_writing_anything(tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "train.py"] + [str(a) for a in SHORT + ["--epoch_size", 40,
-                                                                                       "--ckpt_save_dir", run]],
-                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py")] +
+                             [str(a) for a in SHORT + ["--epoch_size", 40, "--ckpt_save_dir", run]],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:  # the first run has started writing
             if "Epoch 1/40, step" in line:

@@ -1,5 +1,7 @@
 """Helpers shared by the tests."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
@@ -77,3 +79,12 @@ class SensGrads(nn.Cell):
 
     def construct(self, x, sens):
         return self.grad(self.net, self.weights)(x, sens)
+
+
+def run_script(args: Sequence, cwd=None, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts as a user would: ``args[0]`` is its path in the checkout (``train.py``,
+    ``scripts/export.py``, ``tests/kill_at.py``), run by this interpreter from ``cwd``, by default the test's own
+    working folder (conftest's ``working_folder``), never the checkout."""
+    script, *rest = [str(a) for a in args]
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *rest], cwd=cwd or os.getcwd(),
+                          capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -1,7 +1,5 @@
 """scripts/convert_checkpoint.py and mindcv_ext.convert: layouts, strictness, failures that leave nothing behind."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from mindcv_ext.layers import MonarchLinear
 from mindcv_ext.models import create_model
 from scripts.convert_checkpoint import main as convert_main
 from tests.convert.test_reader import _hostile_zip
-from tests.utils import REPO_ROOT, TEST_DATA, rel_err
+from tests.utils import TEST_DATA, rel_err, run_script
 
 GMLP = TEST_DATA / "models" / "gmlp_tiny"
 GMLP_KWARGS = {"img_size": 32, "patch_size": 4, "num_blocks": 2, "embed_dim": 64, "num_classes": 10}
@@ -175,10 +173,9 @@ def test_command_line_end_to_end(tmp_path):
     fixture = TEST_DATA / "models" / "mixer_tiny_monarch"
     meta = json.loads((fixture / "meta.json").read_text())
     dst = tmp_path / "mixer.ckpt"
-    result = subprocess.run(
-        [sys.executable, "scripts/convert_checkpoint.py", "--model", meta["model"], "--model-kwargs",
-         json.dumps(meta["kwargs"]), "--src", str(fixture / meta["checkpoint"]), "--dst", str(dst)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(["scripts/convert_checkpoint.py", "--model", meta["model"], "--model-kwargs",
+                         json.dumps(meta["kwargs"]), "--src", str(fixture / meta["checkpoint"]), "--dst", str(dst)],
+                        timeout=300)
     assert result.returncode == 0, result.stderr
     assert "stripped the 'model.' prefix" in result.stdout
     assert "tensors read: 34, mapped: 34" in result.stdout and f"wrote {dst}" in result.stdout
