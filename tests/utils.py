@@ -39,11 +39,22 @@ def on_path(net: nn.Cell, path: str, has_twins: bool = True) -> nn.Cell:
     as they are (Pixelfly's), where that is what the accelerated path runs."""
     if path == "plain":
         return net
-    from mindcv_ext.accel import accelerate, accelerated_cells
+    from mindcv_ext.accel import accelerate, accelerated_cells, declined_twins
 
+    declined = declined_twins(net)
     net = accelerate(net, "on")
+    if has_twins and not accelerated_cells(net) and declined:  # e.g. Pixelfly's and SSL's, without oneDNN's sgemm
+        pytest.skip("the accelerator leaves this network plain here: " +
+                    "; ".join(f"{twin}: {reason}" for twin, reason in declined.items()))
     assert bool(accelerated_cells(net)) is has_twins, accelerated_cells(net)
     return net
+
+
+def skip_unless_twin_serves(twin) -> None:
+    """Skip a test of accelerator twin ``twin`` (a class) where it cannot serve, with its reason."""
+    reason = twin.unavailable() if hasattr(twin, "unavailable") else ""
+    if reason:
+        pytest.skip(f"{twin.__name__} cannot serve here: {reason}")
 
 
 def rel_err(actual, expected) -> float:

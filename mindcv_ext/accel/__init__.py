@@ -26,7 +26,7 @@ from ..layers import replace_cell
 from . import cpu_kernels
 from .cells import FAST_CELLS
 
-__all__ = ["accelerate", "accelerated_cells", "KERNEL_MODES"]
+__all__ = ["accelerate", "accelerated_cells", "declined_twins", "KERNEL_MODES"]
 
 _logger = logging.getLogger("mindcv_ext")
 KERNEL_MODES = ("auto", "on", "off")
@@ -36,6 +36,17 @@ def accelerated_cells(net: nn.Cell) -> Dict[str, int]:
     """How many cells of each accelerated kind ``net`` holds, by class name."""
     return dict(collections.Counter(type(cell).__name__ for _, cell in net.cells_and_names()
                                     if isinstance(cell, FAST_CELLS)))
+
+
+def declined_twins(net: nn.Cell) -> Dict[str, str]:
+    """The twins that are for cells of ``net`` but cannot serve on this machine, by class name, with why (e.g.
+    Pixelfly's and SSL's twins without MindSpore's oneDNN sgemm): ``accelerate`` leaves those cells plain."""
+    declined = {}
+    for _, cell in net.cells_and_names():
+        for twin in FAST_CELLS:
+            if hasattr(twin, "matches") and twin.matches(cell) and twin.unavailable():
+                declined[twin.__name__] = twin.unavailable()
+    return declined
 
 
 def _why_not(net: nn.Cell) -> str:
@@ -79,6 +90,7 @@ def accelerate(net: nn.Cell, kernels: str = "auto") -> nn.Cell:
                              f"Use cpu_kernels=auto (or off) to run the plain network.")
         _logger.info(f"CPU kernels not used ({reason}): the plain network runs")
         return net
+    declined = declined_twins(net)
     names_before = {id(p): p.name for p in net.get_parameters()}
     taken = []  # prefixes of swapped cells: a twin brings its own children
     swapped = collections.Counter()
@@ -106,5 +118,6 @@ def accelerate(net: nn.Cell, kernels: str = "auto") -> nn.Cell:
         # Attaching a twin names its parameters relative to ``net``; a wrapped network had other names.
         param.name = names_before[id(param)]
     summary = ", ".join(f"{count} {kind}" for kind, count in sorted(swapped.items())) or "nothing to swap"
-    _logger.info(f"CPU kernels on: {summary}")
+    left = "".join(f"; {twin} not used: {reason}" for twin, reason in sorted(declined.items()))
+    _logger.info(f"CPU kernels on: {summary}{left}")
     return result

@@ -18,9 +18,17 @@ from .cpu_kernels import (CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuBlocksMatmul,
 from .fused import gated_pair_fusable, monarch_forward, monarch_gated_mlp, monarch_mlp, pair_fusable, reorder_features
 
 __all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastSketchStructuredLinear", "FastSparseLRLinear",
-           "FastMlp", "FastPixelflyMlp", "FastGatedMlp", "FastSpatialGatingUnit", "FAST_CELLS"]
+           "FastMlp", "FastPixelflyMlp", "FastGatedMlp", "FastSpatialGatingUnit", "FAST_CELLS", "sgemm_unavailable"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+
+def sgemm_unavailable() -> str:
+    """Why the twins that multiply on oneDNN's sgemm cannot serve on this machine, or '' when they can. Such a
+    twin has ``matches(cell)`` (the cell is of its kind) and ``unavailable()`` (this), and applies when both allow."""
+    if cpu_sgemm_available():
+        return ""
+    return f"MindSpore {ms.__version__} here has no oneDNN sgemm (dnnl_sgemm in libdnnl.so.3), which it multiplies on"
 
 
 class FastGELU(nn.GELU):
@@ -101,9 +109,15 @@ class FastSketchStructuredLinear(SketchStructuredLinear):
     the input's own column order, and its matmul on oneDNN's sgemm against the compressed weight, gathered to
     that order. Needs MindSpore's oneDNN sgemm."""
 
+    unavailable = staticmethod(sgemm_unavailable)
+
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
-        return isinstance(cell, SketchStructuredLinear) and cpu_sgemm_available()
+    def matches(cell: nn.Cell) -> bool:
+        return isinstance(cell, SketchStructuredLinear)
+
+    @classmethod
+    def applies(cls, cell: nn.Cell) -> bool:
+        return cls.matches(cell) and not cls.unavailable()
 
     def __init__(self, plain: SketchStructuredLinear) -> None:
         nn.Cell.__init__(self)
@@ -139,10 +153,16 @@ class FastSparseLRLinear(SparseLRLinear):
     oneDNN's sgemm over runs of blocks, with the gate, the low-rank term and the bias in the same pass over each
     chunk of tokens. Unpadded layers only (widths that are whole blocks); needs MindSpore's oneDNN sgemm."""
 
+    unavailable = staticmethod(sgemm_unavailable)
+
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, SparseLRLinear) and cell.in_ext == cell.in_features and \
-            cell.out_ext == cell.out_features and cpu_sgemm_available()
+            cell.out_ext == cell.out_features
+
+    @classmethod
+    def applies(cls, cell: nn.Cell) -> bool:
+        return cls.matches(cell) and not cls.unavailable()
 
     def __init__(self, plain: SparseLRLinear) -> None:
         nn.Cell.__init__(self)
@@ -169,9 +189,15 @@ class FastPixelflyMlp(Mlp):
     """An MLP of two Pixelfly layers, each ``FastSparseLRLinear``, around the kernel GELU; the hidden activation
     stays token-major (the tiles of the plain ``Mlp.hidden_as_tiles`` serve MindSpore's own operators)."""
 
+    unavailable = staticmethod(sgemm_unavailable)
+
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
-        return isinstance(cell, Mlp) and FastSparseLRLinear.applies(cell.fc1) and FastSparseLRLinear.applies(cell.fc2)
+    def matches(cell: nn.Cell) -> bool:
+        return isinstance(cell, Mlp) and FastSparseLRLinear.matches(cell.fc1) and FastSparseLRLinear.matches(cell.fc2)
+
+    @classmethod
+    def applies(cls, cell: nn.Cell) -> bool:
+        return cls.matches(cell) and not cls.unavailable()
 
     def __init__(self, plain: Mlp) -> None:
         nn.Cell.__init__(self)

@@ -14,7 +14,7 @@ from mindcv_ext.accel import accelerate, accelerated_cells
 from mindcv_ext.accel.cells import FastGatedMlp, FastMlp, FastMonarchLinear, FastPixelflyMlp, FastSparseLRLinear
 from mindcv_ext.layers import GatedMlp, MonarchLinear, Mlp, SparseLRLinear
 from mindcv_ext.models.gmlp import SpatialGatingUnit
-from tests.utils import SensGrads, rel_err
+from tests.utils import SensGrads, rel_err, skip_unless_twin_serves
 
 pytestmark = pytest.mark.usefixtures("kernel_library")
 
@@ -110,6 +110,7 @@ def test_gated_mlp_twin(dim, nblocks, fusable, graph_mode):
 def test_pixelfly_mlp_twin(dim, hidden, gating, graph_mode):
     """Both Pixelfly layers one kernel each way around the GELU kernel, gated or not, with the plain tiled MLP's
     values and gradients."""
+    skip_unless_twin_serves(FastPixelflyMlp)
     mlp = Mlp(dim, hidden, mlp_layer="pixelfly", settings=dict(gating=gating))
     assert mlp.hidden_as_tiles
     _randomise(mlp, 5, scale=0.1)
@@ -123,6 +124,7 @@ def test_padded_pixelfly_layer_keeps_the_plain_layer(graph_mode):
     """The kernel multiplies whole blocks: a layer padded inside (100 -> 300) runs its plain tiles."""
     padded = SparseLRLinear(100, 300)
     assert accelerate(padded, "on") is padded and not accelerated_cells(padded)
+    skip_unless_twin_serves(FastSparseLRLinear)
     unpadded = _randomise(SparseLRLinear(96, 320), 7, scale=0.1)
     x = np.random.default_rng(8).standard_normal((40, 96)).astype(np.float32)
     assert isinstance(_assert_same_results(unpadded, x, (40, 320)), FastSparseLRLinear)
@@ -247,3 +249,21 @@ def test_export_of_the_plain_network_names_no_kernel(kernel_library, graph_mode,
     assert kernel_library.encode() not in exported and b"Custom" not in exported
     reloaded = ms.nn.GraphCell(ms.load(str(tmp_path / "plain.mindir")))(x).asnumpy()
     assert rel_err(reloaded, plain(x).asnumpy()) < 1e-6
+
+
+def test_twins_that_cannot_serve_here_are_declined_with_why(monkeypatch, caplog):
+    """Without MindSpore's oneDNN sgemm (MindSpore 2.7), Pixelfly's and SSL's twins are declined: the layers stay
+    plain, the log says why, and declined_twins tells the tests to skip rather than expect a swap."""
+    import mindcv_ext.accel.cells as cells
+
+    monkeypatch.setattr(cells, "cpu_sgemm_available", lambda: False)
+    mlp = Mlp(128, 512, mlp_layer="pixelfly")
+    declined = accel.declined_twins(mlp)
+    assert sorted(declined) == ["FastPixelflyMlp", "FastSparseLRLinear"]
+    assert f"MindSpore {ms.__version__} here has no oneDNN sgemm" in declined["FastPixelflyMlp"]
+    with caplog.at_level(logging.INFO, logger="mindcv_ext"):
+        assert accelerate(mlp, "on") is mlp
+    assert "FastPixelflyMlp not used: MindSpore" in caplog.text
+    assert type(mlp.fc1) is SparseLRLinear and accelerated_cells(mlp) == {"FastGELU": 1}
+    monkeypatch.setattr(cells, "cpu_sgemm_available", lambda: True)
+    assert accel.declined_twins(Mlp(128, 512, mlp_layer="pixelfly")) == {}
