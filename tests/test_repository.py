@@ -62,3 +62,14 @@ def test_the_checkout_guard_names_what_a_test_left(tmp_path):
         assert f"\n  {entry}" in message
     assert "__pycache__" not in message
 
+
+def test_ci_also_runs_the_suite_on_the_lowest_mindspore_the_readme_names():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    lowest = re.search(r"^LOWEST_MINDSPORE=(\S+)$", ci, re.M).group(1)
+    assert f'"mindspore>={lowest},<2.11"' in (REPO_ROOT / "pyproject.toml").read_text()
+    assert f"tested with MindSpore {lowest} and 2.10.0" in (REPO_ROOT / "README.md").read_text()
+    assert '-m pytest' in ci.split("LOWEST_MINDSPORE=")[1]
+    # That environment gets the test tools without requirements.txt's pinned MindSpore.
+    dev = (REPO_ROOT / "requirements-dev.txt").read_text().split()
+    assert dev == ["-r", "requirements.txt", "-r", "requirements-test.txt"]
+    assert "mindspore" not in (REPO_ROOT / "requirements-test.txt").read_text()
