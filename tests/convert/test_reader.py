@@ -1,5 +1,7 @@
 """The torch-free checkpoint reader, against files written by real PyTorch and against hostile files."""
 import argparse
+import collections
+import inspect
 import os
 import pickle
 import tracemalloc
@@ -118,11 +120,14 @@ def _tuple(*items):
     return b"(" + b"".join(items) + b"t"
 
 
-def _tensor_pickle(offset, size, stride, numel):
+def _tensor(offset, size, stride, numel):
     storage = _tuple(_str("storage"), b"ctorch\nFloatStorage\n", _str("0"), _str("cpu"), _int(numel)) + b"Q"
-    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n" + _tuple(
+    return b"ctorch._utils\n_rebuild_tensor_v2\n" + _tuple(
         storage, _int(offset), _tuple(*map(_int, size)), _tuple(*map(_int, stride)), b"\x89", b"}") + b"R"
-    return b"\x80\x02}" + _str("w") + tensor + b"s."
+
+
+def _tensor_pickle(offset, size, stride, numel):
+    return b"\x80\x02}" + _str("w") + _tensor(offset, size, stride, numel) + b"s."
 
 
 def _zip_checkpoint(path, payload, storage=None):
@@ -251,3 +256,234 @@ def test_bad_safetensors_name_the_file(content, tmp_path):
     with pytest.raises(CheckpointError, match=r"cannot read '.*weights\.safetensors' as safetensors: the file is "
                                               r"truncated or corrupt"):
         read_checkpoint(str(path))
+
+
+# Issue 29: the unpickler answers allowed globals with objects that outlive the file (storage types, functions,
+# classes), and a pickle can change objects: BUILD sets attributes, SETITEM(S)/APPEND(S)/ADDITEMS fill containers.
+# Before: a 1 KB file BUILT a uint8 dtype onto torch.FloatStorage; its own tensor and every valid file read after it
+# in the process came out as uint8 zeros, with no error. Now those opcodes act only on what the load created.
+_TRUE_FLOATS = np.array([1.5, -2.0, 3.25, 1e-3], np.float32)
+_U1 = b"cnumpy\ndtype\n" + _tuple(_str("u1"), b"\x89", b"\x88") + b"R"  # numpy.dtype('u1', False, True)
+_NAMESPACE = b"cargparse\nNamespace\n)\x81"  # argparse.Namespace.__new__(Namespace), as protocol 2 writes it
+_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"  # OrderedDict()
+
+
+def _dict_of(**items):
+    return b"}(" + b"".join(_str(key) + value for key, value in items.items()) + pickle.SETITEMS
+
+
+def _body(obj):
+    """``obj`` as protocol-2 opcodes to splice into a hand-built pickle: pickle.dumps without PROTO and STOP (its
+    BINGETs only read its own BINPUTs, so bodies can be spliced side by side)."""
+    return pickle.dumps(obj, protocol=2)[2:-1]
+
+
+def _with_tensor(value):
+    """A checkpoint ``{"x": value, "w": <4 float32 from storage 0>}``."""
+    return b"\x80\x02}" + _str("x") + value + b"s" + _str("w") + _tensor(0, (4,), (1,), 4) + b"s."
+
+
+def _legacy_checkpoint(path, payload, storage):
+    with open(path, "wb") as stream:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(header, stream, protocol=2)
+        stream.write(payload)
+        pickle.dump(["0"], stream, protocol=2)
+        stream.write((len(storage) // 4).to_bytes(8, "little") + storage)
+    return str(path)
+
+
+def _assert_a_valid_file_reads_right(tmp_path):
+    path = _zip_checkpoint(tmp_path / "valid.pth", _tensor_pickle(0, (4,), (1,), 4), _TRUE_FLOATS.tobytes())
+    loaded = read_checkpoint(path)["w"]
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, _TRUE_FLOATS)
+
+
+@pytest.mark.parametrize("writer", [_zip_checkpoint, _legacy_checkpoint], ids=["zip", "legacy"])
+def test_build_on_a_storage_type_is_refused_and_later_files_read_right(writer, tmp_path):
+    """The file of the issue: before, it read as uint8 zeros and so did the valid file read after it."""
+    poison = b"ctorch\nFloatStorage\n" + _dict_of(dtype=_U1) + pickle.BUILD
+    path = writer(tmp_path / "poison.pth", _with_tensor(poison), bytes(16))
+    assert os.path.getsize(path) < 1024
+    try:
+        read_checkpoint(path)
+        message = "loaded"
+    except UnsafeCheckpointError as exc:
+        message = str(exc)
+    _assert_a_valid_file_reads_right(tmp_path)  # before: 16 uint8 zeros, no error
+    assert "poison.pth" in message and "applies BUILD to the global 'torch.FloatStorage'" in message, message
+    assert "Nothing was changed" in message
+
+
+# Each: the value of "x" in _with_tensor, and what the refusal must name.
+_HOSTILE = {
+    # slot state is applied with setattr: torch.Size() would answer (9, 9) in every later file
+    "size_defaults": (b"ctorch\nSize\n" + _tuple(b"N", _dict_of(__defaults__=_tuple(_tuple(_int(9), _int(9)))))
+                      + pickle.BUILD, "applies BUILD to the global 'torch.Size'"),
+    # every Namespace of the process would gain the attribute
+    "namespace_class": (b"cargparse\nNamespace\n" + _tuple(b"N", _dict_of(epochs=_int(999))) + pickle.BUILD,
+                        "applies BUILD to the global 'argparse.Namespace'"),
+    # an allowed call that hands back its argument: the result is still not the load's own
+    "storage_via_rebuild_parameter": (b"ctorch._utils\n_rebuild_parameter\n" + _tuple(b"ctorch\nFloatStorage\n")
+                                      + b"R" + _dict_of(dtype=_U1) + pickle.BUILD,
+                                      "applies BUILD to the global 'torch.FloatStorage'"),
+    "setitems_on_storage_type": (b"ctorch\nFloatStorage\n(" + _str("dtype") + _U1 + pickle.SETITEMS,
+                                 "applies SETITEMS to the global 'torch.FloatStorage'"),
+    "appends_on_ordereddict_class": (b"ccollections\nOrderedDict\n(" + _int(1) + pickle.APPENDS,
+                                     "applies APPENDS to the global 'collections.OrderedDict'"),
+    "additems_on_set_class": (b"c__builtin__\nset\n(" + _int(1) + pickle.ADDITEMS,
+                              "applies ADDITEMS to the global 'builtins.set'"),
+    # a tensor re-laid out after it was made: before, x silently read 2 of w's floats
+    "build_on_tensor": (_tensor(0, (4,), (1,), 4) + _dict_of(size=_tuple(_int(2)), offset=_int(2)) + pickle.BUILD,
+                        "applies BUILD to a tensor"),
+    "setitem_on_tensor": (_tensor(0, (4,), (1,), 4) + _str("offset") + _int(2) + pickle.SETITEM,
+                          "applies SETITEM to a tensor"),
+    # numpy's C __setstate__ fed by the file: a dict where it wants its tuple, a subarray dtype
+    "numpy_dtype_dict_state": (_U1 + _dict_of(byteorder=_str(">")) + pickle.BUILD,
+                               "applies BUILD to numpy.dtype('u1') with a dict as state"),
+    "numpy_dtype_subarray": (b"cnumpy\ndtype\n" + _tuple(_str("f8"), b"\x89", b"\x88") + b"R"
+                             + _tuple(_int(3), _str("<"), _tuple(_U1, _tuple(_int(8))), b"N", b"N", _int(-1),
+                                      _int(-1), _int(0)) + pickle.BUILD,
+                             "applies BUILD to numpy.dtype('f8') with a tuple as state"),
+    # an object dtype: numpy's scalar() hands back whatever object follows
+    "numpy_object_scalar": (b"cnumpy.core.multiarray\nscalar\n" + _tuple(
+        b"cnumpy\ndtype\n" + _tuple(_str("O8"), b"\x89", b"\x88") + b"R", _str("anything")) + b"R",
+        "asks for numpy.dtype('O8', align=False, copy=True)"),
+}
+
+
+@pytest.mark.parametrize("name", list(_HOSTILE))
+def test_changing_what_the_reader_did_not_create_is_refused(name, tmp_path):
+    value, culprit = _HOSTILE[name]
+    path = _zip_checkpoint(tmp_path / f"{name}.pth", _with_tensor(value), _TRUE_FLOATS.tobytes())
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert f"{name}.pth" in message and culprit in message, message
+    assert "Nothing was changed" in message or "Nothing from the file was executed" in message
+    _assert_a_valid_file_reads_right(tmp_path)
+
+
+def _shared_state():
+    """What a file could reach that outlives it: the reader's functions, classes and module-level tables (before:
+    the one table of answers, storage types included), argparse.Namespace, NumPy's builtin dtypes."""
+    from mindcv_ext.convert import reader
+
+    state = {"Namespace": dict(vars(argparse.Namespace)), "_STORAGE_DTYPES": dict(reader._STORAGE_DTYPES)}
+    for code in ("float32", "float64", "uint8", "int64", "bool"):
+        dtype = np.dtype(code)
+        state[code] = (dtype.str, dtype.byteorder, dtype.isnative, dtype.metadata, dtype.flags, dtype.shape)
+    for name, obj in vars(reader).items():
+        if inspect.isfunction(obj):
+            state[name] = (obj.__defaults__, obj.__kwdefaults__, dict(vars(obj)))
+        elif inspect.isclass(obj) and obj.__module__ == reader.__name__:
+            state[name] = dict(vars(obj))
+        elif isinstance(obj, dict):
+            state[name] = {key: (value, dict(getattr(value, "__dict__", {}))) for key, value in obj.items()}
+    return state
+
+
+def test_hostile_files_change_nothing_a_later_file_sees(tmp_path):
+    from mindcv_ext.convert.reader import _torch_size
+
+    before = _shared_state()
+    outcomes = {}
+    for name, (value, _) in _HOSTILE.items():
+        path = _zip_checkpoint(tmp_path / f"{name}.pth", _with_tensor(value), _TRUE_FLOATS.tobytes())
+        try:
+            read_checkpoint(path)
+            outcomes[name] = "loaded"
+        except UnsafeCheckpointError:
+            outcomes[name] = "refused"
+        except Exception as exc:  # noqa: BLE001 (before, numpy's dtype.__setstate__ raised SystemError)
+            outcomes[name] = type(exc).__name__
+    assert _shared_state() == before
+    assert _torch_size() == () and not hasattr(argparse.Namespace, "epochs")
+    assert set(outcomes.values()) == {"refused"}, outcomes
+    _assert_a_valid_file_reads_right(tmp_path)
+
+
+@pytest.mark.parametrize("value,error,culprit", [
+    (_NAMESPACE + _dict_of(__class__=b"ccollections\nOrderedDict\n") + pickle.BUILD, UnsafeCheckpointError,
+     "applies BUILD to a Namespace setting '__class__'"),
+    (_NAMESPACE + _tuple(b"N", _dict_of(lr=_int(1))) + pickle.BUILD, UnsafeCheckpointError,
+     "applies BUILD with slot state (attributes set through setattr) to a Namespace"),
+    (_ORDERED_DICT + _dict_of(items=_int(1)) + pickle.BUILD, UnsafeCheckpointError,
+     "applies BUILD to a OrderedDict setting 'items'"),
+    (_NAMESPACE + b"}" + _int(1) + _int(2) + b"s" + pickle.BUILD, UnsafeCheckpointError,
+     "applies BUILD to a Namespace setting 1"),
+    (_NAMESPACE + _str("lr") + pickle.BUILD, UnsafeCheckpointError,
+     "applies BUILD to a Namespace with a str as state"),
+    (b"}" + _dict_of(a=_int(1)) + pickle.BUILD, CheckpointError, "applies BUILD to a dict; BUILD works on"),
+    (b"]" + _dict_of(a=_int(1)) + pickle.BUILD, CheckpointError, "applies BUILD to a list; BUILD works on"),
+    (_NAMESPACE + _str("k") + _int(1) + pickle.SETITEM, CheckpointError, "applies SETITEM to a Namespace; SETITEM"),
+], ids=["dunder_name", "slot_state", "shadows_a_method", "non_str_name", "str_state", "build_on_dict",
+        "build_on_list", "setitem_on_namespace"])
+def test_build_states_checkpoints_never_write_are_refused(value, error, culprit, tmp_path):
+    """On the load's own objects too, BUILD takes a dict of plain attribute names for an OrderedDict or Namespace;
+    before, a Namespace could have its __class__ or any attribute set, and BUILD on a dict said 'AttributeError'."""
+    path = _zip_checkpoint(tmp_path / "state.pth", _with_tensor(value), _TRUE_FLOATS.tobytes())
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    assert type(info.value) is error and culprit in str(info.value) and "state.pth" in str(info.value), info.value
+
+
+def test_extension_registry_codes_are_refused(tmp_path):
+    """EXT1 names a global through copyreg's registry, whose answers are cached process-wide."""
+    path = _zip_checkpoint(tmp_path / "ext.pth", b"\x80\x02" + pickle.EXT1 + b"\x01.")
+    with pytest.raises(UnsafeCheckpointError, match=r"ext\.pth.*extension registry"):
+        read_checkpoint(path)
+
+
+def test_what_real_checkpoints_build_still_loads(tmp_path):
+    """What torch.save writes and the reader must still build: a state_dict's _metadata (BUILD on its OrderedDict),
+    training args (NEWOBJ Namespace + BUILD), timm's metrics (NumPy scalars: numpy.dtype + BUILD of its byte order +
+    scalar, raw bytes through protocol 2's _codecs.encode), bytes, nested dicts, lists and sets."""
+    metadata = collections.OrderedDict([("", {"version": 1}), ("fc", {"version": 2})])
+    extra = {"args": argparse.Namespace(lr=0.1, model="toy", tags={"a"}), "best_metric": np.float64(81.25),
+             "top5": np.float32(97.5), "ema": np.bool_(True), "step": np.int64(-3), "blob": b"\x00\xffraw",
+             "history": [{"epoch": 1, "loss": [0.5, 0.25]}, {"epoch": 2, "loss": []}], "classes": {"cat", "dog"}}
+    state_dict = (_ORDERED_DICT + b"(" + _str("fc.weight") + _tensor(0, (2, 2), (2, 1), 4) + pickle.SETITEMS
+                  + _dict_of(_metadata=_body(metadata)) + pickle.BUILD)
+    payload = b"\x80\x02}(" + _str("state_dict") + state_dict + _str("extra") + _body(extra) + b"u."
+    assert b"_codecs\nencode" in payload and b"numpy.core.multiarray\nscalar" in payload
+    loaded = read_checkpoint(_zip_checkpoint(tmp_path / "real.pth", payload, _TRUE_FLOATS.tobytes()))
+    state = loaded["state_dict"]
+    assert isinstance(state, collections.OrderedDict) and list(state) == ["fc.weight"]
+    np.testing.assert_array_equal(state["fc.weight"], _TRUE_FLOATS.reshape(2, 2))
+    assert isinstance(state._metadata, collections.OrderedDict) and state._metadata == metadata
+    got = loaded["extra"]
+    assert isinstance(got["args"], argparse.Namespace)
+    assert vars(got["args"]) == {"lr": 0.1, "model": "toy", "tags": {"a"}}
+    for key in ("best_metric", "top5", "ema", "step"):
+        assert type(got[key]) is type(extra[key]) and got[key] == extra[key], key
+    assert got["blob"] == b"\x00\xffraw" and got["history"] == extra["history"] and got["classes"] == {"cat", "dog"}
+
+
+def _f8_scalar(order, raw, module=b"numpy._core.multiarray"):
+    """numpy.<module>.scalar(numpy.dtype('f8') with byte order ``order``, raw), hand-built (SHORT_BINBYTES data)."""
+    dtype = (b"cnumpy\ndtype\n" + _tuple(_str("f8"), b"\x89", b"\x88") + b"R"
+             + _tuple(_int(3), _str(order), b"N", b"N", b"N", _int(-1), _int(-1), _int(0)) + pickle.BUILD)
+    return b"c" + module + b"\nscalar\n" + _tuple(dtype, pickle.SHORT_BINBYTES + bytes([len(raw)]) + raw) + b"R"
+
+
+def test_numpy_scalars_are_read_without_numpy_dtypes_in_reach(tmp_path):
+    """NumPy 2's module name, a big-endian scalar, protocol 4 (raw data as bytes, no _codecs); the byte count must be
+    the item size."""
+    payload = (b"\x80\x02}(" + _str("big") + _f8_scalar(">", np.array([-0.75], ">f8").tobytes())
+               + _str("little") + _f8_scalar("<", np.float64(2.5).tobytes(), b"numpy.core.multiarray") + b"u.")
+    loaded = read_checkpoint(_zip_checkpoint(tmp_path / "scalars.pth", payload))
+    assert type(loaded["big"]) is np.float64 and loaded["big"] == -0.75
+    assert type(loaded["little"]) is np.float64 and loaded["little"] == 2.5
+    protocol_4 = pickle.dumps({"m": np.float32(0.125), "n": np.uint16(65535), "c": np.complex64(1 - 2j)}, protocol=4)
+    loaded = read_checkpoint(_zip_checkpoint(tmp_path / "protocol_4.pth", protocol_4))
+    assert type(loaded["m"]) is np.float32 and loaded["m"] == 0.125
+    assert type(loaded["n"]) is np.uint16 and loaded["n"] == 65535
+    assert type(loaded["c"]) is np.complex64 and loaded["c"] == 1 - 2j
+    short = b"\x80\x02}" + _str("m") + _f8_scalar("<", bytes(3)) + b"s."
+    with pytest.raises(CheckpointError, match=r"short\.pth': a NumPy float64 scalar holds 3 bytes, not 8"):
+        read_checkpoint(_zip_checkpoint(tmp_path / "short.pth", short))
+    bad_order = b"\x80\x02}" + _str("m") + _f8_scalar("|", bytes(8)) + b"s."
+    with pytest.raises(UnsafeCheckpointError, match=r"numpy.dtype\('f8'\) with a tuple with byte order '\|'"):
+        read_checkpoint(_zip_checkpoint(tmp_path / "bad_order.pth", bad_order))
