@@ -12,7 +12,10 @@ The YAML file (``-c/--config``) gives defaults and the command line wins. Compar
   argument, e.g. ``{patch_size: 4, num_blocks: 4}``) are added, and T2T-ViT's attention keys
   ``t2t_attn``, ``local_context``, ``nb_features``, ``softmax_eps``, ``normalization_eps``, ``feature_seed``;
 - ``image_resize``, ``crop_pct``, ``interpolation``, ``mean`` and ``std`` default to the model's own
-  ``default_cfg`` instead of fixed ImageNet values.
+  ``default_cfg`` instead of fixed ImageNet values;
+- configuration input is bounded: the file's size, and every structured value's nesting depth and size counted
+  with YAML aliases expanded (``load_yaml``, ``check_value``), so an alias "bomb" is an error naming its key
+  instead of unbounded memory in whatever walks the value later.
 """
 import argparse
 import ast
@@ -20,12 +23,14 @@ import difflib
 import json
 import os
 import re
+import reprlib
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "input_resolution", "ConfigError"]
+__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "input_resolution", "ConfigError",
+           "load_yaml", "check_value", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_VALUES", "MAX_TEXT_CHARS"]
 
 # Model keys passed to the entrypoint only when set, for the models that take them.
 MODEL_ARGUMENTS = ("t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed")
@@ -50,6 +55,221 @@ class ConfigError(ValueError):
     """A configuration value or file is wrong; the message names it."""
 
 
+# Bounds on configuration input. A configuration is a few KB holding a few hundred values, none nested more than
+# three levels (model_kwargs: {key: [numbers]}); the bounds are far above that and far below what hurts. The
+# values count YAML aliases expanded: PyYAML shares an aliased node, so loading 25 levels of ten aliases each is
+# cheap, but whatever later walks, copies or prints the value (a type check, an error message, save_args) meets
+# 10**25 numbers. Each bound is checked without expanding anything.
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file, or the text of one YAML value
+MAX_DEPTH = 20  # levels of lists and mappings in one value (a key of the file, or a command-line value)
+MAX_VALUES = 100_000  # scalars, lists and mappings in a file or value, counted with aliases expanded
+MAX_TEXT_CHARS = 10_000  # a list or mapping written as text: on the command line, or quoted in the YAML
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 4, 200, 200, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 12
+
+
+def _short(value: Any) -> str:
+    """repr() for an error message: a user's value is cut short, never expanded in full (nor a shared or
+    self-containing structure walked)."""
+    return _REPR.repr(value)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+class _Unbounded(Exception):
+    """A value beyond the bounds: ``problem`` completes "key 'mean' ..." (``where``, when known, names the key)."""
+
+    def __init__(self, problem: str, where: Optional[str] = None):
+        super().__init__(problem)
+        self.problem, self.where = problem, where
+
+
+def _yaml_children(node) -> Optional[list]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return None
+
+
+def _object_children(value) -> Optional[list]:
+    if isinstance(value, dict):
+        return [part for pair in value.items() for part in pair]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return None
+
+
+class _Extent:
+    """Levels and expanded size of values whose lists and mappings may be shared (YAML aliases) or contain
+    themselves, measured without expanding them: each container is visited once, its figures remembered, and the
+    walk stops as soon as a bound is passed (so it never recurses more than ``MAX_DEPTH`` + 1 frames deep)."""
+
+    def __init__(self, children, via: str):
+        self.children, self.via = children, via  # via: " through YAML aliases" when the text has any
+        self.done = {}  # id(container) -> (levels, size)
+        self.open = set()  # containers being measured: meeting one again means it contains itself
+
+    def measure(self, node, depth: int = 0) -> Tuple[int, int]:
+        """(levels, size) of ``node``, at ``depth`` containers below the value being checked."""
+        kids = self.children(node)
+        if kids is None:
+            return 0, 1
+        key = id(node)
+        if key in self.open:
+            raise _Unbounded(f"contains itself{' through a YAML alias' if self.via else ''}; a configuration "
+                             f"value is a finite list or mapping")
+        done = self.done.get(key)
+        if done is None:
+            if depth >= MAX_DEPTH:
+                raise self._too_deep()
+            self.open.add(key)
+            levels, size = 1, 1
+            for kid in kids:
+                kid_levels, kid_size = self.measure(kid, depth + 1)
+                levels, size = max(levels, kid_levels + 1), size + kid_size
+                if size > MAX_VALUES:
+                    raise _Unbounded(f"expands to more than {MAX_VALUES:,} values{self.via}; a configuration "
+                                     f"value is a few numbers or a small mapping")
+            self.open.discard(key)
+            done = self.done[key] = (levels, size)
+        if depth + done[0] > MAX_DEPTH:
+            raise self._too_deep()
+        return done
+
+    def _too_deep(self) -> _Unbounded:
+        return _Unbounded(f"nests deeper than {MAX_DEPTH} levels{self.via}; a configuration value is a number, a "
+                          f"list or a small mapping")
+
+    def check(self, root, pairs: Optional[list], whole: str) -> None:
+        """Bound ``root``; ``pairs`` ([(name, key, value)]) when it is a mapping, to name the key at fault."""
+        if pairs is None:
+            try:
+                self.measure(root)
+            except _Unbounded as exc:
+                raise _Unbounded(exc.problem, exc.where or whole) from None
+            return
+        total = 1
+        for name, key, value in pairs:
+            try:
+                total += self.measure(key)[1] + self.measure(value)[1]
+            except _Unbounded as exc:
+                raise _Unbounded(exc.problem, f"key {name}") from None
+            if total > MAX_VALUES:
+                raise _Unbounded(f"brings {whole} past {MAX_VALUES:,} values{self.via}; a configuration is a few "
+                                 f"hundred", f"key {name}")
+
+
+def _key_name(key) -> str:
+    if isinstance(key, yaml.ScalarNode):
+        return f"'{_clip(key.value, 100)}'"
+    if isinstance(key, yaml.Node):
+        return "(a list or mapping as key)"
+    return _short(key) if not isinstance(key, str) else f"'{_clip(key, 100)}'"
+
+
+def check_value(value: Any, what: str = "the value") -> Any:
+    """``value`` if its lists and mappings nest at most ``MAX_DEPTH`` levels and hold at most ``MAX_VALUES``
+    values (shared ones counted each time they appear), else a ``ConfigError`` naming the key of a mapping at
+    fault (or ``what``). Use it on any structured value read from the command line (json.loads, literal_eval)."""
+    if _object_children(value) is None:
+        return value
+    pairs = [(_key_name(k), k, v) for k, v in value.items()] if isinstance(value, dict) else None
+    try:
+        _Extent(_object_children, "").check(value, pairs, what)
+    except _Unbounded as exc:
+        raise ConfigError(f"{exc.where} {exc.problem}") from None
+    return value
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that composes at most ``MAX_VALUES`` nodes nested at most ``MAX_DEPTH`` levels below a
+    top-level key (PyYAML composes recursively), and notes whether the text uses aliases."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.bound_level, self.bound_count, self.bound_key, self.bound_aliases = 0, 0, None, False
+
+    def compose_node(self, parent, index):
+        if self.bound_level == 1 and isinstance(parent, yaml.MappingNode):
+            self.bound_key = index  # the key's node while its value is composed; None while a key is
+        self.bound_count += 1
+        if self.check_event(yaml.AliasEvent):
+            self.bound_aliases = True
+        elif self.bound_level > MAX_DEPTH and self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            raise _Unbounded(f"nests deeper than {MAX_DEPTH} levels; a configuration value is a number, a list "
+                             f"or a small mapping", self._where())
+        if self.bound_count > MAX_VALUES:
+            raise _Unbounded(f"holds more than {MAX_VALUES:,} values; a configuration is a few hundred",
+                             self._where())
+        self.bound_level += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.bound_level -= 1
+
+    def _where(self) -> Optional[str]:
+        return f"key {_key_name(self.bound_key)}" if self.bound_key is not None else None
+
+
+def load_yaml(text_or_stream, source: str = "") -> Any:
+    """``yaml.safe_load`` with bounds: at most ``MAX_CONFIG_BYTES`` of text, and each top-level key's value at
+    most ``MAX_DEPTH`` levels deep and ``MAX_VALUES`` values with YAML aliases expanded (a value that contains
+    itself is refused too). The node graph is checked before anything is constructed, in time and memory of the
+    order of the text's length.
+
+    ``source`` (e.g. the file's path) starts the messages. A value beyond the bounds, text that is too long or not
+    UTF-8 raise ``ConfigError`` naming the key; invalid YAML raises ``yaml.YAMLError`` as ``yaml.safe_load`` does.
+    """
+    prefix, whole = (f"{source}: ", "the file") if source else ("", "the value")
+    if isinstance(text_or_stream, (str, bytes)):
+        text = text_or_stream
+    else:
+        try:
+            text = text_or_stream.read(MAX_CONFIG_BYTES + 1)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{prefix}not UTF-8 text (byte {exc.start}: {exc.reason}); a configuration is "
+                              f"YAML text") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{prefix}more than {MAX_CONFIG_BYTES // (1 << 20)} MiB of text; a configuration is a "
+                          f"few KB")
+    loader = _BoundedLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            via = " through YAML aliases" if loader.bound_aliases else ""
+            pairs = [(_key_name(k), k, v) for k, v in node.value] if isinstance(node, yaml.MappingNode) else None
+            _Extent(_yaml_children, via).check(node, pairs, whole)
+        except _Unbounded as exc:
+            raise ConfigError(f"{prefix}{exc.where or whole} {exc.problem}") from None
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _bounded(value: Any) -> Any:
+    """check_value for a type converter: its error is argparse's (the message is prefixed with the option)."""
+    try:
+        return check_value(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bounded_text(text: str, what: str) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        raise argparse.ArgumentTypeError(f"{what} of {len(text):,} characters is too long (at most "
+                                         f"{MAX_TEXT_CHARS:,}), starting {text[:40]!r}")
+    return text
+
+
 def str2bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -58,7 +278,7 @@ def str2bool(value: Any) -> bool:
         return True
     if text in ("false", "no", "n", "0", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {_short(value)}")
 
 
 def _none_or(convert):
@@ -74,14 +294,17 @@ def _none_or(convert):
 def _number_list(element):
     def parse(value) -> List:
         if isinstance(value, (list, tuple)):
-            items = list(value)
+            items = list(_bounded(value))
         else:
-            text = str(value).strip()
+            text = _bounded_text(str(value).strip(), "a list")
             if text.startswith(("[", "(")):
                 try:
-                    items = list(ast.literal_eval(text))
-                except (ValueError, SyntaxError) as exc:
-                    raise argparse.ArgumentTypeError(f"cannot read a list from {value!r}") from exc
+                    items = list(_bounded(ast.literal_eval(text)))
+                except (ValueError, SyntaxError, TypeError) as exc:
+                    raise argparse.ArgumentTypeError(f"cannot read a list from {_short(value)}") from exc
+                except (MemoryError, RecursionError) as exc:  # how Python's parser reports very deep nesting
+                    raise argparse.ArgumentTypeError(f"cannot read a list from {_short(value)}: it nests too "
+                                                     f"deeply") from exc
             else:
                 items = [t for t in text.replace(",", " ").split() if t]
         try:
@@ -89,7 +312,7 @@ def _number_list(element):
                 raise ValueError("not whole numbers")
             return [element(item) for item in items]
         except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(f"expected a list of {element.__name__}s, got {value!r}") from exc
+            raise argparse.ArgumentTypeError(f"expected a list of {element.__name__}s, got {_short(value)}") from exc
 
     parse.__name__ = f"{element.__name__}_list"
     return parse
@@ -108,13 +331,13 @@ def auto_augment_policy(value) -> Optional[str]:
     text = str(value)
     policy, *sections = text.split("-")
     if policy not in _AUGMENT_SECTIONS:
-        raise argparse.ArgumentTypeError(f"auto_augment {text!r}: unknown policy {policy!r}; use one of "
+        raise argparse.ArgumentTypeError(f"auto_augment {_short(text)}: unknown policy {_short(policy)}; use one of "
                                          f"{', '.join(sorted(_AUGMENT_SECTIONS))}, e.g. randaug-m9-mstd0.5-inc1")
     for section in sections:
         match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", section)
         if not match or match.group(1) not in _AUGMENT_SECTIONS[policy]:
             raise argparse.ArgumentTypeError(
-                f"auto_augment {text!r}: section {section!r} is not one of {policy}'s "
+                f"auto_augment {_short(text)}: section {_short(section)} is not one of {policy}'s "
                 f"({', '.join(sorted(_AUGMENT_SECTIONS[policy]))}, each followed by a number); a YAML comment "
                 f"belongs after the closing quote")
     return text
@@ -122,20 +345,25 @@ def auto_augment_policy(value) -> Optional[str]:
 
 def _mapping(value) -> Dict[str, Any]:
     if isinstance(value, dict):
-        return value
+        return _bounded(value)
+    if isinstance(value, (list, tuple)):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{patch_size: 4}}', got {_short(value)}")
+    text = _bounded_text(str(value), "a mapping")
     try:
-        parsed = yaml.safe_load(str(value))
+        parsed = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read a mapping from {value!r}: {exc}") from exc
+        raise argparse.ArgumentTypeError(f"cannot read a mapping from {_short(value)}: {exc}") from exc
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if parsed is None:
         return {}
     if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError(f"expected a mapping like '{{patch_size: 4}}', got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{patch_size: 4}}', got {_short(value)}")
     # YAML reads '{patch_size:4}' as the key 'patch_size:4' without a value, which would be dropped silently.
     unvalued = [str(key) for key, item in parsed.items() if item is None and ":" in str(key)]
     if unvalued:
-        raise argparse.ArgumentTypeError(f"{value!r}: {', '.join(repr(k) for k in unvalued)} has no value; put a "
-                                         f"space after each colon, e.g. '{{patch_size: 4}}'")
+        raise argparse.ArgumentTypeError(f"{_short(value)}: {', '.join(_short(k) for k in unvalued)} has no value; "
+                                         f"put a space after each colon, e.g. '{{patch_size: 4}}'")
     return parsed
 
 
@@ -373,11 +601,17 @@ def _closest(key: str, options: List[str], prefix: str = "") -> str:
 def _load_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path!r} is {size / (1 << 20):.1f} MiB; a configuration is a few KB (at "
+                          f"most {MAX_CONFIG_BYTES // (1 << 20)} MiB): is it the right file?")
     try:
         with open(path) as stream:
-            data = yaml.safe_load(stream)
+            data = load_yaml(stream, path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror or exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -393,10 +627,11 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Tuple[Dict[str
         if key in RENAMED_KEYS and key not in actions:
             current, convert = RENAMED_KEYS[key]
             value = convert(value) if convert and value is not None else value
-            notes.append(f"{path}: key '{key}' is an older name; read as {current}: {value!r} (write that instead)")
+            notes.append(f"{path}: key '{key}' is an older name; read as {current}: {_short(value)} (write that "
+                         f"instead)")
             key = current
         if key not in actions:
-            raise ConfigError(f"unknown key '{key}' in {path}{_closest(str(key), list(actions))}")
+            raise ConfigError(f"unknown key '{_clip(key, 100)}' in {path}{_closest(str(key)[:100], list(actions))}")
         action = actions[key]
         if action.type is not None and value is not None:
             try:
@@ -405,7 +640,7 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Tuple[Dict[str
                 raise ConfigError(f"{path}: key '{key}': {exc}") from exc
         if action.choices is not None and value not in action.choices:
             choices = ", ".join(repr(c) for c in action.choices)
-            raise ConfigError(f"{path}: key '{key}' is {value!r}; choose one of {choices}")
+            raise ConfigError(f"{path}: key '{key}' is {_short(value)}; choose one of {choices}")
         values[key] = value
     return values, notes
 

@@ -194,6 +194,8 @@ def _run_config(argv: list) -> list:
 
     import yaml
 
+    from config import load_yaml
+
     pre = argparse.ArgumentParser(add_help=False)
     for option in (("-c", "--config"), ("--model",), ("--ckpt_path",)):
         pre.add_argument(*option, default="")
@@ -207,7 +209,7 @@ def _run_config(argv: list) -> list:
         if name.endswith(".yaml"):
             try:
                 with open(os.path.join(directory, name)) as stream:
-                    saved = yaml.safe_load(stream)
+                    saved = load_yaml(stream, os.path.join(directory, name))  # bounded: an alias bomb is an error
             except (OSError, yaml.YAMLError):
                 continue
             if isinstance(saved, dict) and saved.get("model") == name[: -len(".yaml")]:

@@ -33,10 +33,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="use 'state_dict' even when the checkpoint also holds 'state_dict_ema'")
     parser.add_argument("--overwrite", action="store_true", help="replace --dst if it exists")
     args = parser.parse_args(argv)
+    from config import MAX_TEXT_CHARS, ConfigError, check_value
+
+    text = args.model_kwargs
+    if len(text) > MAX_TEXT_CHARS:  # a few model arguments; JSON has no aliases, so its text bounds its size
+        parser.error(f"--model-kwargs is {len(text):,} characters (at most {MAX_TEXT_CHARS:,}); it holds a few "
+                     f"model arguments, e.g. '{{\"num_classes\": 10}}'")
     try:
-        args.model_kwargs = json.loads(args.model_kwargs)
+        args.model_kwargs = check_value(json.loads(text))
     except json.JSONDecodeError as exc:
-        parser.error(f"--model-kwargs is not valid JSON ({exc}): {args.model_kwargs}")
+        parser.error(f"--model-kwargs is not valid JSON ({exc}): {text}")
+    except RecursionError:
+        parser.error(f"--model-kwargs nests deeper than JSON can be read: {text[:60]}...")
+    except ConfigError as exc:
+        parser.error(f"--model-kwargs: {exc}")
     if not isinstance(args.model_kwargs, dict):
         parser.error(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
     return args
