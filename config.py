@@ -435,6 +435,9 @@ def create_parser() -> argparse.ArgumentParser:
                        help="before epoch 1, check every image's header (image folders); False skips it")
     group.add_argument("--allow_empty_classes", default=False, **flag,
                        help="accept class folders without images (otherwise an error naming them)")
+    group.add_argument("--allow_outside_links", default=False, **flag,
+                       help="image folders: follow links (to images or class folders) that point outside data_dir "
+                            "(otherwise an error naming them)")
     group.add_argument("--num_parallel_workers", type=int, default=8, help="data workers (capped at CPU count)")
     group.add_argument("--shuffle", default=True, **flag, help="shuffle the training data")
     group.add_argument("--num_samples", type=optional_int, default=None, help="use only this many samples")

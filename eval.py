@@ -39,7 +39,7 @@ def evaluate_checkpoint(args) -> dict:
 
     import mindcv_ext  # noqa: F401  (registers the models)
     from mindcv_ext.accel import accelerate
-    from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images, list_class_folder,
+    from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images, list_image_folder,
                                  resolve_dataset, transform_settings, unreadable_images_error)
     from mindcv_ext.engine import evaluate
     from mindcv_ext.engine.openi import OpenITask, openi_requested
@@ -55,7 +55,8 @@ def evaluate_checkpoint(args) -> dict:
     if openi_requested(args.openi):
         for note in OpenITask.prepare(rank).apply(args):
             _logger.info(note)
-    info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir, in_channels=args.in_channels)
+    info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir, in_channels=args.in_channels,
+                           allow_outside_links=args.allow_outside_links)
     network = build_model(args.model, args.num_classes or info.num_classes, args.in_channels, args.pretrained,
                           None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
                           **model_arguments(args))
@@ -76,7 +77,8 @@ def evaluate_checkpoint(args) -> dict:
     predictions = None
     if args.real_labels:
         split_dir = os.path.join(info.root, args.val_split)
-        paths, labels, _ = list_class_folder(split_dir)
+        listing = list_image_folder(split_dir, info.root, info.allow_outside_links)
+        paths, labels = listing.paths, listing.labels
         order = sorted(range(len(paths)), key=lambda i: os.path.basename(paths[i]))  # ReaL's file-name order
         loader = create_file_loader([paths[i] for i in order], [labels[i] for i in order], args.batch_size,
                                     transforms, args.num_parallel_workers)

@@ -86,26 +86,32 @@ def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
 
 
 def _check_data(args, info, rank: Optional[int], device_num: int) -> None:
-    """Faults in an image folder surface before epoch 1: classes without images, files that are not images."""
-    from mindcv_ext.data import check_image_headers, empty_class_folders, unreadable_images_error
+    """Faults in an image folder surface before epoch 1: entries the pipeline would fail on, classes without images,
+    files that are not images. The checks read the pipeline's own listing (``list_image_folder``)."""
+    from mindcv_ext.data import check_image_headers, list_image_folder, unreadable_images_error
 
     if not info.is_folder:
         return
     splits = [args.train_split] + ([args.val_split] if args.val_while_train else [])
-    for split in splits:
-        empty = empty_class_folders(os.path.join(info.root, split))
+    listings = [list_image_folder(os.path.join(info.root, split), info.root, info.allow_outside_links)
+                for split in splits]
+    for listing in listings:
+        empty = listing.empty_classes
         if empty and not args.allow_empty_classes:
             raise ValueError(f"{len(empty)} class folder(s) hold no images: {', '.join(empty[:10])}; add images, "
                              f"remove the folder(s), or pass --allow_empty_classes True to train with them")
         if empty:
             _logger.warning(f"class folder(s) without images (allowed by --allow_empty_classes): {', '.join(empty)}")
+        if listing.ignored and rank in (None, 0):
+            _logger.warning(f"{len(listing.ignored)} entr{'y' if len(listing.ignored) == 1 else 'ies'} in "
+                            f"{listing.split_dir} not named like images (no reader uses them), e.g. "
+                            f"{', '.join(listing.ignored[:3])}")
     if not args.check_images:
         return
-    for split in splits:
-        folder = os.path.join(info.root, split)
-        bad = check_image_headers(folder, (rank or 0, device_num), progress=rank in (None, 0))
+    for listing in listings:
+        bad = check_image_headers(listing, (rank or 0, device_num), progress=rank in (None, 0))
         if bad:
-            raise unreadable_images_error(folder, bad, " (or skip this check with --check_images False)")
+            raise unreadable_images_error(listing.split_dir, bad, " (or skip this check with --check_images False)")
 
 
 def train(args) -> int:
@@ -146,7 +152,8 @@ def train(args) -> int:
         _logger.warning(note)
     set_seed(args.seed)
 
-    info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir, in_channels=args.in_channels)
+    info = resolve_dataset(args.dataset, args.data_dir, args.train_split, args.cache_dir, in_channels=args.in_channels,
+                           allow_outside_links=args.allow_outside_links)
     _check_data(args, info, rank, device_num)
     for warning in _ineffective_settings(args, info):
         _logger.warning(warning)

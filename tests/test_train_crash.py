@@ -194,3 +194,34 @@ def test_a_full_or_read_only_disk_ends_with_exit_2_and_keeps_what_was_saved(smal
     assert f"cannot write '{run / '.lock'}': Read-only file system" in resumed.stderr
     fresh = _run(["train.py"] + SHORT + ["--ckpt_save_dir", small_disk / "other"])
     assert fresh.returncode == 2 and f"cannot write '{small_disk / 'other'}': Read-only file system" in fresh.stderr
+
+
+def _links_and_folders(data, tmp_path):
+    """The reported case, a sub-folder and a link to a folder outside the dataset in a class folder, beside a file
+    named like an image that links outside."""
+    dog = data / "train" / "dog"
+    (dog / "sub").mkdir()
+    outside = write_jpeg_folder(tmp_path / "elsewhere", {"more": 1}, ("x",), (32, 32), seed=1) / "more" / "x"
+    (dog / "outside").symlink_to(outside)
+    (dog / "far.JPEG").symlink_to(outside / "000.JPEG")
+    return dog
+
+
+def test_entries_the_pipeline_would_fail_on_are_refused_or_read_by_no_one(tmp_path):
+    """One listing for the pre-epoch check and the pipeline: the sub-folder and the folder link (not named like
+    images) are read by no one and training runs; the image link leaving the dataset is refused before epoch 1,
+    with --check_images False too, unless --allow_outside_links True."""
+    data = _folder_dataset(tmp_path / "data")
+    dog = _links_and_folders(data, tmp_path)
+    for check in ("True", "False"):
+        refused = _run(["train.py"] + FOLDER + ["--data_dir", data, "--ckpt_save_dir", tmp_path / f"refused{check}",
+                                                "--check_images", check])
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert f"image {str(dog / 'far.JPEG')!r} is a link to" in refused.stderr
+        assert "--allow_outside_links True" in refused.stderr and not (tmp_path / f"refused{check}").exists()
+    run = tmp_path / "run"
+    allowed = _run(["train.py"] + FOLDER + ["--data_dir", data, "--ckpt_save_dir", run, "--allow_outside_links",
+                                            "True", "--epoch_size", 1, "--num_samples", 17])
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert f"2 entries in {data / 'train'} not named like images (no reader uses them)" in allowed.stdout
+    assert _epoch_checkpoints(run) == [f"{MODEL}-1_4.ckpt"]

@@ -21,11 +21,15 @@ from .idx import DEFAULT_DIRS, IDX_DATASETS, create_idx_dataset, find_idx_files,
 from .mixup import BatchMixup
 
 __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "create_split_loader",
-           "find_unreadable_images", "IMAGE_EXTENSIONS", "list_class_folder", "create_file_loader",
-           "imagenet_class_names", "empty_class_folders", "check_image_headers", "array_transforms", "unreadable_images_error"]
+           "find_unreadable_images", "IMAGE_EXTENSIONS", "FOLDER_EXTENSIONS", "ImageListing", "ImageFolderError",
+           "list_image_folder", "create_file_loader", "imagenet_class_names", "check_image_headers",
+           "array_transforms", "unreadable_images_error"]
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100", "fashion_mnist", "mnist")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# What an image folder's pipeline reads: MindSpore's ImageFolderDataset compares extensions as written, so each in
+# lower and upper case (".JPEG", ImageNet's). Any other entry of a class folder is read by no one.
+FOLDER_EXTENSIONS = tuple(sorted({spelling for ext in IMAGE_EXTENSIONS for spelling in (ext, ext.upper())}))
 
 
 @dataclass
@@ -35,6 +39,7 @@ class DatasetInfo:
     num_classes: int
     class_names: Optional[List[str]]
     in_channels: int = 3  # what the images arrive with (IDX: 1 grey channel, or replicated to 3)
+    allow_outside_links: bool = False  # image folders: follow links that leave ``root``
 
     @property
     def is_folder(self) -> bool:
@@ -57,8 +62,9 @@ def _idx_root(dataset: str, data_dir: Optional[str]) -> Optional[str]:
 
 
 def resolve_dataset(dataset: str, data_dir: str, train_split: str = "train", cache_dir: Optional[str] = None,
-                    image_size: int = 32, in_channels: int = 3) -> DatasetInfo:
-    """Locate the data and its classes; a missing directory is an error that names it."""
+                    image_size: int = 32, in_channels: int = 3, allow_outside_links: bool = False) -> DatasetInfo:
+    """Locate the data and its classes; a missing directory is an error that names it. ``allow_outside_links``:
+    image folders may hold links to files or class folders outside ``data_dir`` (see ``list_image_folder``)."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if dataset in IDX_DATASETS:
@@ -82,7 +88,7 @@ def resolve_dataset(dataset: str, data_dir: str, train_split: str = "train", cac
     classes = _class_folders(split_dir)
     if not classes:
         raise FileNotFoundError(f"{str(split_dir)!r} has no class sub-folders")
-    return DatasetInfo(dataset, root, len(classes), classes)
+    return DatasetInfo(dataset, root, len(classes), classes, allow_outside_links=allow_outside_links)
 
 
 def transform_settings(model_cfg: Dict[str, Any], image_resize: Optional[int] = None,
@@ -117,9 +123,11 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
         if not os.path.isdir(split_dir):
             raise FileNotFoundError(f"{split_dir!r} does not exist; data_dir must contain the split folder "
                                     f"'{split}' with one sub-folder per class")
+        # The files MindSpore reads are the listing's: an entry it would choke on is an error now, not at a step.
+        list_image_folder(split_dir, info.root, info.allow_outside_links)
         dataset = create_dataset("imagenet", root=info.root, split=split, shuffle=shuffle, num_samples=num_samples,
                                  num_parallel_workers=workers, num_aug_repeats=aug_repeats if training else 0,
-                                 **(shards or dict(num_shards=None, shard_id=None)))
+                                 extensions=list(FOLDER_EXTENSIONS), **(shards or dict(num_shards=None, shard_id=None)))
         options = dict(transforms)
         if training:  # random-resized crops replace the evaluation's centre crop
             options.pop("crop_pct", None)
@@ -191,9 +199,82 @@ def array_transforms(training: bool, transforms: Dict[str, Any], augment: Option
     return arrays
 
 
-def _image_files(folder: str, shard: Tuple[int, int] = (0, 1)) -> List[str]:
-    index, count = shard
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))[index::count]
+class ImageFolderError(ValueError):
+    """An image folder holds an entry that no reader can use as it stands; the message names it."""
+
+
+@dataclass
+class ImageListing:
+    """The images of one ``<split>/<class>/<image>`` folder, as every reader sees them: the pre-epoch checks,
+    MindSpore's ImageFolderDataset (given ``FOLDER_EXTENSIONS``) and the evaluation's file loader."""
+    split_dir: str
+    classes: List[str]
+    paths: List[str]
+    labels: List[int]
+    ignored: List[str]  # entries that are not images by their name: read by no one
+
+    @property
+    def empty_classes(self) -> List[str]:
+        """Class folders without images (a class the model could never learn)."""
+        counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.classes))
+        return [os.path.join(self.split_dir, name) for name, count in zip(self.classes, counts) if count == 0]
+
+
+def _is_image_name(path: str) -> bool:
+    # ImageFolderDataset's test: the text after the path's last dot, as written.
+    return path[path.rfind("."):] in FOLDER_EXTENSIONS if "." in path else False
+
+
+def _inside(path: str, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def list_image_folder(split_dir: str, root: Optional[str] = None, allow_outside_links: bool = False) -> ImageListing:
+    """The one listing of an image folder's split, with MindSpore's ImageFolderDataset's rules: every sub-folder is
+    a class (sorted), and a class's images are its entries whose name ends in one of ``FOLDER_EXTENSIONS`` (sorted,
+    not recursive). Each of those must be a regular file (a link to one is followed). An error, naming the entry,
+    for what the pipeline would take and then fail on at some step:
+
+    - a hidden sub-folder (``.ipynb_checkpoints``): ImageFolderDataset would make it a class;
+    - an image-named entry that is a folder, a broken link, a pipe or a device;
+    - a link, to a class folder or an image, that leaves ``root`` (default: the split's parent, the dataset
+      folder), unless ``allow_outside_links``.
+    """
+    base = Path(split_dir)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{split_dir!r} does not exist")
+    real_root = os.path.realpath(root if root is not None else base.parent)
+    outside_hint = ("; copy the files into the dataset, or pass --allow_outside_links True to follow links that "
+                    "leave it")
+    classes, paths, labels, ignored = [], [], [], []
+    with os.scandir(base) as entries:
+        sub_folders = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+    for folder in sub_folders:
+        if folder.name.startswith("."):
+            raise ImageFolderError(f"{folder.path!r} is a hidden folder, which MindSpore's ImageFolderDataset would "
+                                   f"read as a class; remove it or move it out of {split_dir!r}")
+        if folder.is_symlink() and not allow_outside_links and not _inside(folder.path, real_root):
+            raise ImageFolderError(f"class folder {folder.path!r} is a link to {os.path.realpath(folder.path)!r}, "
+                                   f"outside the dataset folder {real_root!r}{outside_hint}")
+        label = len(classes)
+        classes.append(folder.name)
+        with os.scandir(folder.path) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if not _is_image_name(entry.path):
+                    ignored.append(entry.path)
+                    continue
+                if not entry.is_file():  # follows links: a folder, a broken link, a pipe are not
+                    kind = "a folder" if entry.is_dir() else "a broken link" if entry.is_symlink() and \
+                        not os.path.exists(entry.path) else "not a regular file"
+                    raise ImageFolderError(f"{entry.path!r} is named like an image but is {kind}; the data pipeline "
+                                           f"would fail on it. Remove it or move it out of the class folder")
+                if entry.is_symlink() and not allow_outside_links and not _inside(entry.path, real_root):
+                    raise ImageFolderError(f"image {entry.path!r} is a link to {os.path.realpath(entry.path)!r}, "
+                                           f"outside the dataset folder {real_root!r}{outside_hint}")
+                paths.append(entry.path)
+                labels.append(label)
+    return ImageListing(str(base), classes, paths, labels, ignored)
 
 
 def _decode_fault(path: str) -> Optional[str]:
@@ -207,12 +288,11 @@ def _decode_fault(path: str) -> Optional[str]:
     return None
 
 
-def _faults(folder: str, fault, shard: Tuple[int, int], progress: bool) -> List[Tuple[str, str]]:
+def _faults(paths: List[str], fault, description: str, progress: bool) -> List[Tuple[str, str]]:
     from tqdm import tqdm
 
     found = []
-    for path in tqdm(_image_files(folder, shard), desc=f"checking images in {folder}", unit="img",
-                     disable=not progress, mininterval=2.0):
+    for path in tqdm(paths, desc=description, unit="img", disable=not progress, mininterval=2.0):
         reason = fault(path)
         if reason:
             found.append((path, reason))
@@ -220,21 +300,15 @@ def _faults(folder: str, fault, shard: Tuple[int, int], progress: bool) -> List[
 
 
 def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:
-    """Files under ``folder`` that PIL cannot decode (used to name the culprit when a pipeline fails)."""
-    return [path for path, _ in _faults(folder, _decode_fault, (0, 1), progress)]
+    """Images of the split ``folder`` that PIL cannot decode (names the culprit when a pipeline fails)."""
+    listing = list_image_folder(folder, allow_outside_links=True)  # the links were allowed or refused before
+    return [path for path, _ in _faults(listing.paths, _decode_fault, f"decoding images in {folder}", progress)]
 
 
 def unreadable_images_error(folder: str, bad: List[str], hint: str = "") -> ValueError:
     """The error that lists unreadable files (``bad``, up to 20 shown) and says what to do."""
     listed = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
     return ValueError(f"{len(bad)} unreadable image(s) in {folder}; remove or replace them{hint}:\n  {listed}")
-
-
-def empty_class_folders(split_dir: str) -> List[str]:
-    """Class sub-folders of ``split_dir`` that hold no image file (a class the model could never learn)."""
-    root = Path(split_dir)
-    return [str(root / name) for name in _class_folders(root)
-            if not any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in (root / name).iterdir())]
 
 
 def _header_fault(path: str) -> Optional[str]:
@@ -255,28 +329,15 @@ def _header_fault(path: str) -> Optional[str]:
     return None
 
 
-def check_image_headers(folder: str, shard: Tuple[int, int] = (0, 1), progress: bool = True) -> List[str]:
-    """A fast readability check of the images under ``folder`` (this shard's share): ``path: reason`` per bad file.
+def check_image_headers(listing: ImageListing, shard: Tuple[int, int] = (0, 1), progress: bool = True) -> List[str]:
+    """A fast readability check of the listing's images (this shard's share): ``path: reason`` per bad file.
 
     It reads headers, not pixels, so it takes a small fraction of an epoch; a file it passes can still fail
     to decode later, and training then names it too.
     """
-    return [f"{path}: {reason}" for path, reason in _faults(folder, _header_fault, shard, progress)]
-
-
-def list_class_folder(split_dir: str) -> Tuple[List[str], List[int], List[str]]:
-    """(image paths, labels, class names) of a ``<split>/<class>/<image>`` tree, classes and files sorted."""
-    root = Path(split_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{split_dir!r} does not exist")
-    classes = _class_folders(root)
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(path))
-                labels.append(label)
-    return paths, labels, classes
+    index, count = shard
+    return [f"{path}: {reason}" for path, reason in _faults(listing.paths[index::count], _header_fault,
+                                                            f"checking images in {listing.split_dir}", progress)]
 
 
 class _EncodedImages:

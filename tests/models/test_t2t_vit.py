@@ -156,11 +156,12 @@ def image_folder(tmp_path_factory):
 
 def _direct_loss(model_kwargs, ckpt, folder):
     """Mean cross-entropy of the model on the folder, with eval.py's transform, computed without eval.py."""
-    from mindcv_ext.data import create_file_loader, list_class_folder, transform_settings
+    from mindcv_ext.data import create_file_loader, list_image_folder, transform_settings
 
     net = create_model("t2t_vit_t_14", checkpoint_path=str(ckpt), **model_kwargs)
     net.set_train(False)
-    paths, labels, _ = list_class_folder(str(folder / "val"))
+    listing = list_image_folder(str(folder / "val"))
+    paths, labels = listing.paths, listing.labels
     transforms = transform_settings(net.default_cfg, 64, 0.9, "bicubic")
     losses = []
     for images, target in create_file_loader(paths, labels, 4, transforms, 1).create_tuple_iterator(num_epochs=1):
