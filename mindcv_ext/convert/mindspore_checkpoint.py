@@ -8,8 +8,9 @@ by name, unless each tensor is one MindSpore could have written:
 
 - its type is one MindSpore writes for a parameter (``Float32``, ``Int64``, ``BFloat16``... or ``str``
   for the strings of ``append_dict``);
-- its dims are non-negative, and its bytes (the concatenation of consecutive entries with its name, which is
-  how MindSpore stores tensors over 512 MB) are exactly dims x the type's size;
+- its dims are non-negative, at most 8 of them and none 0 (MindSpore saves no empty tensor), and its bytes (the
+  concatenation of consecutive entries with its name, which is how MindSpore stores tensors over 512 MB) are
+  exactly dims x the type's size;
 - so everything MindSpore will allocate is bounded by the file's own size.
 
 The file format: serialized ``Checkpoint`` messages, optionally followed by ``b"crc_num"`` and the CRC32 as
@@ -26,6 +27,7 @@ PARAMETER_TYPE_SIZES = {"Int8": 1, "UInt8": 1, "Int16": 2, "UInt16": 2, "Int32":
                         "UInt64": 8, "Float16": 2, "BFloat16": 2, "Float32": 4, "Float64": 8, "Bool": 1}
 _CRC_MARK, _CRC_TAIL = b"crc_num", 17  # b"crc_num" + 10 bytes of CRC at the end of the file
 _SHOWN = 80  # characters of a crafted name or type quoted in a message
+_MAX_RANK = 8  # MindSpore's tensors have at most 8 dimensions
 
 
 class CheckpointFormatError(ValueError):
@@ -89,6 +91,9 @@ def check_mindspore_checkpoint(path: str) -> int:
         else:
             if any(d < 0 for d in dims):
                 raise _refuse(path, f"tensor {shown} declares negative dims {dims[:8]}")
+            if len(dims) > _MAX_RANK or (0 in dims and dims != [0]):
+                raise _refuse(path, f"tensor {shown} declares dims {dims[:8]}{'...' if len(dims) > 8 else ''} "
+                                    f"({len(dims)} of them): empty or of more than {_MAX_RANK} dimensions")
             # MindSpore reads dims [] and [0] as a scalar (it saves no empty tensors).
             elements = 1 if dims in ([], [0]) else math.prod(dims)
             expected = elements * PARAMETER_TYPE_SIZES[kind]

@@ -300,11 +300,15 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcod
                 f"executed. {_TRUST_HINT}") from None
 
     def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
-            raise CheckpointError(f"{self._path!r}: unsupported persistent object {pid!r:.80}")
-        storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
+        # Only the scalars a storage reference holds are formatted: a crafted one's repr could be exponentially
+        # large (lists shared through the memo).
+        if type(pid) is not tuple or len(pid) < 5 or pid[0] not in ("storage", b"storage") or \
+                type(pid[2]) is not str or type(pid[4]) is not int:
+            raise CheckpointError(f"{self._path!r}: unsupported persistent object ({_shown(pid)}); the file is "
+                                  f"corrupt or crafted")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{self._path!r}: unsupported storage type {storage_type!r}")
+            raise CheckpointError(f"{self._path!r}: unsupported storage type {_shown(storage_type)}")
         if numel < 0:
             raise CheckpointError(f"{self._path!r}: storage {key} declares {numel} elements; the file is corrupt")
         if key not in self._storages:
@@ -496,7 +500,9 @@ def _read_legacy(path: str) -> Any:
         obj = _RestrictedUnpickler(stream, path, storages, allowed).load()
         keys = _RestrictedUnpickler(stream, path, {}, allowed).load()
         for key in keys:
-            storage = storages[str(key)]
+            if type(key) is not str:
+                raise CheckpointError(f"{path!r}: a storage key is {_shown(key)}, not a string; the file is corrupt")
+            storage = storages[key]
             header = stream.read(8)
             if len(header) < 8:
                 raise CheckpointError(f"{path!r} is truncated (storage {key} missing)")

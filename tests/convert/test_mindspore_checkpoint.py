@@ -73,6 +73,18 @@ def _short_content(c):
     c.value[0].tensor.tensor_content = c.value[0].tensor.tensor_content[:8]
 
 
+def _empty_and_huge(c):  # 0 bytes declared as 0 x 2**40 x 2**40: MindSpore saves no empty tensor
+    c.value[0].tensor.tensor_content = b""
+    del c.value[0].tensor.dims[:]
+    c.value[0].tensor.dims.extend([0, 2 ** 40, 2 ** 40])
+
+
+def _too_many_dims(c):
+    c.value[0].tensor.tensor_content = c.value[0].tensor.tensor_content[:4]
+    del c.value[0].tensor.dims[:]
+    c.value[0].tensor.dims.extend([1] * 9)
+
+
 def _unknown_type(c):
     c.value[0].tensor.tensor_type = "Complex512"
 
@@ -89,6 +101,8 @@ def _slices_disagree(c):
 HOSTILE = {"negative_dims": (_negative_dims, "declares negative dims [-4, -4]"),
            "huge_dims": (_huge_dims, "declares dims [1099511627776, 1099511627776] of Float32"),
            "short_content": (_short_content, "(48 bytes) but holds 8 bytes"),
+           "empty_and_huge": (_empty_and_huge, "(3 of them): empty or of more than 8 dimensions"),
+           "too_many_dims": (_too_many_dims, "(9 of them): empty or of more than 8 dimensions"),
            "unknown_type": (_unknown_type, "has type 'Complex512', not one MindSpore writes"),
            "map_tensor": (_map_tensor, "is not a plain tensor"),
            "slices_disagree": (_slices_disagree, "the slices of tensor 'note' disagree")}
