@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 __all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "input_resolution", "ConfigError",
-           "load_yaml", "check_value", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_VALUES", "MAX_TEXT_CHARS"]
+           "load_yaml", "check_value", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_VALUES", "MAX_TEXT_CHARS",
+           "MAX_SCALAR_CHARS"]
 
 # Model keys passed to the entrypoint only when set, for the models that take them.
 MODEL_ARGUMENTS = ("t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed")
@@ -64,6 +65,7 @@ MAX_CONFIG_BYTES = 1 << 20  # a configuration file, or the text of one YAML valu
 MAX_DEPTH = 20  # levels of lists and mappings in one value (a key of the file, or a command-line value)
 MAX_VALUES = 100_000  # scalars, lists and mappings in a file or value, counted with aliases expanded
 MAX_TEXT_CHARS = 10_000  # a list or mapping written as text: on the command line, or quoted in the YAML
+MAX_SCALAR_CHARS = 4_096  # one YAML scalar: a path is at most 4,096 bytes (PATH_MAX)
 
 
 _REPR = reprlib.Repr()
@@ -205,6 +207,12 @@ class _BoundedLoader(yaml.SafeLoader):
         elif self.bound_level > MAX_DEPTH and self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
             raise _Unbounded(f"nests deeper than {MAX_DEPTH} levels; a configuration value is a number, a list "
                              f"or a small mapping", self._where())
+        elif self.check_event(yaml.ScalarEvent) and len(self.peek_event().value) > MAX_SCALAR_CHARS:
+            # PyYAML builds a base-60 integer ("1:1:1:...") in quadratic time, and Python refuses ints of over
+            # 4,300 digits: a scalar's length is bounded before anything is constructed.
+            raise _Unbounded(f"holds a value of {len(self.peek_event().value):,} characters (at most "
+                             f"{MAX_SCALAR_CHARS:,}); a configuration value is a number, a name or a path",
+                             self._where())
         if self.bound_count > MAX_VALUES:
             raise _Unbounded(f"holds more than {MAX_VALUES:,} values; a configuration is a few hundred",
                              self._where())
@@ -250,7 +258,10 @@ def load_yaml(text_or_stream, source: str = "") -> Any:
             _Extent(_yaml_children, via).check(node, pairs, whole)
         except _Unbounded as exc:
             raise ConfigError(f"{prefix}{exc.where or whole} {exc.problem}") from None
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as exc:  # a value PyYAML reads but Python cannot build
+            raise ConfigError(f"{prefix}{whole} holds a value that cannot be read ({_clip(exc)})") from None
     finally:
         loader.dispose()
 

@@ -196,7 +196,7 @@ def _run_config(argv: list) -> list:
 
     import yaml
 
-    from config import load_yaml
+    from config import ConfigError, load_yaml
 
     pre = argparse.ArgumentParser(add_help=False)
     for option in (("-c", "--config"), ("--model",), ("--ckpt_path",)):
@@ -206,7 +206,7 @@ def _run_config(argv: list) -> list:
     if known.config or known.model or not ckpt:
         return argv
     directory = os.path.dirname(os.path.abspath(ckpt))
-    found = []
+    found, refused = [], []
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         if name.endswith(".yaml"):
             try:
@@ -214,8 +214,13 @@ def _run_config(argv: list) -> list:
                     saved = load_yaml(stream, os.path.join(directory, name))  # bounded: an alias bomb is an error
             except (OSError, yaml.YAMLError):
                 continue
+            except ConfigError as exc:  # beyond the bounds: the error, if no other file is the run's
+                refused.append(exc)
+                continue
             if isinstance(saved, dict) and saved.get("model") == name[: -len(".yaml")]:
                 found.append(os.path.join(directory, name))
+    if not found and refused:
+        raise refused[0]
     if len(found) != 1:
         what = "no configuration" if not found else f"{len(found)} configurations ({', '.join(found)})"
         raise ValueError(f"{what} of the run beside {ckpt!r}; pass the training configuration with -c CONFIG "

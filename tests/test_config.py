@@ -68,6 +68,11 @@ def test_defaults_work_on_a_cpu_machine():
     pytest.param("nb_features: [" + ", ".join(["wide"] * 5000) + "]\n",  # the message shows the list's start
                  "key 'nb_features': expected a list of ints, got \\['wide', 'wide', .*'wide', \\.\\.\\.\\]$",
                  id="nb_features-5000-words"),
+    # one long scalar: PyYAML builds a base-60 int ("1:1:...") in quadratic time (minutes for 1 MiB), and Python
+    # refuses an int of over 4,300 digits (a ValueError naming nothing)
+    pytest.param("lr: " + ":".join(["1"] * 300_000) + "\n", "key 'lr' holds a value of 599,999 characters "
+                 "\\(at most 4,096\\)", id="lr-base-60"),
+    pytest.param("seed: " + "7" * 5000 + "\n", "key 'seed' holds a value of 5,000 characters", id="seed-5000-digits"),
 ])
 def test_bad_yaml_names_the_key(tmp_path, capsys, text, message):
     path = _yaml(tmp_path, text)
@@ -355,6 +360,7 @@ def test_eval_still_finds_the_run_configuration(tmp_path):
     args = config.parse_args(["--model", "gmlp_s16_224", "--scale", "0.3,1"])
     config.save_args(args, str(tmp_path / "gmlp_s16_224.yaml"))
     (tmp_path / "notes.yaml").write_text("not: [a, config\n")  # invalid YAML beside it is passed over, as before
+    (tmp_path / "other.yaml").write_text("x: " + "[" * 30 + "]" * 30 + "\n")  # beyond the bounds: passed over too
     ckpt = str(tmp_path / "gmlp_s16_224-1_1.ckpt")
     assert evaluation._run_config(["--ckpt_path", ckpt]) == ["-c", str(tmp_path / "gmlp_s16_224.yaml"),
                                                              "--ckpt_path", ckpt]
