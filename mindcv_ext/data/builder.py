@@ -26,7 +26,8 @@ __all__ = ["DATASETS", "DatasetInfo", "resolve_dataset", "transform_settings", "
            "array_transforms", "unreadable_images_error"]
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100", "fashion_mnist", "mnist")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# The formats MindSpore's Decode reads (it fails on WebP, which PIL would pass).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 # What an image folder's pipeline reads: MindSpore's ImageFolderDataset compares extensions as written, so each in
 # lower and upper case (".JPEG", ImageNet's). Any other entry of a class folder is read by no one.
 FOLDER_EXTENSIONS = tuple(sorted({spelling for ext in IMAGE_EXTENSIONS for spelling in (ext, ext.upper())}))
@@ -124,10 +125,23 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
             raise FileNotFoundError(f"{split_dir!r} does not exist; data_dir must contain the split folder "
                                     f"'{split}' with one sub-folder per class")
         # The files MindSpore reads are the listing's: an entry it would choke on is an error now, not at a step.
-        list_image_folder(split_dir, info.root, info.allow_outside_links)
-        dataset = create_dataset("imagenet", root=info.root, split=split, shuffle=shuffle, num_samples=num_samples,
-                                 num_parallel_workers=workers, num_aug_repeats=aug_repeats if training else 0,
-                                 extensions=list(FOLDER_EXTENSIONS), **(shards or dict(num_shards=None, shard_id=None)))
+        listing = list_image_folder(split_dir, info.root, info.allow_outside_links)
+        if training and aug_repeats:
+            # mindcv sizes its repeated-augmentation sampler by an ImageFolderDataset without extensions, which
+            # counts every entry of the class folders: built here on the listing's size instead.
+            from mindcv.data.distributed_sampler import RepeatAugSampler
+
+            if num_samples:
+                raise ValueError("num_samples and aug_repeats cannot be set together (mindcv's rule); drop one")
+            sampler = RepeatAugSampler(len(listing.paths), num_shards=num_shards, rank_id=shard_id,
+                                       num_repeats=aug_repeats, selected_round=0, shuffle=shuffle)
+            dataset = ds.ImageFolderDataset(split_dir, sampler=sampler, num_parallel_workers=workers,
+                                            extensions=list(FOLDER_EXTENSIONS))
+        else:
+            dataset = create_dataset("imagenet", root=info.root, split=split, shuffle=shuffle,
+                                     num_samples=num_samples, num_parallel_workers=workers,
+                                     extensions=list(FOLDER_EXTENSIONS),
+                                     **(shards or dict(num_shards=None, shard_id=None)))
         options = dict(transforms)
         if training:  # random-resized crops replace the evaluation's centre crop
             options.pop("crop_pct", None)
@@ -238,8 +252,8 @@ def list_image_folder(split_dir: str, root: Optional[str] = None, allow_outside_
 
     - a hidden sub-folder (``.ipynb_checkpoints``): ImageFolderDataset would make it a class;
     - an image-named entry that is a folder, a broken link, a pipe or a device;
-    - a link, to a class folder or an image, that leaves ``root`` (default: the split's parent, the dataset
-      folder), unless ``allow_outside_links``.
+    - a link, to the split, a class folder or an image, that leaves ``root`` (default: the split's parent, the
+      dataset folder), unless ``allow_outside_links``.
     """
     base = Path(split_dir)
     if not base.is_dir():
@@ -247,6 +261,9 @@ def list_image_folder(split_dir: str, root: Optional[str] = None, allow_outside_
     real_root = os.path.realpath(root if root is not None else base.parent)
     outside_hint = ("; copy the files into the dataset, or pass --allow_outside_links True to follow links that "
                     "leave it")
+    if not allow_outside_links and not _inside(str(base), real_root):
+        raise ImageFolderError(f"split folder {split_dir!r} is a link to {os.path.realpath(base)!r}, outside the "
+                               f"dataset folder {real_root!r}{outside_hint}")
     classes, paths, labels, ignored = [], [], [], []
     with os.scandir(base) as entries:
         sub_folders = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)

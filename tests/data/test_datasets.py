@@ -211,6 +211,7 @@ def _tricky_folder(root: Path) -> Path:
     (b / "notes.txt").write_text("labels by hand")
     (b / ".DS_Store").write_bytes(b"\0\1")
     _png(b / "Mixed.Png", 4)  # neither spelling of .png: read by no one
+    Image.new("RGB", (8, 8)).save(b / "pic.webp")  # PIL reads WebP, MindSpore's Decode does not: read by no one
     (b / "sub").mkdir()
     _png(b / "sub" / "deep.png", 5)  # not recursive
     outside = root.parent / f"{root.name}_elsewhere"
@@ -233,7 +234,7 @@ def test_the_pipeline_reads_exactly_the_listing(tmp_path):
         "train/a/x.png", "train/b/.hidden.png", "train/b/UPPER.PNG", "train/b/inside.png", "train/b/x.png"]
     assert listing.labels == [0, 1, 1, 1, 1] and listing.classes == ["a", "b"]
     assert sorted(listing.ignored) == sorted(str(b / n) for n in (".DS_Store", "Mixed.Png", "notes.txt", "outside",
-                                                                   "sub"))
+                                                                   "pic.webp", "sub"))
     dataset = create_dataset("imagenet", root=str(root), split="train", shuffle=False, num_parallel_workers=1,
                              extensions=list(FOLDER_EXTENSIONS), decode=False)
     read = [(bytes(image), int(label)) for image, label in dataset.create_tuple_iterator(output_numpy=True)]
@@ -277,3 +278,21 @@ def test_entries_the_pipeline_would_fail_on_are_named_before_it_runs(tmp_path):
     (root / "train" / "c").symlink_to(elsewhere)
     refused(f"class folder {re.escape(repr(str(root / 'train' / 'c')))} is a link to")
     assert list_image_folder(str(root / "train"), str(root), allow_outside_links=True).classes == ["a", "b", "c"]
+    linked = tmp_path / "linked"  # a dataset whose split folder is a link to another dataset's
+    linked.mkdir()
+    (linked / "train").symlink_to(root / "train")
+    with pytest.raises(ImageFolderError, match="split folder .*linked/train' is a link to .*, outside the dataset"):
+        list_image_folder(str(linked / "train"), str(linked))
+
+
+def test_repeated_augmentation_samples_the_listing(tmp_path):
+    """aug_repeats: the sampler is sized by the listing (mindcv's counted every entry of the class folders, so the
+    tricky folder's text files and sub-folders made it sample past the end)."""
+    root = _tricky_folder(tmp_path / "data")
+    listing = list_image_folder(str(root / "train"), str(root))
+    info = resolve_dataset("folder", str(root))
+    loader, size = create_split_loader(info, "train", True, 1, transform_settings({}, 8), aug_repeats=2,
+                                       augment=dict(hflip=0.0, color_jitter=None))
+    labels = [int(label.argmax()) for _, label in loader.create_tuple_iterator(output_numpy=True, num_epochs=1)]
+    assert size == len(labels) == len(listing.paths)  # one round of repeats: as many samples as images
+    assert set(labels) <= {0, 1}
