@@ -120,7 +120,8 @@ def pytest_sessionfinish(session, exitstatus):
         message = new_entries_message(REPO_ROOT, before)
         if message:
             session.config.get_terminal_writer().line(f"\nERROR: {message}", red=True)
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            if session.exitstatus == pytest.ExitCode.OK:  # an interrupted or failed session keeps its own status
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # The slowest files first: pytest-xdist's loadfile hands files to idle workers in collection order, so starting

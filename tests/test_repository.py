@@ -48,8 +48,12 @@ def test_the_checkout_guard_names_what_a_test_left(tmp_path):
     checkout = tmp_path / "checkout"
     (checkout / "mindcv_ext").mkdir(parents=True)
     (checkout / "README.md").write_text("x")
+    (checkout / "ckpt" / "old").mkdir(parents=True)
+    (checkout / "ckpt" / "old" / "results.csv").write_text("epoch\n1\n")
     before = checkout_entries(checkout)
     assert new_entries_message(checkout, before) == ""
+    (checkout / "README.md").write_text("xy")  # a user's file overwritten
+    (checkout / "ckpt" / "old" / "results.csv").unlink()  # and one removed
     (checkout / "ckpt" / "quickstart").mkdir(parents=True)
     (checkout / "ckpt" / "quickstart" / "train.log").write_text("x")
     (checkout / "rank_0" / "om").mkdir(parents=True)
@@ -57,8 +61,9 @@ def test_the_checkout_guard_names_what_a_test_left(tmp_path):
     (checkout / "mindcv_ext" / "__pycache__").mkdir()
     (checkout / "mindcv_ext" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
     message = new_entries_message(checkout, before)
-    assert "left 6 new file(s) or folder(s)" in message
-    for entry in ("ckpt", "ckpt/quickstart/train.log", "rank_0/om/analyze_fail.ir"):
+    assert "changed 7 entries of the checkout" in message
+    for entry in ("new: ckpt/quickstart", "new: ckpt/quickstart/train.log", "new: rank_0/om/analyze_fail.ir",
+                  "removed: ckpt/old/results.csv", "changed: README.md"):
         assert f"\n  {entry}" in message
     assert "__pycache__" not in message
 
@@ -68,7 +73,9 @@ def test_ci_also_runs_the_suite_on_the_lowest_mindspore_the_readme_names():
     lowest = re.search(r"^LOWEST_MINDSPORE=(\S+)$", ci, re.M).group(1)
     assert f'"mindspore>={lowest},<2.11"' in (REPO_ROOT / "pyproject.toml").read_text()
     assert f"tested with MindSpore {lowest} and 2.10.0" in (REPO_ROOT / "README.md").read_text()
-    assert '-m pytest' in ci.split("LOWEST_MINDSPORE=")[1]
+    assert '"$venv/bin/python" -m pytest' in ci.split("LOWEST_MINDSPORE=")[1]
+    # the README's command is the last, so that its pip install's failure fails the script (set -e would not)
+    assert [line for line in ci.splitlines() if line.strip()][-1] == _readme_test_command()
     # That environment gets the test tools without requirements.txt's pinned MindSpore.
     dev = (REPO_ROOT / "requirements-dev.txt").read_text().split()
     assert dev == ["-r", "requirements.txt", "-r", "requirements-test.txt"]
