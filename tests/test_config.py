@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import config
+from tests.utils import REPO_ROOT
 
 
 def _yaml(tmp_path, text):
@@ -216,8 +217,6 @@ def _flow_alias_bomb(levels: int = 25) -> str:
     return "{" + ", ".join(items) + "}"
 
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _isolated(folder: Path, call: str):
     """Run ``call`` (an expression using config or eval) in a child Python held to 1 GiB of address space and 30 s,
@@ -227,7 +226,7 @@ def _isolated(folder: Path, call: str):
     script = textwrap.dedent(f"""
         import json, resource, sys, time, tracemalloc
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO_ROOT)!r})
         import config, eval as evaluation
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         tracemalloc.start()

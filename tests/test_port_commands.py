@@ -1,7 +1,6 @@
 """The MindSpore gMLP port's commands (OpenI, skyous/gmlp_mindcv) run verbatim, plus options that keep them short."""
 import os
 import re
-
 from pathlib import Path
 
 import pytest
