@@ -74,8 +74,10 @@ def test_ci_also_runs_the_suite_on_the_lowest_mindspore_the_readme_names():
     assert f'"mindspore>={lowest},<2.11"' in (REPO_ROOT / "pyproject.toml").read_text()
     assert f"tested with MindSpore {lowest} and 2.10.0" in (REPO_ROOT / "README.md").read_text()
     assert '"$venv/bin/python" -m pytest' in ci.split("LOWEST_MINDSPORE=")[1]
-    # the README's command is the last, so that its pip install's failure fails the script (set -e would not)
-    assert [line for line in ci.splitlines() if line.strip()][-1] == _readme_test_command()
+    # set -e lets a failed pip install in the README's && list pass: the line after it stops the script
+    lines = [line.strip() for line in ci.splitlines()]
+    assert lines[lines.index(_readme_test_command()) + 1] == '[ "$?" -eq 0 ] || exit 1'
+    assert ci.index(_readme_test_command()) < ci.index("LOWEST_MINDSPORE=")  # the pinned MindSpore first
     # That environment gets the test tools without requirements.txt's pinned MindSpore.
     dev = (REPO_ROOT / "requirements-dev.txt").read_text().split()
     assert dev == ["-r", "requirements.txt", "-r", "requirements-test.txt"]
