@@ -53,6 +53,7 @@ class TrainMonitor(Callback):
         self.loss_sum = 0.0
         self.loss_count = 0
         self.overflows = 0
+        self.pending = []  # (loss, overflow, steps) of the steps not read yet, as the step returned them
         self.window_start = time.time()
         self.window_steps = 0
 
@@ -71,17 +72,29 @@ class TrainMonitor(Callback):
         self.epoch += 1
         self._reset_epoch()
 
+    def _read_pending(self) -> float:
+        """Add the unread steps' losses and overflows to the epoch's figures, in step order (so they are the same
+        as when each step was read at once); returns the last step's loss."""
+        loss_value = float("nan")
+        for loss, overflow, steps_done in self.pending:
+            loss_value = float(np.asarray(loss.asnumpy()).mean())
+            if math.isfinite(loss_value):
+                self.loss_sum += loss_value * steps_done
+                self.loss_count += steps_done
+            if overflow is not None and bool(overflow.asnumpy()):
+                self.overflows += 1
+        self.pending.clear()
+        return loss_value
+
     def on_train_step_end(self, run_context):
         params = run_context.original_args()
         outputs = params.net_outputs
         loss, overflow, scale = (outputs if isinstance(outputs, (tuple, list)) else (outputs, None, None))
-        loss_value = float(np.asarray(loss.asnumpy()).mean())
         steps_done = self.steps_per_epoch if self.sink_mode else 1
-        if math.isfinite(loss_value):
-            self.loss_sum += loss_value * steps_done
-            self.loss_count += steps_done
-        if overflow is not None and bool(overflow.asnumpy()):
-            self.overflows += 1
+        # Read at log lines and at the epoch's end only: reading a value after every step makes the host wait for
+        # each step to finish before it queues the next (on Ascend and GPU without sink mode, host and device
+        # then take turns).
+        self.pending.append((loss, overflow, steps_done))
         if self.data_digest is not None and getattr(params, "train_dataset_element", None) is not None:
             images = params.train_dataset_element[0].asnumpy()
             self.data_digest.update(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=6).hexdigest()
@@ -89,6 +102,7 @@ class TrainMonitor(Callback):
         self.window_steps += steps_done
         cur = (params.cur_step_num - 1) % self.steps_per_epoch + 1 if not self.sink_mode else self.steps_per_epoch
         if cur % self.log_interval == 0 or cur == self.steps_per_epoch:
+            loss_value = self._read_pending()
             elapsed = time.time() - self.window_start
             step_ms = 1000.0 * elapsed / max(self.window_steps, 1)
             throughput = self.global_batch * self.window_steps / max(elapsed, 1e-9)
@@ -128,6 +142,7 @@ class TrainMonitor(Callback):
         return params
 
     def on_train_epoch_end(self, run_context):
+        self._read_pending()  # the epoch's last step logs, and reads them; kept for an epoch ended otherwise
         epoch_time = time.time() - self.epoch_start
         train_loss = self.loss_sum / self.loss_count if self.loss_count else float("nan")
         throughput = self.global_batch * self.steps_per_epoch / max(epoch_time, 1e-9)
