@@ -24,7 +24,7 @@ from mindspore import nn
 
 from ..layers import replace_cell
 from . import cpu_kernels
-from .cells import FAST_CELLS
+from .cells import FAST_CELLS, _SgemmTwin
 
 __all__ = ["accelerate", "accelerated_cells", "declined_twins", "KERNEL_MODES"]
 
@@ -44,7 +44,7 @@ def declined_twins(net: nn.Cell) -> Dict[str, str]:
     declined = {}
     for _, cell in net.cells_and_names():
         for twin in FAST_CELLS:
-            if hasattr(twin, "matches") and twin.matches(cell) and twin.unavailable():
+            if issubclass(twin, _SgemmTwin) and twin.matches(cell) and twin.unavailable():
                 declined[twin.__name__] = twin.unavailable()
     return declined
 

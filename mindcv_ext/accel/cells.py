@@ -24,11 +24,21 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
 def sgemm_unavailable() -> str:
-    """Why the twins that multiply on oneDNN's sgemm cannot serve on this machine, or '' when they can. Such a
-    twin has ``matches(cell)`` (the cell is of its kind) and ``unavailable()`` (this), and applies when both allow."""
+    """Why the twins that multiply on oneDNN's sgemm cannot serve on this machine, or '' when they can."""
     if cpu_sgemm_available():
         return ""
     return f"MindSpore {ms.__version__} here has no oneDNN sgemm (dnnl_sgemm in libdnnl.so.3), which it multiplies on"
+
+
+class _SgemmTwin:
+    """A twin on oneDNN's sgemm: it applies to the cells of its kind (``matches``, each twin's own) where the machine
+    has sgemm; elsewhere ``unavailable()`` says why (``accel.declined_twins``)."""
+
+    unavailable = staticmethod(sgemm_unavailable)
+
+    @classmethod
+    def applies(cls, cell: nn.Cell) -> bool:
+        return cls.matches(cell) and not cls.unavailable()
 
 
 class FastGELU(nn.GELU):
@@ -104,20 +114,14 @@ class FastMonarchLinear(MonarchLinear):
         return monarch_forward(x.reshape(-1, self.in_features), self).reshape(lead_shape + (self.out_features,))
 
 
-class FastSketchStructuredLinear(SketchStructuredLinear):
+class FastSketchStructuredLinear(_SgemmTwin, SketchStructuredLinear):
     """``SketchStructuredLinear`` with its input sketch (rotate and add the ``redn_factor`` chunks) one kernel pass in
     the input's own column order, and its matmul on oneDNN's sgemm against the compressed weight, gathered to
     that order. Needs MindSpore's oneDNN sgemm."""
 
-    unavailable = staticmethod(sgemm_unavailable)
-
     @staticmethod
     def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, SketchStructuredLinear)
-
-    @classmethod
-    def applies(cls, cell: nn.Cell) -> bool:
-        return cls.matches(cell) and not cls.unavailable()
 
     def __init__(self, plain: SketchStructuredLinear) -> None:
         nn.Cell.__init__(self)
@@ -148,21 +152,15 @@ class FastSketchStructuredLinear(SketchStructuredLinear):
         return out.reshape(lead_shape + (self.out_features,))
 
 
-class FastSparseLRLinear(SparseLRLinear):
+class FastSparseLRLinear(_SgemmTwin, SparseLRLinear):
     """Pixelfly's ``SparseLRLinear`` as one kernel each way (``CpuSparseLowRank``): the block-sparse product on
     oneDNN's sgemm over runs of blocks, with the gate, the low-rank term and the bias in the same pass over each
     chunk of tokens. Unpadded layers only (widths that are whole blocks); needs MindSpore's oneDNN sgemm."""
-
-    unavailable = staticmethod(sgemm_unavailable)
 
     @staticmethod
     def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, SparseLRLinear) and cell.in_ext == cell.in_features and \
             cell.out_ext == cell.out_features
-
-    @classmethod
-    def applies(cls, cell: nn.Cell) -> bool:
-        return cls.matches(cell) and not cls.unavailable()
 
     def __init__(self, plain: SparseLRLinear) -> None:
         nn.Cell.__init__(self)
@@ -185,19 +183,13 @@ class FastSparseLRLinear(SparseLRLinear):
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
-class FastPixelflyMlp(Mlp):
+class FastPixelflyMlp(_SgemmTwin, Mlp):
     """An MLP of two Pixelfly layers, each ``FastSparseLRLinear``, around the kernel GELU; the hidden activation
     stays token-major (the tiles of the plain ``Mlp.hidden_as_tiles`` serve MindSpore's own operators)."""
-
-    unavailable = staticmethod(sgemm_unavailable)
 
     @staticmethod
     def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, Mlp) and FastSparseLRLinear.matches(cell.fc1) and FastSparseLRLinear.matches(cell.fc2)
-
-    @classmethod
-    def applies(cls, cell: nn.Cell) -> bool:
-        return cls.matches(cell) and not cls.unavailable()
 
     def __init__(self, plain: Mlp) -> None:
         nn.Cell.__init__(self)
