@@ -39,7 +39,7 @@ def evaluate_checkpoint(args) -> dict:
 
     import mindcv_ext  # noqa: F401  (registers the models)
     from mindcv_ext.accel import accelerate
-    from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images, list_image_folder,
+    from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images,
                                  resolve_dataset, transform_settings, unreadable_images_error)
     from mindcv_ext.engine import evaluate
     from mindcv_ext.engine.openi import OpenITask, openi_requested
@@ -76,8 +76,7 @@ def evaluate_checkpoint(args) -> dict:
 
     predictions = None
     if args.real_labels:
-        split_dir = os.path.join(info.root, args.val_split)
-        listing = list_image_folder(split_dir, info.root, info.allow_outside_links)
+        listing = info.listing(args.val_split)
         paths, labels = listing.paths, listing.labels
         order = sorted(range(len(paths)), key=lambda i: os.path.basename(paths[i]))  # ReaL's file-name order
         loader = create_file_loader([paths[i] for i in order], [labels[i] for i in order], args.batch_size,
@@ -103,7 +102,7 @@ def evaluate_checkpoint(args) -> dict:
         if not info.is_folder:
             raise
         folder = os.path.join(info.root, args.val_split)
-        bad = find_unreadable_images(folder)
+        bad = find_unreadable_images(info.listing(args.val_split))
         if not bad:
             raise
         raise unreadable_images_error(folder, bad) from exc

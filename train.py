@@ -79,7 +79,7 @@ def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
     if not info.is_folder or "dataset" not in str(exc).lower():
         raise exc
     for split in splits:
-        bad = find_unreadable_images(os.path.join(info.root, split))
+        bad = find_unreadable_images(info.listing(split))
         if bad:
             raise unreadable_images_error(os.path.join(info.root, split), bad) from exc
     raise exc
@@ -88,13 +88,12 @@ def _explain_data_failure(exc: RuntimeError, info, splits) -> None:
 def _check_data(args, info, rank: Optional[int], device_num: int) -> None:
     """Faults in an image folder surface before epoch 1: entries the pipeline would fail on, classes without images,
     files that are not images. The checks read the pipeline's own listing (``list_image_folder``)."""
-    from mindcv_ext.data import check_image_headers, list_image_folder, unreadable_images_error
+    from mindcv_ext.data import check_image_headers, unreadable_images_error
 
     if not info.is_folder:
         return
     splits = [args.train_split] + ([args.val_split] if args.val_while_train else [])
-    listings = [list_image_folder(os.path.join(info.root, split), info.root, info.allow_outside_links)
-                for split in splits]
+    listings = [info.listing(split) for split in splits]
     for listing in listings:
         empty = listing.empty_classes
         if empty and not args.allow_empty_classes:

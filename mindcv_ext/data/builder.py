@@ -6,7 +6,7 @@ Supported ``dataset`` values: ``imagenet`` or ``folder`` (an ImageNet-style tree
 transform defaults to the model's own (crop, interpolation, mean, std from its ``default_cfg``).
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -41,14 +41,18 @@ class DatasetInfo:
     class_names: Optional[List[str]]
     in_channels: int = 3  # what the images arrive with (IDX: 1 grey channel, or replicated to 3)
     allow_outside_links: bool = False  # image folders: follow links that leave ``root``
+    _listings: Dict[str, "ImageListing"] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_folder(self) -> bool:
         return self.name in ("imagenet", "folder", "digits")
 
-
-def _class_folders(split_dir: Path) -> List[str]:
-    return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    def listing(self, split: str) -> "ImageListing":
+        """An image folder's split as every reader sees it (``list_image_folder``), read once per process."""
+        if split not in self._listings:
+            self._listings[split] = list_image_folder(os.path.join(self.root, split), self.root,
+                                                      self.allow_outside_links)
+        return self._listings[split]
 
 
 def _idx_root(dataset: str, data_dir: Optional[str]) -> Optional[str]:
@@ -86,10 +90,12 @@ def resolve_dataset(dataset: str, data_dir: str, train_split: str = "train", cac
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{str(split_dir)!r} does not exist; data_dir must contain the split folder "
                                 f"'{train_split}' with one sub-folder per class")
-    classes = _class_folders(split_dir)
+    info = DatasetInfo(dataset, root, 0, None, allow_outside_links=allow_outside_links)
+    classes = info.listing(train_split).classes
     if not classes:
         raise FileNotFoundError(f"{str(split_dir)!r} has no class sub-folders")
-    return DatasetInfo(dataset, root, len(classes), classes, allow_outside_links=allow_outside_links)
+    info.num_classes, info.class_names = len(classes), classes
+    return info
 
 
 def transform_settings(model_cfg: Dict[str, Any], image_resize: Optional[int] = None,
@@ -125,7 +131,7 @@ def create_split_loader(info: DatasetInfo, split: str, training: bool, batch_siz
             raise FileNotFoundError(f"{split_dir!r} does not exist; data_dir must contain the split folder "
                                     f"'{split}' with one sub-folder per class")
         # The files MindSpore reads are the listing's: an entry it would choke on is an error now, not at a step.
-        listing = list_image_folder(split_dir, info.root, info.allow_outside_links)
+        listing = info.listing(split)
         if training and aug_repeats:
             # mindcv sizes its repeated-augmentation sampler by an ImageFolderDataset without extensions, which
             # counts every entry of the class folders: built here on the listing's size instead.
@@ -316,10 +322,10 @@ def _faults(paths: List[str], fault, description: str, progress: bool) -> List[T
     return found
 
 
-def find_unreadable_images(folder: str, progress: bool = True) -> List[str]:
-    """Images of the split ``folder`` that PIL cannot decode (names the culprit when a pipeline fails)."""
-    listing = list_image_folder(folder, allow_outside_links=True)  # the links were allowed or refused before
-    return [path for path, _ in _faults(listing.paths, _decode_fault, f"decoding images in {folder}", progress)]
+def find_unreadable_images(listing: "ImageListing", progress: bool = True) -> List[str]:
+    """The listing's images that PIL cannot decode (names the culprit when a pipeline fails)."""
+    return [path for path, _ in _faults(listing.paths, _decode_fault, f"decoding images in {listing.split_dir}",
+                                        progress)]
 
 
 def unreadable_images_error(folder: str, bad: List[str], hint: str = "") -> ValueError:

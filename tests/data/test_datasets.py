@@ -138,8 +138,8 @@ def test_unreadable_images_are_found_and_class_folders_listed(tmp_path):
         for i in (2, 10, 1):
             Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "val" / cls / f"img_{i}.png")
     (tmp_path / "val" / "b" / "img_3.png").write_bytes(b"not an image")
-    assert find_unreadable_images(str(tmp_path / "val"), progress=False) == [str(tmp_path / "val" / "b" / "img_3.png")]
     listing = list_image_folder(str(tmp_path / "val"))
+    assert find_unreadable_images(listing, progress=False) == [str(tmp_path / "val" / "b" / "img_3.png")]
     paths, labels, classes = listing.paths, listing.labels, listing.classes
     assert classes == ["a", "b"]
     assert [os.path.basename(p) for p in paths[:3]] == ["img_1.png", "img_10.png", "img_2.png"]
@@ -247,12 +247,16 @@ def test_the_pipeline_reads_exactly_the_listing(tmp_path):
 def test_entries_the_pipeline_would_fail_on_are_named_before_it_runs(tmp_path):
     root = _tricky_folder(tmp_path / "data")
     b = root / "train" / "b"
-    info = resolve_dataset("folder", str(root))
+    (root / "val" / "a").mkdir(parents=True)
+    _png(root / "val" / "a" / "x.png", 7)
 
     def refused(match):
         with pytest.raises(ImageFolderError, match=match):
             list_image_folder(str(root / "train"), str(root))
-        with pytest.raises(ImageFolderError, match=match):  # the loader lists before MindSpore does
+        with pytest.raises(ImageFolderError, match=match):  # every script resolves the dataset first
+            resolve_dataset("folder", str(root))
+        info = resolve_dataset("folder", str(root), train_split="val")  # a split read later: by its loader
+        with pytest.raises(ImageFolderError, match=match):
             create_split_loader(info, "train", False, 2, transform_settings({}, 8))
 
     (b / "folder.jpg").mkdir()
