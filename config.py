@@ -615,10 +615,6 @@ def _closest(key: str, options: List[str], prefix: str = "") -> str:
 def _load_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    size = os.path.getsize(path)
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path!r} is {size / (1 << 20):.1f} MiB; a configuration is a few KB (at "
-                          f"most {MAX_CONFIG_BYTES // (1 << 20)} MiB): is it the right file?")
     try:
         with open(path) as stream:
             data = load_yaml(stream, path)
