@@ -519,6 +519,9 @@ def create_parser() -> argparse.ArgumentParser:
                        help="checkpoint to start from (train: weights, and all training state with resume_opt)")
     group.add_argument("--resume_opt", default=False, **flag,
                        help="resume from ckpt_path: optimizer, epoch, LR schedule, EMA and loss scale")
+    group.add_argument("--to_monarch", default=False, **flag,
+                       help="ckpt_path holds the dense twin's weights: project its dense layers onto this model's "
+                            "Monarch layers (mlp_layer: monarch) and start from them, to fine-tune or evaluate")
     group.add_argument("--keep_checkpoint_max", type=int, default=10, help="epoch checkpoints to keep")
     group.add_argument("--ckpt_save_dir", type=str, default="./ckpt", help="where checkpoints and logs go")
     group.add_argument("--ckpt_save_interval", type=int, default=1, help="save every this many epochs")

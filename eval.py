@@ -63,7 +63,7 @@ def evaluate_checkpoint(args) -> dict:
     if hasattr(network, "return_all_exits"):  # multi-exit (DVT): per-exit scores, early exit, threshold search
         network.return_all_exits()
     if args.ckpt_path:
-        _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
+        _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema, to_monarch=args.to_monarch)}")
     network.set_train(False)
     if args.val_amp_level != "O0":
         network = ms.amp.auto_mixed_precision(network, args.val_amp_level)

@@ -2,6 +2,8 @@
 
 Data parallel: ``msrun --worker_num=N --local_worker_num=N python train.py -c CONFIG --distribute True``.
 Resume after a crash: ``--ckpt_path CKPT_DIR/<model>-<epoch>_<step>.ckpt --resume_opt True``.
+Dense to Monarch: the Monarch twin's recipe with ``--ckpt_path DENSE_RUN/<model>_best.ckpt --to_monarch True``
+projects the trained dense layers onto Monarch factors and fine-tunes from there.
 ``--dry_run True`` builds everything and stops before training. See ``python train.py --help``.
 """
 import json
@@ -136,6 +138,8 @@ def train(args) -> int:
     resuming = bool(args.ckpt_path) and args.resume_opt
     if args.resume_opt and not args.ckpt_path:
         raise ValueError("--resume_opt True needs --ckpt_path pointing at a checkpoint of the run to resume")
+    if args.to_monarch and not args.ckpt_path:
+        raise ValueError("--to_monarch True needs --ckpt_path pointing at the dense twin's checkpoint")
     if args.ckpt_path and not os.path.isfile(args.ckpt_path):
         raise FileNotFoundError(f"ckpt_path {args.ckpt_path!r} does not exist")
     writer = rank in (None, 0) and not args.dry_run
@@ -197,8 +201,8 @@ def train(args) -> int:
                                    milestones=args.multi_step_decay_milestones, num_epochs=args.epoch_size,
                                    num_cycles=args.num_cycles, cycle_decay=args.cycle_decay,
                                    lr_epoch_stair=args.lr_epoch_stair)
-    if args.ckpt_path and not resuming:
-        _logger.info(f"initial weights: {load_weights(network, args.ckpt_path)}")
+    initial_weights = load_weights(network, args.ckpt_path, to_monarch=args.to_monarch) \
+        if args.ckpt_path and not resuming else None
     optimizer = create_optimizer(network, opt=args.opt, lr=lr_schedule, weight_decay=args.weight_decay,
                                  momentum=args.momentum, nesterov=args.use_nesterov,
                                  weight_decay_filter=args.weight_decay_filter, layer_decay=args.layer_decay,
@@ -218,7 +222,8 @@ def train(args) -> int:
                            ema_decay=args.ema_decay)
     train_step.set_train()
 
-    begin_epoch, best_top1, notes = 0, float("-inf"), []
+    begin_epoch, best_top1 = 0, float("-inf")
+    notes = [f"initial weights: {initial_weights}"] if initial_weights else []
     if resuming:
         state = load_training_state(train_step, args.ckpt_path)
         begin_epoch, best_top1 = state.epoch, state.best_top1

@@ -113,26 +113,40 @@ def is_torch_checkpoint(path: str) -> bool:
         return stream.read(2) == b"\x80\x02"  # legacy torch.save: a protocol-2 pickle
 
 
-def load_weights(net: nn.Cell, path: str, ema: bool = False) -> str:
+def _projection_note(errors) -> str:
+    """One line on ``(layer, relative error)`` pairs of dense weights projected onto Monarch layers."""
+    values = [error for _, error in errors]
+    return (f"{len(values)} dense layer(s) projected onto Monarch, relative error ||W - M||/||W|| mean "
+            f"{np.mean(values):.4f}, max {np.max(values):.4f}")
+
+
+def load_weights(net: nn.Cell, path: str, ema: bool = False, to_monarch: bool = False) -> str:
     """Load a MindSpore checkpoint (``ema``: its ``ema.*`` weights) or a PyTorch one through the importer.
 
-    Returns a one-line description of what was loaded.
+    ``to_monarch``: the checkpoint is the dense twin's; its dense layers are projected onto the model's Monarch
+    layers (``load_dense_into_monarch``), to fine-tune from. Returns a one-line description of what was loaded.
     """
     from ..convert import ConversionReport, convert_state_dict, extract_state_dict, read_checkpoint
-    from ..models import load_checkpoint, read_mindspore_checkpoint
+    from ..models import load_checkpoint, load_dense_into_monarch, read_mindspore_checkpoint
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if to_monarch and ema:
+        raise ValueError("to_monarch projects a dense checkpoint's weights; it cannot be combined with ema")
     if is_torch_checkpoint(path):
         state, notes = extract_state_dict(read_checkpoint(path))
         report = ConversionReport()
-        arrays = convert_state_dict(net, state, report=report)
+        arrays = convert_state_dict(net, state, report=report, to_monarch=to_monarch)
         for param in net.get_parameters():
             if param.name in arrays:  # the rest are optional fixed parameters the checkpoint lacks
                 param.set_data(ms.Tensor(arrays[param.name]))
         if report.kept:
             notes.append(f"kept the model's own seeded {', '.join(report.kept)} (not in the checkpoint)")
+        if report.projected:
+            notes.append(_projection_note(report.projected))
         return f"PyTorch checkpoint {path} ({'; '.join(notes) or 'plain state_dict'})"
+    if to_monarch:
+        return f"MindSpore checkpoint {path}: {_projection_note(load_dense_into_monarch(net, path))}"
     load_checkpoint(net, path)
     if not ema:
         return f"MindSpore checkpoint {path}"

@@ -6,6 +6,7 @@ from .factory import (
     create_model,
     list_ext_models,
     load_checkpoint,
+    load_dense_into_monarch,
     read_mindspore_checkpoint,
     resolve_model_name,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "create_model",
     "list_ext_models",
     "load_checkpoint",
+    "load_dense_into_monarch",
     "read_mindspore_checkpoint",
     "resolve_model_name",
 ]

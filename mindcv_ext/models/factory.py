@@ -2,7 +2,7 @@
 import difflib
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import nn
@@ -15,7 +15,7 @@ from .gmlp import ALIASES as GMLP_ALIASES
 from .vitae import ALIASES as VITAE_ALIASES
 
 __all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params", "load_checkpoint",
-           "read_mindspore_checkpoint", "list_ext_models"]
+           "load_dense_into_monarch", "read_mindspore_checkpoint", "list_ext_models"]
 
 MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES, **DVT_ALIASES, **GMLP_ALIASES}
 _EXT_MODULES = ("dvt", "gmlp", "gpt2", "mlp_mixer", "t2t_vit", "vitae")
@@ -100,7 +100,46 @@ def load_checkpoint(net: nn.Cell, path: str, strict: bool = True) -> List[str]:
     Entries that the network does not have (optimizer state, ``epoch_num``...) are ignored. Returns the
     names of network parameters the checkpoint did not provide (always empty when ``strict``).
     """
+    return _load_params(net, read_mindspore_checkpoint(path), path, strict)
+
+
+def load_dense_into_monarch(net: nn.Cell, path: str) -> List[Tuple[str, float]]:
+    """Start a model with Monarch layers from its dense twin's MindSpore checkpoint (Dao et al., 2022, section 3.4:
+    dense-to-sparse fine-tuning).
+
+    Each ``MonarchLinear`` takes the Frobenius-optimal Monarch projection of the dense layer of the same name
+    (``<layer>.weight``, and its bias); every other parameter loads as it is, strictly. Returns ``(layer, relative
+    error ||W - M||_F / ||W||_F)`` per projected layer.
+    """
+    from ..layers import MonarchLinear
+
     params = read_mindspore_checkpoint(path)
+    monarch = {name: cell for name, cell in net.cells_and_names() if isinstance(cell, MonarchLinear)}
+    if not monarch:
+        raise ValueError(f"to_monarch: the model has no Monarch layers to project {path!r} onto; build its Monarch "
+                         f"twin (mlp_layer: monarch, the same recipe otherwise)")
+    already = [name for name in monarch if f"{name}.blkdiag1" in params]
+    if already:
+        raise ValueError(f"to_monarch: {path!r} already holds Monarch factors ({already[0]}.blkdiag1); load it "
+                         f"without to_monarch")
+    missing = [f"{name}.weight" for name in monarch if f"{name}.weight" not in params]
+    if missing:
+        raise ValueError(f"to_monarch: {path!r} lacks the dense weight(s) {', '.join(missing[:5])}; is it the "
+                         f"dense twin of this model (the same recipe with mlp_layer: dense)?")
+    errors = []
+    for name, layer in monarch.items():
+        bias = params.get(f"{name}.bias") if layer.has_bias else None
+        errors.append((name, layer.load_dense(params[f"{name}.weight"].asnumpy(),
+                                              None if bias is None else bias.asnumpy())))
+    # The projected factors and biases go in as they now are, so that the rest loads strictly around them.
+    projected = {param.name: ms.Parameter(param.value().copy(), name=param.name)
+                 for cell in monarch.values() for param in cell.get_parameters()}
+    _load_params(net, {**{k: v for k, v in params.items() if k not in projected}, **projected}, path, strict=True)
+    return errors
+
+
+def _load_params(net: nn.Cell, params: Dict[str, ms.Parameter], path: str, strict: bool) -> List[str]:
+    """Load ``params`` into ``net``: shapes checked, entries the network does not have ignored."""
     mismatched = [f"{p.name}: model {tuple(p.shape)} vs checkpoint {tuple(params[p.name].shape)}"
                   for p in net.get_parameters() if p.name in params and tuple(params[p.name].shape) != tuple(p.shape)]
     if mismatched:

@@ -173,3 +173,60 @@ def test_full_size_model_counts_and_forward(name):
     logits = net(x).asnumpy()
     assert logits.shape == (1, 1000)
     assert np.isfinite(logits).all() and logits.std() > 0
+
+
+def _tiny_gmlp(mlp_layer: str):
+    ms.set_seed(0)
+    return mindcv_ext.create_model("gmlp_s16_224", num_classes=10, in_channels=1, img_size=28, patch_size=7,
+                                   num_blocks=2, embed_dim=32, mlp_ratio=4, mlp_layer=mlp_layer, nblocks=4)
+
+
+def test_a_dense_checkpoint_projects_onto_the_monarch_twin(tmp_path):
+    """--to_monarch: a dense twin whose MLP weights are Monarch matrices projects back exactly (same logits to
+    1e-5); every other parameter loads as it is; a wrong checkpoint is refused with what to do."""
+    from mindcv_ext.layers import MonarchLinear
+    from mindcv_ext.models import load_dense_into_monarch
+
+    monarch, dense = _tiny_gmlp("monarch"), _tiny_gmlp("dense")
+    layers = {name: cell for name, cell in monarch.cells_and_names() if isinstance(cell, MonarchLinear)}
+    assert len(layers) == 4
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for param in monarch.get_parameters():
+        value = rng.standard_normal(param.shape).astype(np.float32) * 0.2
+        param.set_data(ms.Tensor(value))
+        layer, _, leaf = param.name.rpartition(".")
+        if leaf not in ("blkdiag1", "blkdiag2"):
+            arrays[param.name] = value
+    for name, cell in layers.items():
+        arrays[f"{name}.weight"] = cell.to_dense().asnumpy()
+    for param in dense.get_parameters():
+        param.set_data(ms.Tensor(arrays.pop(param.name)))
+    assert not arrays  # the dense twin has exactly those parameters
+    path = str(tmp_path / "dense.ckpt")
+    ms.save_checkpoint(dense, path)
+
+    fresh = _tiny_gmlp("monarch")
+    errors = load_dense_into_monarch(fresh, path)
+    assert sorted(name for name, _ in errors) == sorted(layers) and max(error for _, error in errors) < 1e-5
+    images = ms.Tensor(rng.standard_normal((3, 1, 28, 28)).astype(np.float32))
+    monarch.set_train(False)
+    fresh.set_train(False)
+    np.testing.assert_allclose(fresh(images).asnumpy(), monarch(images).asnumpy(), rtol=0, atol=1e-5)
+
+    # A trained dense layer is not a Monarch matrix: the error is what project_to_monarch leaves.
+    trained = _tiny_gmlp("dense")
+    ms.save_checkpoint(trained, str(tmp_path / "trained.ckpt"))
+    errors = dict(load_dense_into_monarch(_tiny_gmlp("monarch"), str(tmp_path / "trained.ckpt")))
+    assert all(0.05 < error < 1.0 for error in errors.values())
+
+    ms.save_checkpoint(monarch, str(tmp_path / "monarch.ckpt"))
+    with pytest.raises(ValueError, match="already holds Monarch factors .* load it without to_monarch"):
+        load_dense_into_monarch(_tiny_gmlp("monarch"), str(tmp_path / "monarch.ckpt"))
+    with pytest.raises(ValueError, match=r"the model has no Monarch layers .* \(mlp_layer: monarch"):
+        load_dense_into_monarch(_tiny_gmlp("dense"), path)
+    other = mindcv_ext.create_model("gmlp_s16_224", num_classes=10, in_channels=1, img_size=28, patch_size=7,
+                                    num_blocks=1, embed_dim=32, mlp_ratio=4, mlp_layer="dense")
+    ms.save_checkpoint(other, str(tmp_path / "other.ckpt"))
+    with pytest.raises(ValueError, match=r"lacks the dense weight\(s\) blocks.1.mlp_channels.fc1.weight"):
+        load_dense_into_monarch(_tiny_gmlp("monarch"), str(tmp_path / "other.ckpt"))
