@@ -1,7 +1,9 @@
 """scripts/study.py: the twins trained end to end on tiny IDX files, summarised, plotted, and continued."""
 import csv
+import json
 
 import numpy as np
+import pytest
 
 from mindcv_ext.data.idx import write_idx
 from scripts import study
@@ -22,41 +24,107 @@ def _fashion_files(folder):
     return folder
 
 
-def test_a_study_runs_summarises_and_continues_after_a_kill(tmp_path, capsys):
+def _rows(path):
+    with open(path) as stream:
+        return list(csv.DictReader(stream))
+
+
+def _checksum(run):
+    return [line.split("sha256 ")[1] for line in (run / "train.log").read_text().splitlines() if "sha256" in line]
+
+
+def test_a_study_with_fine_tuning_runs_summarises_and_resumes_after_a_kill(tmp_path, capsys, monkeypatch):
+    """The twins, dense-to-Monarch fine-tuning from the dense run, the loop's efficiency; a real kill -9 in the
+    fine-tuning's second epoch, and the study run again finishes it exactly as an uninterrupted run."""
     data = _fashion_files(tmp_path / "data")
     out = tmp_path / "study"
-    command = ["--family", "gmlp", "--seeds", "0", "--epochs", "2", "--out", str(out), "--", "--data_dir", str(data),
-               *TINY]
+    command = ["--family", "gmlp", "--seeds", "0", "--epochs", "2", "--finetune_epochs", "2", "--step_alone_steps",
+               "2", "--out", str(out), "--", "--data_dir", str(data), *TINY]
+    launch = study._python
+
+    def kill_the_fine_tuning(script, argv, console):
+        if script == "train.py" and study.FINE_TUNED in argv[argv.index("--ckpt_save_dir") + 1]:
+            return launch("tests/kill_at.py", ["step", "2", "--", *argv], console)  # killed after 1.5 epochs
+        return launch(script, argv, console)
+
+    monkeypatch.setattr(study, "_python", kill_the_fine_tuning)
+    assert study.main(command) == 2
+    assert "training gmlp_dense_to_monarch seed 0 failed (exit -9)" in capsys.readouterr().err
+    run = out / "gmlp_dense_to_monarch_seed0"
+    assert [r["epoch"] for r in _rows(run / "results.csv")] == ["1"]
+    killed_log = (run / "train.log").read_text()
+    assert "2 dense layer(s) projected onto Monarch" in killed_log
+    logs = {variant: (out / f"gmlp_{variant}_seed0" / "train.log").read_text() for variant in ("dense", "monarch")}
+
+    monkeypatch.setattr(study, "_python", launch)
     assert study.main(command) == 0
-    with open(out / "study.csv") as stream:
-        rows = {r["variant"]: r for r in csv.DictReader(stream)}
-    assert sorted(rows) == ["dense", "monarch"]
+    for variant in ("dense", "monarch"):  # finished: not trained again
+        assert (out / f"gmlp_{variant}_seed0" / "train.log").read_text() == logs[variant]
+    added = (run / "train.log").read_text()[len(killed_log):]
+    assert "resuming from" in added and "Epoch 2/2" in added and "Epoch 1/2" not in added
+    assert "projected" not in added  # the resumed run continues from its own checkpoint
+
+    # The same fine-tuning, uninterrupted: the resumed run ends identically.
+    reference = tmp_path / "reference"
+    argv = study.train_arguments("gmlp", study.FINE_TUNED, 0, study.parse(command)[0], str(reference),
+                                  command[command.index("--") + 1:])
+    assert study._python("train.py", argv, str(tmp_path / "reference.log")) == 0
+    resumed, uninterrupted = _rows(run / "results.csv"), _rows(reference / "results.csv")
+    for key in ("epoch", "train_loss", "lr", "val_loss", "val_top1"):
+        assert [r[key] for r in resumed] == [r[key] for r in uninterrupted]
+    assert _checksum(run)[-1] == _checksum(reference)[-1]
+
+    rows = {r["variant"]: r for r in _rows(out / "study.csv")}
+    assert sorted(rows) == ["dense", "dense_to_monarch", "monarch"]
     for row in rows.values():
         assert row["family"] == "gmlp" and row["seeds"] == "1" and row["epochs"] == "2"
         assert 0.0 <= float(row["top1_mean"]) <= 100.0 and float(row["train_time_s"]) > 0
         assert float(row["images_per_s"]) > 0 and int(row["params"]) > 0 and float(row["macs_m"]) > 0
     assert float(rows["dense"]["time_speedup_vs_dense"]) == 1.0 and float(rows["dense"]["top1_vs_dense"]) == 0.0
     assert int(rows["monarch"]["params"]) < int(rows["dense"]["params"])
-    assert (out / "study.png").is_file() and (out / "runs.csv").is_file()
+    fine_tuned, dense = rows["dense_to_monarch"], rows["dense"]
+    assert fine_tuned["params"] == rows["monarch"]["params"]
+    assert abs(float(fine_tuned["total_time_s"]) - float(dense["train_time_s"]) -
+               float(fine_tuned["train_time_s"])) < 0.2
+    assert float(fine_tuned["time_speedup_vs_dense"]) < 1.0  # the dense run is part of its cost
+    projection = json.loads((run / "projection.json").read_text())
+    assert 0.05 < projection["projection_error"] < 1.0 and float(fine_tuned["projection_error"]) == \
+        projection["projection_error"]
+    assert 0.0 <= projection["top1_after_projection"] <= 100.0
+    assert projection["dense_checkpoint"].endswith("gmlp_s16_224-2_8.ckpt")
+    assert float(fine_tuned["top1_mean"]) == round(100 * float(resumed[-1]["val_top1"]), 2)
+
+    epochs = _rows(out / "epochs.csv")
+    assert [(e["variant"], e["epoch"]) for e in epochs] == [("dense", "1"), ("dense", "2"), ("monarch", "1"),
+                                                            ("monarch", "2"), ("dense_to_monarch", "1"),
+                                                            ("dense_to_monarch", "2")]
+    loop = {r["variant"]: r for r in _rows(out / "efficiency.csv")}
+    assert sorted(loop) == ["dense", "monarch"]
+    for row in loop.values():
+        assert float(row["step_alone_images_per_s"]) > 0 and row["batch_size"] == "16"
+        assert float(row["efficiency"]) == pytest.approx(float(row["epoch_images_per_s"]) /
+                                                         float(row["step_alone_images_per_s"]), abs=1e-3)
+    assert (out / "study.png").is_file() and (out / "curves.png").is_file()
     log = (out / "gmlp_dense_seed0" / "train.log").read_text().splitlines()
     assert len([line for line in log if "Epoch 1/2 done in" in line]) == 1  # train.py's own log, once
-    assert "| gmlp | monarch | 1 | 2 |" in capsys.readouterr().out
-    first = {r["variant"]: r["top1_mean"] for r in rows.values()}
+    printed = capsys.readouterr().out
+    assert "| gmlp | monarch | 1 | 2 |" in printed and "| gmlp | dense_to_monarch | 1 | 2 |" in printed
 
-    # As if the study had been killed after the Monarch run's epoch-1 checkpoint: its epoch 2 is gone.
-    run = out / "gmlp_monarch_seed0"
-    next(run.glob("gmlp_s16_224-2_*.ckpt")).unlink()
-    lines = (run / "results.csv").read_text().splitlines(keepends=True)
-    (run / "results.csv").write_text("".join(lines[:2]))  # the header and epoch 1
-    logs = {variant: (out / f"gmlp_{variant}_seed0" / "train.log").read_text() for variant in ("dense", "monarch")}
-    assert study.main(command) == 0
-    assert (out / "gmlp_dense_seed0" / "train.log").read_text() == logs["dense"]  # finished: not trained again
-    added = (run / "train.log").read_text()[len(logs["monarch"]):]
-    assert "resum" in added.lower() and "Epoch 2/2" in added and "Epoch 1/2" not in added
-    with open(run / "results.csv") as stream:
-        assert [r["epoch"] for r in csv.DictReader(stream)] == ["1", "2"]
-    with open(out / "study.csv") as stream:
-        assert {r["variant"]: r["top1_mean"] for r in csv.DictReader(stream)} == first  # the resume is exact
+
+def test_fine_tuning_waits_for_its_dense_run_and_seeds_are_per_variant(tmp_path, capsys):
+    args, extra = study.parse(["--family", "mixer", "--seeds", "0", "1", "--variant_seeds", "pixelfly=0",
+                               "dense_to_monarch=1", "--out", str(tmp_path)])
+    assert study.study_plan(args) == [("mixer", "dense", 0), ("mixer", "monarch", 0), ("mixer", "pixelfly", 0),
+                                      ("mixer", "dense", 1), ("mixer", "monarch", 1),
+                                      ("mixer", "dense_to_monarch", 1)]
+    assert study.finetune_epochs(args, "mixer") == 3  # 30% of the recipe's 10 epochs
+    code = study.main(["--family", "gmlp", "--variants", "dense_to_monarch", "--seeds", "0", "--out",
+                       str(tmp_path / "study")])
+    err = capsys.readouterr().err
+    assert code == 2 and "train the dense twin of seed 0 first (--variants dense)" in err
+    with pytest.raises(SystemExit):
+        study.parse(["--variant_seeds", "sparse=0"])
+    assert "expected VARIANT=SEED[,SEED...]" in capsys.readouterr().err
 
 
 def test_a_failed_run_says_how_to_continue(tmp_path, capsys):
