@@ -45,6 +45,9 @@ class NetWithLoss(nn.Cell):
 class TrainStep(nn.Cell):
     r"""Forward, backward and update for ``NetWithLoss``; returns ``(loss, overflow, loss_scale)``.
 
+    The gradients are checked for overflow only where an overflow skips the update (dynamic scaling or
+    ``drop_overflow_update``); elsewhere ``overflow`` is always False.
+
     Args:
         net_with_loss: the network with its loss.
         optimizer: a MindSpore optimizer over the network's trainable parameters.
@@ -78,6 +81,10 @@ class TrainStep(nn.Cell):
         self.good_steps = ms.Parameter(ms.Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
         self.clip_grad = clip_grad
         self.clip_value = clip_value
+        # Extras the recipe leaves off cost nothing: a fixed scale of 1 neither scales nor unscales, and the
+        # gradients are checked for overflow only when an overflow would change the update.
+        self.scaled = dynamic_loss_scale or loss_scale != 1.0
+        self.no_overflow = ms.Tensor(False, ms.bool_)
 
         self.accumulate = accumulation_steps > 1
         self.accumulation_steps = accumulation_steps
@@ -113,10 +120,15 @@ class TrainStep(nn.Cell):
     def construct(self, *inputs):
         loss = self.network(*inputs)
         scale = self.scale_sense.value()
-        sens = ops.fill(loss.dtype, loss.shape, 1.0) * scale.astype(loss.dtype)
+        sens = ops.fill(loss.dtype, loss.shape, 1.0)
+        if self.scaled:
+            sens = sens * scale.astype(loss.dtype)
         grads = self.grad_fn(self.network, self.weights)(*inputs, sens)
         grads = self.grad_reducer(grads)
-        grads = self.hyper_map(ops.partial(ops.mul, 1.0 / scale), grads)
+        if self.scaled:
+            grads = self.hyper_map(ops.partial(ops.mul, 1.0 / scale), grads)
+        if not self.drop_overflow:  # the update is made whatever the gradients hold
+            return self._apply(loss, grads), self.no_overflow, scale
         finite = amp.all_finite(grads)  # identical on every rank: the gradients were reduced first
         overflow = ops.logical_not(finite)
 
@@ -133,9 +145,12 @@ class TrainStep(nn.Cell):
                 loss = ops.depend(loss, ops.assign(self.scale_sense, ops.maximum(scale / self.scale_factor, 1.0)))
                 loss = ops.depend(loss, ops.assign(self.good_steps, self.good_steps * 0))
 
-        if self.drop_overflow and overflow:
+        if overflow:
             return loss, overflow, scale
+        return self._apply(loss, grads), overflow, scale
 
+    def _apply(self, loss, grads):
+        """The update (or the accumulation towards one); returns ``loss`` once it is made."""
         if self.accumulate:
             loss = ops.depend(loss, self.hyper_map(ops.assign_add, self.accumulated, grads))
             step = self.micro_step + 1
@@ -148,4 +163,4 @@ class TrainStep(nn.Cell):
             loss = ops.depend(loss, ops.assign(self.micro_step, step))
         else:
             loss = ops.depend(loss, self._update(grads))
-        return loss, overflow, scale
+        return loss
