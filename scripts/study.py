@@ -71,10 +71,11 @@ def run_dir_of(args, family: str, variant: str, seed: int) -> str:
     return os.path.join(args.out, f"{family}_{variant}_seed{seed}")
 
 
-def schedule(epochs: int, warmup: float) -> List[str]:
-    """train.py's arguments for ``epochs`` epochs, the cosine decay fitted to them after ``warmup`` epochs."""
-    return ["--epoch_size", str(epochs), "--warmup_epochs", f"{warmup:g}",
-            "--decay_epochs", str(max(1, epochs - int(warmup)))]
+def schedule(epochs: int, warmup: float, cooldown: int = 0) -> List[str]:
+    """train.py's arguments for ``epochs`` epochs: ``warmup`` epochs, the cosine decay, then ``cooldown`` epochs at
+    the final learning rate (as many as the recipe has, while at least one epoch of decay remains)."""
+    decay = max(1, epochs - int(warmup) - cooldown)
+    return ["--epoch_size", str(epochs), "--warmup_epochs", f"{warmup:g}", "--decay_epochs", str(decay)]
 
 
 def dense_epochs(args, family: str) -> int:
@@ -104,7 +105,7 @@ def dense_checkpoint(args, family: str, seed: int) -> str:
 
 def train_arguments(family: str, variant: str, seed: int, args, run_dir: str, extra: List[str]) -> List[str]:
     """train.py's arguments for one run. Other epochs than the recipe's shorten its cosine decay to match, so that
-    every study ends at the recipe's final learning rate. The fine-tuned variant starts from the dense run's
+    every study ends at the recipe's final learning rate (and keeps its epochs there). The fine-tuned variant starts from the dense run's
     projection, with ``--finetune_lr`` (default: a quarter of the recipe's) and no warm-up."""
     from config import parse_args
 
@@ -115,7 +116,8 @@ def train_arguments(family: str, variant: str, seed: int, args, run_dir: str, ex
         argv += ["--ckpt_path", dense_checkpoint(args, family, seed), "--to_monarch", "True", "--lr", f"{lr:g}",
                  *schedule(finetune_epochs(args, family), 0)]
     elif args.epochs:
-        argv += schedule(args.epochs, recipe.warmup_epochs)
+        cooldown = recipe.epoch_size - int(recipe.warmup_epochs) - recipe.decay_epochs
+        argv += schedule(args.epochs, recipe.warmup_epochs, max(0, cooldown))
     return argv + list(extra)
 
 

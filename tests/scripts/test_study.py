@@ -116,7 +116,7 @@ def test_fine_tuning_waits_for_its_dense_run_and_seeds_are_per_variant(tmp_path,
     assert study.study_plan(args) == [("mixer", "dense", 0), ("mixer", "monarch", 0), ("mixer", "pixelfly", 0),
                                       ("mixer", "dense", 1), ("mixer", "monarch", 1),
                                       ("mixer", "dense_to_monarch", 1)]
-    assert study.finetune_epochs(args, "mixer") == 2  # 30% of the recipe's 8 epochs, rounded down
+    assert study.finetune_epochs(args, "mixer") == 2  # 30% of the recipe's 9 epochs, rounded down
     code = study.main(["--family", "gmlp", "--variants", "dense_to_monarch", "--seeds", "0", "--out",
                        str(tmp_path / "study")])
     err = capsys.readouterr().err
