@@ -47,18 +47,25 @@ def working_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
+_LOGGER_AT_START = (logging.getLogger("mindcv_ext").propagate, logging.getLogger("mindcv_ext").level)
+
+
+def _reset_mindcv_ext_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate, logger.level = _LOGGER_AT_START
+
+
 @pytest.fixture(autouse=True)
 def mindcv_ext_logger():
-    """Each test gets the "mindcv_ext" logger as it found it: an in-process train.main() sets it up for its run
-    (its own handlers, no propagation), which would hide later tests' records from caplog."""
+    """Each test starts and ends with the "mindcv_ext" logger as the session found it. An in-process train.main()
+    sets it up for its run (its own handlers, no propagation), which would hide later records from caplog; a
+    module-scoped fixture does so before this fixture runs, so the state is reset on both sides of the test."""
     logger = logging.getLogger("mindcv_ext")
-    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    _reset_mindcv_ext_logger(logger)
     yield logger
-    for handler in list(logger.handlers):
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-    logger.propagate, logger.level = propagate, level
+    _reset_mindcv_ext_logger(logger)
 
 
 @pytest.fixture(params=sorted(MODES))
