@@ -401,12 +401,19 @@ def _variant_seeds(text: str):
         raise argparse.ArgumentTypeError(f"seeds must be integers, got {seeds!r}") from None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to an option's help unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=_HelpFormatter,
                                      epilog="Arguments after -- are passed to every train.py run.")
     parser.add_argument("--family", nargs="+", default=["gmlp", "mixer"], choices=sorted(VARIANTS),
                         help="model families to study")
@@ -418,7 +425,7 @@ def parse(argv=None):
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run, the cosine decay fitted to them (default: the recipe's)")
     parser.add_argument("--finetune_epochs", type=int, default=None,
-                        help="epochs of dense_to_monarch's fine-tuning (default: 30%% of the dense run's)")
+                        help="epochs of dense_to_monarch's fine-tuning (default: 30%% of the dense run's, rounded down)")
     parser.add_argument("--finetune_lr", type=float, default=None,
                         help="dense_to_monarch's peak learning rate, cosine to the recipe's min_lr without "
                              "warm-up (default: a quarter of the recipe's lr)")
