@@ -704,7 +704,9 @@ def model_arguments(args: argparse.Namespace) -> Dict[str, Any]:
 
 def save_args(args: argparse.Namespace, path: str) -> None:
     """Write the effective configuration as YAML (atomically), re-loadable with ``-c``."""
-    data = {k: v for k, v in vars(args).items() if k not in ("config", "notes", *PLATFORM_ARGUMENTS)}
+    # to_monarch is a start-up step (project the dense checkpoint once): kept, it would make eval.py, reading this
+    # file beside the run's own Monarch checkpoints, try to project them again.
+    data = {k: v for k, v in vars(args).items() if k not in ("config", "notes", "to_monarch", *PLATFORM_ARGUMENTS)}
     text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, default_flow_style=None)
     from mindcv_ext.engine.files import atomic_write
 

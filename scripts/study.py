@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -78,43 +78,54 @@ def schedule(epochs: int, warmup: float, cooldown: int = 0) -> List[str]:
     return ["--epoch_size", str(epochs), "--warmup_epochs", f"{warmup:g}", "--decay_epochs", str(decay)]
 
 
-def dense_epochs(args, family: str) -> int:
+def dense_epochs(args, family: str, extra: List[str]) -> int:
+    """The dense run's epochs: ``--epochs``, else the recipe's with the arguments after ``--`` applied (as its run
+    had them)."""
     from config import parse_args
 
-    return args.epochs or parse_args(["-c", config_path(family, "dense")]).epoch_size
+    return args.epochs or parse_args(["-c", config_path(family, "dense"), *extra]).epoch_size
 
 
-def finetune_epochs(args, family: str) -> int:
+def finetune_epochs(args, family: str, extra: List[str]) -> int:
     """``--finetune_epochs``, or 30% of the dense run's epochs (at least one)."""
-    return args.finetune_epochs or max(1, int(0.3 * dense_epochs(args, family)))
+    return args.finetune_epochs or max(1, int(0.3 * dense_epochs(args, family, extra)))
 
 
-def dense_checkpoint(args, family: str, seed: int) -> str:
-    """The final checkpoint of the finished dense run of ``seed``: where the fine-tuned variant starts."""
+def finished_dense_run(args, family: str, seed: int, extra: List[str]) -> Tuple[str, float]:
+    """The finished dense run of ``seed``, where the fine-tuned variant starts: its final checkpoint, and its
+    training time (part of the fine-tuned variant's cost, also when the dense run was trained by an earlier
+    study)."""
     from config import parse_args
 
     run_dir = run_dir_of(args, family, "dense", seed)
-    settings = parse_args(["-c", config_path(family, "dense")])
+    settings = parse_args(["-c", config_path(family, "dense"), *extra])
     checkpoint = latest_checkpoint(run_dir, settings.model)
-    done = len([r for r in read_results(run_dir) if r["val_top1"]])
-    if checkpoint is None or done < dense_epochs(args, family):
+    epochs = dense_epochs(args, family, extra)
+    done = [r for r in read_results(run_dir) if r["val_top1"]]
+    if checkpoint is None or len(done) < epochs:
         raise RuntimeError(f"{FINE_TUNED} seed {seed} starts from the finished dense run {run_dir}, which is not "
                            f"there yet; train the dense twin of seed {seed} first (--variants dense)")
-    return checkpoint
+    return checkpoint, training_time(done[:epochs])
+
+
+def training_time(rows: List[dict]) -> float:
+    """A run's training wall time: the sum of its epochs' own times (validation excluded)."""
+    return round(sum(float(r["epoch_time_s"]) for r in rows), 1)
 
 
 def train_arguments(family: str, variant: str, seed: int, args, run_dir: str, extra: List[str]) -> List[str]:
     """train.py's arguments for one run. Other epochs than the recipe's shorten its cosine decay to match, so that
-    every study ends at the recipe's final learning rate (and keeps its epochs there). The fine-tuned variant starts from the dense run's
-    projection, with ``--finetune_lr`` (default: a quarter of the recipe's) and no warm-up."""
+    every study ends at the recipe's final learning rate (and keeps its epochs there). The fine-tuned variant
+    starts from the dense run's projection, with ``--finetune_lr`` (default: a quarter of the recipe's) and no
+    warm-up."""
     from config import parse_args
 
     argv = ["-c", config_path(family, variant), "--seed", str(seed), "--ckpt_save_dir", run_dir]
     recipe = parse_args(["-c", config_path(family, variant)])
     if variant == FINE_TUNED:
         lr = args.finetune_lr if args.finetune_lr else recipe.lr / 4.0
-        argv += ["--ckpt_path", dense_checkpoint(args, family, seed), "--to_monarch", "True", "--lr", f"{lr:g}",
-                 *schedule(finetune_epochs(args, family), 0)]
+        argv += ["--ckpt_path", finished_dense_run(args, family, seed, extra)[0], "--to_monarch", "True",
+                 "--lr", f"{lr:g}", *schedule(finetune_epochs(args, family, extra), 0)]
     elif args.epochs:
         cooldown = recipe.epoch_size - int(recipe.warmup_epochs) - recipe.decay_epochs
         argv += schedule(args.epochs, recipe.warmup_epochs, max(0, cooldown))
@@ -138,7 +149,7 @@ def projection_record(family: str, seed: int, args, run_dir: str, extra: List[st
             return json.load(stream)
     from mindcv_ext.models import load_dense_into_monarch
 
-    checkpoint = dense_checkpoint(args, family, seed)
+    checkpoint, _ = finished_dense_run(args, family, seed, extra)
     net, _ = recipe_model(family, FINE_TUNED, extra)
     errors = [error for _, error in load_dense_into_monarch(net, checkpoint)]
     os.makedirs(run_dir, exist_ok=True)
@@ -147,8 +158,7 @@ def projection_record(family: str, seed: int, args, run_dir: str, extra: List[st
                   *extra]
     if _python("eval.py", evaluation, console) != 0:
         raise RuntimeError(f"evaluating the projection of {checkpoint} failed; see {console}")
-    with open(console) as stream:
-        scores = json.loads(stream.read().strip().splitlines()[-1])
+    scores = _last_json_line(console)
     record = {"projection_error": round(float(np.mean(errors)), 4), "top1_after_projection":
               round(100.0 * scores["top1"], 2), "layers": len(errors), "dense_checkpoint": checkpoint}
     from mindcv_ext.engine.files import atomic_write
@@ -156,6 +166,20 @@ def projection_record(family: str, seed: int, args, run_dir: str, extra: List[st
     with atomic_write(path, "w") as stream:
         json.dump(record, stream, indent=1)
     return record
+
+
+def _last_json_line(console: str) -> dict:
+    """eval.py's scores: the last line of its console output that is a JSON object (warnings may follow it)."""
+    with open(console) as stream:
+        lines = stream.read().splitlines()
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    raise RuntimeError(f"{console} ends without eval.py's JSON scores; read it for what went wrong, then run the "
+                       f"study again")
 
 
 def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> dict:
@@ -183,10 +207,9 @@ def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> di
     if len(rows) < settings.epoch_size:
         raise RuntimeError(f"{run_dir}: results.csv has {len(rows)} of {settings.epoch_size} epochs after training")
     rows = rows[:settings.epoch_size]
-    times = [float(r["epoch_time_s"]) for r in rows]
     speeds = [float(r["images_per_s"]) for r in rows]
     record = {"family": family, "variant": variant, "seed": seed, "epochs": settings.epoch_size,
-              "top1": round(100.0 * float(rows[-1]["val_top1"]), 2), "train_time_s": round(sum(times), 1),
+              "top1": round(100.0 * float(rows[-1]["val_top1"]), 2), "train_time_s": training_time(rows),
               "images_per_s": round(float(np.mean(speeds)), 1),
               # Epoch 1 includes compiling the graph; the later epochs are the loop's steady speed.
               "steady_images_per_s": round(float(np.median(speeds[1:] or speeds)), 1), "run_dir": run_dir,
@@ -195,6 +218,7 @@ def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> di
                               "images_per_s": r["images_per_s"], "train_loss": r["train_loss"]} for r in rows]}
     if variant == FINE_TUNED:
         record.update({key: projection[key] for key in ("projection_error", "top1_after_projection")})
+        record["dense_time_s"] = finished_dense_run(args, family, seed, extra)[1]
     return record
 
 
@@ -253,10 +277,8 @@ def summarize(runs: List[dict], sizes: Dict[str, dict]) -> List[dict]:
 
 def add_total_times(runs: List[dict]) -> None:
     """Each run's total cost: its own training time, plus, for the fine-tuned variant, the dense run it began from."""
-    dense = {(r["family"], r["seed"]): r["train_time_s"] for r in runs if r["variant"] == "dense"}
     for run in runs:
-        run["total_time_s"] = round(run["train_time_s"] + (dense.get((run["family"], run["seed"]), 0.0)
-                                                           if run["variant"] == FINE_TUNED else 0.0), 1)
+        run["total_time_s"] = round(run["train_time_s"] + run.get("dense_time_s", 0.0), 1)
 
 
 def step_alone(family: str, variant: str, extra: List[str], steps: int, warmup: int) -> dict:
@@ -425,7 +447,8 @@ def parse(argv=None):
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run, the cosine decay fitted to them (default: the recipe's)")
     parser.add_argument("--finetune_epochs", type=int, default=None,
-                        help="epochs of dense_to_monarch's fine-tuning (default: 30%% of the dense run's, rounded down)")
+                        help="epochs of dense_to_monarch's fine-tuning (default: 30%% of the dense run's, rounded "
+                             "down)")
     parser.add_argument("--finetune_lr", type=float, default=None,
                         help="dense_to_monarch's peak learning rate, cosine to the recipe's min_lr without "
                              "warm-up (default: a quarter of the recipe's lr)")

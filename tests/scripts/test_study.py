@@ -109,6 +109,19 @@ def test_a_study_with_fine_tuning_runs_summarises_and_resumes_after_a_kill(tmp_p
     printed = capsys.readouterr().out
     assert "| gmlp | dense | 1 | 2 |" in printed and "| gmlp | dense_to_monarch | 1 | 2 |" in printed
 
+    # Summarised on its own, by a later study: the fine-tuned variant's cost still includes its dense run's.
+    alone = command[:command.index("--variants") + 1] + ["dense_to_monarch"] + command[command.index("--seeds"):]
+    assert study.main(alone) == 0
+    (row,) = _rows(out / "study.csv")
+    assert row["variant"] == "dense_to_monarch" and row["total_time_s"] == fine_tuned["total_time_s"]
+
+    # The fine-tuned run's saved configuration evaluates its own checkpoints: to_monarch was a start-up step.
+    evaluation = tmp_path / "evaluation.log"
+    last = study.latest_checkpoint(str(run), "gmlp_s16_224")
+    assert study._python("eval.py", ["--ckpt_path", last, "--data_dir", str(data)], str(evaluation)) == 0, \
+        evaluation.read_text()[-3000:]
+    assert study._last_json_line(str(evaluation))["top1"] == pytest.approx(float(resumed[-1]["val_top1"]), abs=1e-6)
+
 
 def test_fine_tuning_waits_for_its_dense_run_and_seeds_are_per_variant(tmp_path, capsys):
     args, extra = study.parse(["--family", "mixer", "--seeds", "0", "1", "--variant_seeds", "pixelfly=0",
@@ -116,7 +129,10 @@ def test_fine_tuning_waits_for_its_dense_run_and_seeds_are_per_variant(tmp_path,
     assert study.study_plan(args) == [("mixer", "dense", 0), ("mixer", "monarch", 0), ("mixer", "pixelfly", 0),
                                       ("mixer", "dense", 1), ("mixer", "monarch", 1),
                                       ("mixer", "dense_to_monarch", 1)]
-    assert study.finetune_epochs(args, "mixer") == 2  # 30% of the recipe's 9 epochs, rounded down
+    assert study.finetune_epochs(args, "mixer", []) == 2  # 30% of the recipe's 9 epochs, rounded down
+    # Arguments after -- shape the dense run, and so what its fine-tuning waits for and how long it lasts.
+    assert study.dense_epochs(args, "mixer", ["--epoch_size", "20"]) == 20
+    assert study.finetune_epochs(args, "mixer", ["--epoch_size", "20"]) == 6
     code = study.main(["--family", "gmlp", "--variants", "dense_to_monarch", "--seeds", "0", "--out",
                        str(tmp_path / "study")])
     err = capsys.readouterr().err
