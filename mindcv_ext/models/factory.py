@@ -122,15 +122,15 @@ def load_dense_into_monarch(net: nn.Cell, path: str) -> List[Tuple[str, float]]:
     if already:
         raise ValueError(f"to_monarch: {path!r} already holds Monarch factors ({already[0]}.blkdiag1); load it "
                          f"without to_monarch")
-    missing = [f"{name}.weight" for name in monarch if f"{name}.weight" not in params]
+    missing = [f"{name}.{kind}" for name, layer in monarch.items()
+               for kind in ("weight", "bias")[:1 + bool(layer.has_bias)] if f"{name}.{kind}" not in params]
     if missing:
         raise ValueError(f"to_monarch: {path!r} lacks the dense weight(s) {', '.join(missing[:5])}; is it the "
                          f"dense twin of this model (the same recipe with mlp_layer: dense)?")
     errors = []
     for name, layer in monarch.items():
-        bias = params.get(f"{name}.bias") if layer.has_bias else None
-        errors.append((name, layer.load_dense(params[f"{name}.weight"].asnumpy(),
-                                              None if bias is None else bias.asnumpy())))
+        bias = params[f"{name}.bias"].asnumpy() if layer.has_bias else None
+        errors.append((name, layer.load_dense(params[f"{name}.weight"].asnumpy(), bias)))
     # The projected factors and biases go in as they now are, so that the rest loads strictly around them.
     projected = {param.name: ms.Parameter(param.value().copy(), name=param.name)
                  for cell in monarch.values() for param in cell.get_parameters()}

@@ -214,7 +214,7 @@ def test_a_dense_checkpoint_projects_onto_the_monarch_twin(tmp_path):
     fresh.set_train(False)
     np.testing.assert_allclose(fresh(images).asnumpy(), monarch(images).asnumpy(), rtol=0, atol=1e-5)
 
-    # A trained dense layer is not a Monarch matrix: the error is what project_to_monarch leaves.
+    # A random dense layer is not a Monarch matrix: the error is what project_to_monarch leaves.
     trained = _tiny_gmlp("dense")
     ms.save_checkpoint(trained, str(tmp_path / "trained.ckpt"))
     errors = dict(load_dense_into_monarch(_tiny_gmlp("monarch"), str(tmp_path / "trained.ckpt")))
@@ -230,3 +230,8 @@ def test_a_dense_checkpoint_projects_onto_the_monarch_twin(tmp_path):
     ms.save_checkpoint(other, str(tmp_path / "other.ckpt"))
     with pytest.raises(ValueError, match=r"lacks the dense weight\(s\) blocks.1.mlp_channels.fc1.weight"):
         load_dense_into_monarch(_tiny_gmlp("monarch"), str(tmp_path / "other.ckpt"))
+    # A dense checkpoint without a layer's bias would leave the Monarch layer's own initial bias in place.
+    no_bias = {k: v for k, v in ms.load_checkpoint(path).items() if k != "blocks.0.mlp_channels.fc2.bias"}
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in no_bias.items()], str(tmp_path / "no_bias.ckpt"))
+    with pytest.raises(ValueError, match=r"lacks the dense weight\(s\) blocks.0.mlp_channels.fc2.bias"):
+        load_dense_into_monarch(_tiny_gmlp("monarch"), str(tmp_path / "no_bias.ckpt"))
