@@ -63,6 +63,16 @@ def test_fixed_scale_with_drop_overflow_update_skips(batch, graph_mode):
     assert float(step.scale_sense.asnumpy()) == 8.0
 
 
+@pytest.mark.parametrize("loss_scale", [1.0, 8.0])
+def test_without_drop_overflow_update_a_nan_step_is_applied_and_not_counted(batch, graph_mode, loss_scale):
+    """Neither dynamic scaling nor drop_overflow_update: no overflow check runs (the recipe asked for none), so a
+    NaN batch reaches the weights, as in a plain TrainOneStepCell, and the step reports no overflow."""
+    net, step = _make(loss_scale=loss_scale)
+    _, overflow, scale = step(ms.Tensor(np.full((8, 4), np.nan, np.float32)), batch[1])
+    assert not bool(overflow.asnumpy()) and float(scale.asnumpy()) == loss_scale
+    assert np.isnan(_weights(net)).all()
+
+
 def test_gradient_clipping_bounds_the_update(batch, graph_mode):
     net, step = _make(clip_grad=True, clip_value=1e-3)
     before = _weights(net)
