@@ -87,6 +87,31 @@ def test_kill_at_four_moments_then_resume_matches_an_uninterrupted_run(tmp_path)
     assert "replaying the data pipeline's first 3 epoch(s)" in final.stdout
 
 
+@pytest.mark.slow
+def test_a_sink_mode_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
+    """Dataset sink mode (one sunk loop per epoch on the CPU): killed just after epoch 2's checkpoint got its name,
+    resumed from it, the run ends with the uninterrupted sink-mode run's rows and parameters, bit for bit."""
+    sink = SHORT + ["--dataset_sink_mode", "True", "--epoch_size", 3]
+    baseline = _run(["train.py"] + sink + ["--ckpt_save_dir", tmp_path / "baseline"])
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+
+    run = tmp_path / "run"
+    killed = _run(["tests/kill_at.py", "ckpt_renamed", 2, "--"] + sink + ["--ckpt_save_dir", run])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert _epoch_checkpoints(run) == ["gmlp_s16_224-1_4.ckpt", "gmlp_s16_224-2_8.ckpt"]
+    final = _run(["train.py"] + sink + ["--ckpt_save_dir", run, "--ckpt_path", run / "gmlp_s16_224-2_8.ckpt",
+                                        "--resume_opt", "True"])
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    assert [row["epoch"] for row in _rows(run)] == ["1", "2", "3"]
+    assert _rows(run) == _rows(tmp_path / "baseline")
+    assert _sha256(final.stdout) == _sha256(baseline.stdout)
+    last = f"{MODEL}-3_12.ckpt"
+    resumed, uninterrupted = ms.load_checkpoint(str(run / last)), ms.load_checkpoint(str(tmp_path / "baseline" / last))
+    assert sorted(resumed) == sorted(uninterrupted)
+    for name, value in uninterrupted.items():
+        np.testing.assert_array_equal(resumed[name].asnumpy(), value.asnumpy(), err_msg=name)
+
 
 def test_a_second_run_into_a_busy_directory_exits_2_before_writing_anything(tmp_path):
     run = tmp_path / "run"
