@@ -82,7 +82,8 @@ def resized_crops(images: np.ndarray, boxes: np.ndarray, size: Tuple[int, int]) 
 
 
 class BatchNormalize:
-    """(N, H, W, C) uint8 -> (N, C, H, W) float32, ``(x - mean) / std`` with mindcv's 0-255 mean and std."""
+    """(N, H, W, C) uint8, or float on the same 0-255 scale (the resized crops) -> (N, C, H, W) float32,
+    ``(x - mean) / std`` with mindcv's 0-255 mean and std."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)
