@@ -42,6 +42,14 @@ def _epoch_checkpoints(directory):
     return [name for _, name in sorted(found)]
 
 
+def _assert_same_checkpoint(resumed_path, uninterrupted_path):
+    """Weights, optimizer moments and step counter, bit for bit."""
+    resumed, uninterrupted = ms.load_checkpoint(str(resumed_path)), ms.load_checkpoint(str(uninterrupted_path))
+    assert sorted(resumed) == sorted(uninterrupted)
+    for name, value in uninterrupted.items():
+        np.testing.assert_array_equal(resumed[name].asnumpy(), value.asnumpy(), err_msg=name)
+
+
 def _temporary(directory):
     return [name for name in os.listdir(directory) if ".tmp" in name]
 
@@ -76,11 +84,7 @@ def test_kill_at_four_moments_then_resume_matches_an_uninterrupted_run(tmp_path)
     assert _rows(run) == _rows(tmp_path / "baseline")  # every epoch's row, once, with the same figures
     assert [row["epoch"] for row in _rows(run)] == ["1", "2", "3", "4", "5"]
     assert _sha256(final.stdout) == _sha256(baseline.stdout)
-    last = f"{MODEL}-5_20.ckpt"
-    resumed, uninterrupted = ms.load_checkpoint(str(run / last)), ms.load_checkpoint(str(tmp_path / "baseline" / last))
-    assert sorted(resumed) == sorted(uninterrupted)
-    for name, value in uninterrupted.items():  # weights, optimizer moments, step counter: bit for bit
-        np.testing.assert_array_equal(resumed[name].asnumpy(), value.asnumpy(), err_msg=name)
+    _assert_same_checkpoint(run / f"{MODEL}-5_20.ckpt", tmp_path / "baseline" / f"{MODEL}-5_20.ckpt")
     assert not _temporary(run)
     log = (run / "train.log").read_text()
     assert "removed 1 temporary file(s) left by an interrupted run: .gmlp_s16_224-3_12.ckpt.tmp-" in log
@@ -106,11 +110,7 @@ def test_a_sink_mode_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
     assert [row["epoch"] for row in _rows(run)] == ["1", "2", "3"]
     assert _rows(run) == _rows(tmp_path / "baseline")
     assert _sha256(final.stdout) == _sha256(baseline.stdout)
-    last = f"{MODEL}-3_12.ckpt"
-    resumed, uninterrupted = ms.load_checkpoint(str(run / last)), ms.load_checkpoint(str(tmp_path / "baseline" / last))
-    assert sorted(resumed) == sorted(uninterrupted)
-    for name, value in uninterrupted.items():
-        np.testing.assert_array_equal(resumed[name].asnumpy(), value.asnumpy(), err_msg=name)
+    _assert_same_checkpoint(run / f"{MODEL}-3_12.ckpt", tmp_path / "baseline" / f"{MODEL}-3_12.ckpt")
 
 
 def test_a_second_run_into_a_busy_directory_exits_2_before_writing_anything(tmp_path):
