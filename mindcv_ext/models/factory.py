@@ -122,8 +122,9 @@ def load_dense_into_monarch(net: nn.Cell, path: str) -> List[Tuple[str, float]]:
     if already:
         raise ValueError(f"to_monarch: {path!r} already holds Monarch factors ({already[0]}.blkdiag1); load it "
                          f"without to_monarch")
-    missing = [f"{name}.{kind}" for name, layer in monarch.items()
-               for kind in ("weight", "bias")[:1 + bool(layer.has_bias)] if f"{name}.{kind}" not in params]
+    needed = [f"{name}.{kind}" for name, layer in monarch.items()
+              for kind in (("weight", "bias") if layer.has_bias else ("weight",))]
+    missing = [key for key in needed if key not in params]
     if missing:
         raise ValueError(f"to_monarch: {path!r} lacks the dense weight(s) {', '.join(missing[:5])}; is it the "
                          f"dense twin of this model (the same recipe with mlp_layer: dense)?")
