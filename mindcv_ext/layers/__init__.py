@@ -12,6 +12,10 @@ from .attention import (
 )
 from .drop_path import DropPath
 from .helpers import ErfFreeGELU, gelu, is_exact_gelu, layer_norm, replace_cell, replace_cells, to_2tuple
+from .structured import (DenseLinear, LinearFactory, StructuredLinear, check_positive_int, layer_class,
+                         layer_settings, linear_class, linear_layer, register_linear, registered_linears)
+from .mlp import GatedMlp, Mlp, as_linear_factory, create_mlp
+# The structured linears register themselves as they are imported, in this order (``registered_linears()``).
 from .monarch import (
     BlockdiagLinear,
     MonarchLinear,
@@ -19,15 +23,13 @@ from .monarch import (
     monarch_to_dense,
     project_to_monarch,
 )
-from .bdiag_butterfly import BlockdiagButterflyLinear
+from .pixelfly import (BlockSparseLinear, FlatBlockButterflyLinear, LowRank, PixelflyMlp, SparseLRLinear,
+                       butterfly_base_mask, flat_block_butterfly_layout)
+from .ssl import SketchStructuredLinear, ssl_index_map, ssl_shift_table
 from .lowrank import LowRankLinear, lowrank_rank
-from .mlp import (GENERIC_MLP_LAYERS, LINEAR_SETTINGS, MLP_LAYERS, PIXELFLY_DEFAULTS, GatedMlp, Mlp, create_linear,
-                  linear_settings)
+from .bdiag_butterfly import BlockdiagButterflyLinear
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
 from .patch_embed import PatchEmbed
-from .pixelfly import (BlockSparseLinear, FlatBlockButterflyLinear, LowRank, SparseLRLinear, butterfly_base_mask,
-                       flat_block_butterfly_layout)
-from .ssl import SketchStructuredLinear, ssl_index_map, ssl_shift_table
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -43,10 +45,19 @@ __all__ = [
     "PatchEmbed",
     "Mlp",
     "GatedMlp",
-    "MLP_LAYERS",
-    "GENERIC_MLP_LAYERS",
-    "LINEAR_SETTINGS",
-    "linear_settings",
+    "PixelflyMlp",
+    "create_mlp",
+    "as_linear_factory",
+    "StructuredLinear",
+    "DenseLinear",
+    "LinearFactory",
+    "register_linear",
+    "registered_linears",
+    "linear_layer",
+    "linear_class",
+    "layer_class",
+    "layer_settings",
+    "check_positive_int",
     "SketchStructuredLinear",
     "ssl_shift_table",
     "ssl_index_map",
@@ -54,13 +65,11 @@ __all__ = [
     "lowrank_rank",
     "BlockdiagButterflyLinear",
     "FlatBlockButterflyLinear",
-    "PIXELFLY_DEFAULTS",
     "SparseLRLinear",
     "BlockSparseLinear",
     "LowRank",
     "butterfly_base_mask",
     "flat_block_butterfly_layout",
-    "create_linear",
     "gelu",
     "layer_norm",
     "to_2tuple",

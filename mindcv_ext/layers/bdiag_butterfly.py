@@ -15,17 +15,18 @@ import math
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 from mindspore.common.initializer import Uniform, initializer
 
-from .monarch import _check_positive_int
+from .structured import StructuredLinear, check_positive_int, register_linear
 
 __all__ = ["BlockdiagButterflyLinear"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
-class BlockdiagButterflyLinear(nn.Cell):
+@register_linear("bdiagbfly")
+class BlockdiagButterflyLinear(StructuredLinear):
     r"""Linear layer with a weight of two block-diagonal factors joined by a butterfly permutation.
 
     Args:
@@ -44,49 +45,39 @@ class BlockdiagButterflyLinear(nn.Cell):
 
     def __init__(self, in_features: int, out_features: int, nblocks1: int = 4, nblocks2: int = 4, b1: int = 48,
                  b2: int = 1, has_bias: bool = True) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, has_bias)
         owner = "BlockdiagButterflyLinear"
-        values = dict(in_features=in_features, out_features=out_features, nblocks1=nblocks1, nblocks2=nblocks2,
-                      b1=b1, b2=b2)
-        for name, value in values.items():
-            _check_positive_int(owner, name, value)
+        self.check_settings(nblocks1=nblocks1, nblocks2=nblocks2, b1=b1, b2=b2)
         if in_features % nblocks1:
             raise ValueError(f"{owner}: in_features ({in_features}) must be a multiple of nblocks1 ({nblocks1})")
         if out_features % (nblocks2 * b2):
             raise ValueError(f"{owner}: out_features ({out_features}) must be a multiple of nblocks2 * b2 "
                              f"({nblocks2} * {b2})")
-        self.in_features, self.out_features = int(in_features), int(out_features)
         self.nblocks1, self.nblocks2, self.b1, self.b2 = int(nblocks1), int(nblocks2), int(b1), int(b2)
-        self.has_bias = bool(has_bias)
         shape1 = (self.nblocks1, self.nblocks2 * self.b1, self.in_features // self.nblocks1)
         shape2 = (self.nblocks2, self.out_features // self.nblocks2, self.nblocks1 * self.b1)
         fan_in1 = shape1[1] * shape1[2]
         self.w1_bfly = ms.Parameter(initializer(Uniform(1.0 / math.sqrt(fan_in1)), shape1, ms.float32), name="w1_bfly")
         self.w2_bfly = ms.Parameter(initializer(Uniform(1.0 / math.sqrt(shape2[1] * shape2[2])), shape2, ms.float32),
                                     name="w2_bfly")
-        self.bias = ms.Parameter(initializer(Uniform(1.0 / math.sqrt(fan_in1)), (self.out_features,), ms.float32),
-                                 name="bias") if has_bias else None
+        self.init_bias(1.0 / math.sqrt(fan_in1))
 
-    def extend_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, nblocks1={self.nblocks1}, "
-                f"nblocks2={self.nblocks2}, b1={self.b1}, b2={self.b2}, has_bias={self.has_bias}")
+    @classmethod
+    def check_settings(cls, nblocks1: int = 4, nblocks2: int = 4, b1: int = 48, b2: int = 1) -> None:
+        for name, value in dict(nblocks1=nblocks1, nblocks2=nblocks2, b1=b1, b2=b2).items():
+            check_positive_int("BlockdiagButterflyLinear", name, value)
 
-    @property
-    def saving(self) -> float:
-        return (self.w1_bfly.size + self.w2_bfly.size) / (self.in_features * self.out_features)
+    def macs_per_token(self) -> int:
+        return self.w1_bfly.size + self.w2_bfly.size
 
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        lead_shape = x.shape[:-1]
+    def forward_2d(self, x: ms.Tensor) -> ms.Tensor:
         k, j, b1, b2 = self.nblocks1, self.nblocks2, self.b1, self.b2
         x = x.reshape(-1, k, self.in_features // k).transpose(1, 0, 2)  # (k, B, i)
         rows = x.shape[1]
         h = _bmm_nt(x, ops.cast(self.w1_bfly, x.dtype))  # (k, B, J*b1)
         h = h.reshape(k, rows, j, b1).transpose(2, 1, 0, 3).reshape(j, rows, k * b1)
         out = _bmm_nt(h, ops.cast(self.w2_bfly, x.dtype))  # (J, B, l*b2)
-        out = out.reshape(j, rows, -1, b2).transpose(1, 2, 0, 3).reshape(rows, self.out_features)
-        if self.has_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        return out.reshape(lead_shape + (self.out_features,))
+        return out.reshape(j, rows, -1, b2).transpose(1, 2, 0, 3).reshape(rows, self.out_features)
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight, from the formulas in NumPy."""

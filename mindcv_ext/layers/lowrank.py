@@ -8,10 +8,10 @@ import numbers
 from typing import Optional
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 from mindspore.common.initializer import Uniform, initializer
 
-from .monarch import _check_positive_int
+from .structured import StructuredLinear, check_positive_int, register_linear
 
 __all__ = ["LowRankLinear", "lowrank_rank"]
 
@@ -28,13 +28,15 @@ def lowrank_rank(in_features: int, out_features: int, redn_factor: float) -> int
     return int(2 ** round(math.log2(rank)))
 
 
-class LowRankLinear(nn.Cell):
+@register_linear("lowrank")
+class LowRankLinear(StructuredLinear):
     r"""Linear layer whose weight is a product of two thin factors.
 
     Args:
         in_features: width of the input's last dimension.
         out_features: width of the output's last dimension.
-        rank: the inner width (see ``lowrank_rank`` for the baselines' rule).
+        rank: the inner width; None takes the baselines' rule for ``redn_factor`` (``lowrank_rank``). Default: None.
+        redn_factor: the compression the rank is chosen for, when ``rank`` is None. Default: 2.
         has_bias: add a learnable bias. Default: True.
 
     Inputs ``(*, in_features)``, outputs ``(*, out_features)``. Each factor starts as ``nn.Linear`` would start it,
@@ -42,36 +44,32 @@ class LowRankLinear(nn.Cell):
     Xavier-uniform dense draw, which only changes where training starts.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int, has_bias: bool = True) -> None:
-        super().__init__()
+    def __init__(self, in_features: int, out_features: int, rank: Optional[int] = None, redn_factor: float = 2,
+                 has_bias: bool = True) -> None:
+        super().__init__(in_features, out_features, has_bias)
         owner = "LowRankLinear"
-        self.in_features = _check_positive_int(owner, "in_features", in_features)
-        self.out_features = _check_positive_int(owner, "out_features", out_features)
-        self.rank = _check_positive_int(owner, "rank", rank)
-        self.has_bias = bool(has_bias)
+        if rank is None:
+            rank = lowrank_rank(self.in_features, self.out_features, redn_factor)
+        self.rank = check_positive_int(owner, "rank", rank)
+        self.redn_factor = redn_factor
         self.w1 = ms.Parameter(initializer(Uniform(1.0 / math.sqrt(self.in_features)),
                                            (self.in_features, self.rank), ms.float32), name="w1")
         self.w2 = ms.Parameter(initializer(Uniform(1.0 / math.sqrt(self.rank)), (self.rank, self.out_features),
                                            ms.float32), name="w2")
-        self.bias: Optional[ms.Parameter] = ms.Parameter(
-            initializer(Uniform(1.0 / math.sqrt(self.in_features)), (self.out_features,), ms.float32),
-            name="bias") if has_bias else None
+        self.init_bias(1.0 / math.sqrt(self.in_features))
 
-    def extend_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"has_bias={self.has_bias}")
+    @classmethod
+    def check_settings(cls, rank: Optional[int] = None, redn_factor: float = 2) -> None:
+        if rank is None:
+            lowrank_rank(1 << 20, 1 << 20, redn_factor)  # validates redn_factor itself
+        else:
+            check_positive_int("LowRankLinear", "rank", rank)
 
-    @property
-    def saving(self) -> float:
-        return (self.w1.size + self.w2.size) / (self.in_features * self.out_features)
+    def macs_per_token(self) -> int:
+        return self.w1.size + self.w2.size
 
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        lead_shape = x.shape[:-1]
-        x = x.reshape(-1, self.in_features)
-        out = ops.matmul(ops.matmul(x, ops.cast(self.w1, x.dtype)), ops.cast(self.w2, x.dtype))
-        if self.has_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        return out.reshape(lead_shape + (self.out_features,))
+    def forward_2d(self, x: ms.Tensor) -> ms.Tensor:
+        return ops.matmul(ops.matmul(x, ops.cast(self.w1, x.dtype)), ops.cast(self.w2, x.dtype))
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight."""

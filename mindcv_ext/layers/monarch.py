@@ -18,14 +18,15 @@ matrix form ``W = P2 . BD(blkdiag2) . P1 . BD(blkdiag1)`` instead, so they check
 MindSpore multiply rather than repeat it.
 """
 import math
-import numbers
 from typing import Optional, Tuple, Union
 
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 from mindspore.common.initializer import Uniform, initializer
+
+from .structured import StructuredLinear, check_positive_int, register_linear
 
 __all__ = [
     "MonarchLinear",
@@ -37,13 +38,6 @@ __all__ = [
 
 ArrayLike = Union[np.ndarray, ms.Tensor]
 Shape3 = Tuple[int, int, int]
-
-
-def _check_positive_int(owner: str, name: str, value) -> int:
-    # bool is an int subclass; nblocks=True is a bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _to_numpy(array: ArrayLike, name: str) -> np.ndarray:
@@ -62,9 +56,9 @@ def monarch_factor_shapes(in_features: int, out_features: int, nblocks: int) -> 
     width is ``nblocks * min(in_blk, out_blk)``.
     """
     owner = "MonarchLinear"
-    in_features = _check_positive_int(owner, "in_features", in_features)
-    out_features = _check_positive_int(owner, "out_features", out_features)
-    nblocks = _check_positive_int(owner, "nblocks", nblocks)
+    in_features = check_positive_int(owner, "in_features", in_features)
+    out_features = check_positive_int(owner, "out_features", out_features)
+    nblocks = check_positive_int(owner, "nblocks", nblocks)
     in_blk = math.ceil(in_features / nblocks)
     out_blk = math.ceil(out_features / nblocks)
     if in_blk * nblocks < out_blk * nblocks:
@@ -152,7 +146,8 @@ def _uniform(bound: float, shape, name: str) -> ms.Parameter:
     return ms.Parameter(initializer(Uniform(bound), shape, ms.float32), name=name)
 
 
-class MonarchLinear(nn.Cell):
+@register_linear("monarch")
+class MonarchLinear(StructuredLinear):
     r"""Linear layer whose weight is a Monarch matrix (two block-diagonal factors).
 
     Args:
@@ -175,33 +170,25 @@ class MonarchLinear(nn.Cell):
     """
 
     def __init__(self, in_features: int, out_features: int, nblocks: int = 4, has_bias: bool = True) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, has_bias)
         shape1, shape2 = monarch_factor_shapes(in_features, out_features, nblocks)
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
         self.nblocks = int(nblocks)
-        self.has_bias = bool(has_bias)
         self.in_features_extended = shape1[0] * shape1[2]
         self.out_features_extended = shape2[0] * shape2[1]
         # fly: each factor U(+-1/sqrt(fan_in)) with fan_in its last dimension (kaiming_uniform, a=sqrt(5)),
         # drawn in the order blkdiag1, blkdiag2, bias; the bias bound uses out_features, unlike nn.Linear.
         self.blkdiag1 = _uniform(1.0 / math.sqrt(shape1[-1]), shape1, "blkdiag1")
         self.blkdiag2 = _uniform(1.0 / math.sqrt(shape2[-1]), shape2, "blkdiag2")
-        self.bias = _uniform(1.0 / math.sqrt(self.out_features), (self.out_features,), "bias") if has_bias else None
+        self.init_bias(1.0 / math.sqrt(self.out_features))
 
-    def extend_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"nblocks={self.nblocks}, has_bias={self.has_bias}")
+    @classmethod
+    def check_settings(cls, nblocks: int = 4) -> None:
+        check_positive_int("MonarchLinear", "nblocks", nblocks)
 
-    @property
-    def saving(self) -> float:
-        """Parameters of the two factors as a fraction of a dense weight's."""
-        size = self.blkdiag1.size + self.blkdiag2.size
-        return size / (self.in_features * self.out_features)
+    def macs_per_token(self) -> int:
+        return self.blkdiag1.size + self.blkdiag2.size
 
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        lead_shape = x.shape[:-1]
-        x = x.reshape(-1, self.in_features)
+    def forward_2d(self, x: ms.Tensor) -> ms.Tensor:
         if self.in_features_extended > self.in_features:
             x = ops.pad(x, (0, self.in_features_extended - self.in_features))
         w1, w2 = ops.cast(self.blkdiag1, x.dtype), ops.cast(self.blkdiag2, x.dtype)
@@ -214,9 +201,7 @@ class MonarchLinear(nn.Cell):
         out = _bmm_nt(h, w2).transpose(1, 2, 0).reshape(batch, s * l)  # output index ss*l + ll
         if self.out_features_extended > self.out_features:
             out = out[:, :self.out_features]
-        if self.has_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        return out.reshape(lead_shape + (self.out_features,))
+        return out
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight (float32 Tensor)."""
@@ -262,7 +247,7 @@ class MonarchLinear(nn.Cell):
         return layer
 
 
-class BlockdiagLinear(nn.Cell):
+class BlockdiagLinear(StructuredLinear):
     r"""Linear layer with a single block-diagonal weight (fly's ``BlockdiagLinear``).
 
     Args:
@@ -276,12 +261,8 @@ class BlockdiagLinear(nn.Cell):
     """
 
     def __init__(self, in_features: int, out_features: int, nblocks: int = 4, has_bias: bool = True) -> None:
-        super().__init__()
-        owner = "BlockdiagLinear"
-        self.in_features = _check_positive_int(owner, "in_features", in_features)
-        self.out_features = _check_positive_int(owner, "out_features", out_features)
-        self.nblocks = _check_positive_int(owner, "nblocks", nblocks)
-        self.has_bias = bool(has_bias)
+        super().__init__(in_features, out_features, has_bias)
+        self.nblocks = check_positive_int(type(self).__name__, "nblocks", nblocks)
         in_blk = math.ceil(self.in_features / self.nblocks)
         out_blk = math.ceil(self.out_features / self.nblocks)
         self.in_features_extended = in_blk * self.nblocks
@@ -289,19 +270,12 @@ class BlockdiagLinear(nn.Cell):
         # fly draws a dense kaiming-uniform weight, scales it by sqrt(nblocks) and keeps the diagonal
         # blocks: the same law as U(+-1/sqrt(in_blk)).
         self.weight = _uniform(1.0 / math.sqrt(in_blk), (self.nblocks, out_blk, in_blk), "weight")
-        self.bias = _uniform(1.0 / math.sqrt(self.out_features), (self.out_features,), "bias") if has_bias else None
+        self.init_bias(1.0 / math.sqrt(self.out_features))
 
-    def extend_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"nblocks={self.nblocks}, has_bias={self.has_bias}")
+    def macs_per_token(self) -> int:
+        return self.weight.size
 
-    @property
-    def saving(self) -> float:
-        return self.weight.size / (self.in_features * self.out_features)
-
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        lead_shape = x.shape[:-1]
-        x = x.reshape(-1, self.in_features)
+    def forward_2d(self, x: ms.Tensor) -> ms.Tensor:
         if self.in_features_extended > self.in_features:
             x = ops.pad(x, (0, self.in_features_extended - self.in_features))
         nb, out_blk, in_blk = self.weight.shape
@@ -312,9 +286,7 @@ class BlockdiagLinear(nn.Cell):
         out = out.transpose(1, 0, 2).reshape(batch, nb * out_blk)
         if self.out_features_extended > self.out_features:
             out = out[:, :self.out_features]
-        if self.has_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        return out.reshape(lead_shape + (self.out_features,))
+        return out
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight (float32 Tensor)."""

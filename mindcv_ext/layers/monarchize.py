@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 from mindspore import nn
 
 from .helpers import replace_cell
-from .monarch import MonarchLinear, _check_positive_int, monarch_factor_shapes
+from .monarch import MonarchLinear, monarch_factor_shapes
+from .structured import check_positive_int
 
 __all__ = ["monarchize", "MonarchizeReport", "LayerSwap"]
 
@@ -85,7 +86,7 @@ def monarchize(net: nn.Cell, nblocks: int = 4, include: Sequence[str] = DEFAULT_
         A ``MonarchizeReport`` with the swapped layers, the skipped ones and why, and the
         parameter count of ``net`` before and after.
     """
-    nblocks = _check_positive_int("monarchize", "nblocks", nblocks)
+    nblocks = check_positive_int("monarchize", "nblocks", nblocks)
     if init not in _INITS:
         raise ValueError(f"monarchize: init must be one of {_INITS}, got {init!r}")
     if isinstance(include, str) or isinstance(exclude, str):

@@ -27,10 +27,11 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common import initializer as init
 
-from .monarch import _check_positive_int
+from .mlp import Mlp
+from .structured import StructuredLinear, check_positive_int, register_linear
 
 __all__ = ["butterfly_base_mask", "flat_block_butterfly_layout", "BlockSparseLinear", "LowRank", "SparseLRLinear",
-           "FlatBlockButterflyLinear", "PRODUCTS"]
+           "FlatBlockButterflyLinear", "PixelflyMlp", "PRODUCTS"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
@@ -38,8 +39,8 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 def butterfly_base_mask(butterfly_size: int, n_factors: int) -> np.ndarray:
     """(bs, bs) mask of the first ``n_factors`` butterfly factors: ``i == j`` or ``i ^ j`` a power of two below
     ``2**n_factors``; each row holds ``1 + n_factors`` ones."""
-    butterfly_size = _check_positive_int("Pixelfly", "butterfly_size", butterfly_size)
-    n_factors = _check_positive_int("Pixelfly", "n_factors", n_factors)
+    butterfly_size = check_positive_int("Pixelfly", "butterfly_size", butterfly_size)
+    n_factors = check_positive_int("Pixelfly", "n_factors", n_factors)
     log_size = int(math.log2(butterfly_size))
     if butterfly_size < 2 or 2 ** log_size != butterfly_size:
         raise ValueError(f"Pixelfly: butterfly_size must be a power of 2 and >= 2, got {butterfly_size}")
@@ -57,7 +58,7 @@ def flat_block_butterfly_layout(out_ext: int, in_ext: int, butterfly_size: int, 
     The butterfly base mask is stretched over the element grid in contiguous groups, then any element in a
     ``block`` x ``block`` tile keeps the tile.
     """
-    block = _check_positive_int("Pixelfly", "block", block)
+    block = check_positive_int("Pixelfly", "block", block)
     if out_ext % block or in_ext % block:
         raise ValueError(f"Pixelfly: extended sizes ({out_ext}, {in_ext}) must be multiples of block {block}")
     base = butterfly_base_mask(butterfly_size, n_factors)
@@ -249,7 +250,8 @@ def leading_svd(matrix: np.ndarray, rank: int) -> Tuple[np.ndarray, np.ndarray, 
     return (v, s, u.T) if transpose else (u, s, v.T)
 
 
-class SparseLRLinear(nn.Cell):
+@register_linear("pixelfly")
+class SparseLRLinear(StructuredLinear):
     r"""Pixelfly linear layer: flat block butterfly block-sparse plus low rank, mixed by a per-token gate.
 
     ``y = (1 - g) * sparse(x) + g * low_rank(x) + bias`` with ``g = sigmoid(gate(x))`` (one scalar per token;
@@ -270,14 +272,12 @@ class SparseLRLinear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, butterfly_size: int = 8, n_factors: int = 2,
                  block: int = 32, rank=32, gating: bool = True, has_bias: bool = True, global_size: int = 0,
                  shuffle: bool = False) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, has_bias)
         owner = "SparseLRLinear"
-        self.in_features = _check_positive_int(owner, "in_features", in_features)
-        self.out_features = _check_positive_int(owner, "out_features", out_features)
-        block = _check_positive_int(owner, "block", block)
+        block = check_positive_int(owner, "block", block)
         if isinstance(rank, float):
             rank = int(rank * min(in_features, out_features))
-        self.rank = _check_positive_int(owner, "rank", rank)
+        self.rank = check_positive_int(owner, "rank", rank)
         self.in_ext = math.ceil(in_features / block) * block
         self.out_ext = math.ceil(out_features / block) * block
         layout = flat_block_butterfly_layout(self.out_ext, self.in_ext, butterfly_size, n_factors, block,
@@ -286,9 +286,30 @@ class SparseLRLinear(nn.Cell):
         self.low_rank = LowRank(in_features, out_features, self.rank)
         self.gating = gating
         self.gate = nn.Dense(in_features, 1) if gating else None
-        self.has_bias = has_bias
-        self.bias = ms.Parameter(ms.Tensor(np.zeros(out_features, np.float32)), name="bias") if has_bias else None
+        self.butterfly_size, self.n_factors, self.block = butterfly_size, n_factors, block
+        self.global_size, self.shuffle = global_size, shuffle
+        self.init_bias(None)
         self.reset_parameters()
+
+    @classmethod
+    def check_settings(cls, butterfly_size: int = 8, n_factors: int = 2, block: int = 32, **_) -> None:
+        butterfly_base_mask(butterfly_size, n_factors)  # validates both
+        check_positive_int("SparseLRLinear", "block", block)
+
+    def macs_per_token(self) -> int:
+        """The layout's blocks, the two low-rank factors and the gate's row."""
+        gate = self.in_features if self.gating else 0
+        return self.sparse.weight.size + self.low_rank.lr_weight1.size + self.low_rank.lr_weight2.size + gate
+
+    def to_dense(self) -> ms.Tensor:
+        """The dense ``(out_features, in_features)`` weight of the ungated layer, ``(S + L) / 2``. A gated layer has
+        none: its gate mixes the two terms per token."""
+        if self.gating:
+            raise ValueError("SparseLRLinear.to_dense: a gated layer mixes its sparse and low-rank terms per token, "
+                             "so no single dense weight stands for it; build it with gating=False")
+        sparse = self.sparse.dense_weight().asnumpy()[:self.out_features, :self.in_features]
+        low_rank = self.low_rank.lr_weight2.asnumpy() @ self.low_rank.lr_weight1.asnumpy()
+        return ms.Tensor(((sparse + low_rank) / 2).astype(np.float32))
 
     def _widening_weights(self, dtype) -> ms.Tensor:
         """[sparse tiles | lr_weight2 | bias] as (groups, out/groups, in/groups + rank [+ 1])."""
@@ -431,6 +452,7 @@ class SparseLRLinear(nn.Cell):
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
+@register_linear("fbbfly")
 class FlatBlockButterflyLinear(BlockSparseLinear):
     r"""A flat block butterfly linear layer without the low-rank term: fly's ``BlockSparseLinear`` with a
     ``FlatBlockButterflySparsityConfig`` and a bias (the ``fbbfly`` variant of fly's structured-MLP benchmark).
@@ -448,9 +470,9 @@ class FlatBlockButterflyLinear(BlockSparseLinear):
     def __init__(self, in_features: int, out_features: int, butterfly_size: int = 16, n_factors: int = 2,
                  block: int = 32, has_bias: bool = True) -> None:
         owner = "FlatBlockButterflyLinear"
-        in_features = _check_positive_int(owner, "in_features", in_features)
-        out_features = _check_positive_int(owner, "out_features", out_features)
-        block = _check_positive_int(owner, "block", block)
+        in_features = check_positive_int(owner, "in_features", in_features)
+        out_features = check_positive_int(owner, "out_features", out_features)
+        block = check_positive_int(owner, "block", block)
         in_ext = math.ceil(in_features / block) * block
         out_ext = math.ceil(out_features / block) * block
         super().__init__(in_ext, out_ext, flat_block_butterfly_layout(out_ext, in_ext, butterfly_size, n_factors,
@@ -465,9 +487,19 @@ class FlatBlockButterflyLinear(BlockSparseLinear):
         self.bias = ms.Parameter(init.initializer(init.Uniform(1 / math.sqrt(in_ext)), (out_features,), ms.float32),
                                  name="bias") if has_bias else None
 
+    check_settings = classmethod(SparseLRLinear.check_settings.__func__)
+    mlp_layer = None
+
     @property
     def saving(self) -> float:
         return self.weight.size / (self.in_features * self.out_features)
+
+    def macs_per_token(self) -> int:
+        return self.weight.size
+
+    def to_dense(self) -> ms.Tensor:
+        """The equivalent dense ``(out_features, in_features)`` weight (zeros outside the layout)."""
+        return ms.Tensor(self.dense_weight().asnumpy()[:self.out_features, :self.in_features].copy())
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         shape = x.shape
@@ -480,3 +512,26 @@ class FlatBlockButterflyLinear(BlockSparseLinear):
         if self.has_bias:
             y = y + ops.cast(self.bias, y.dtype)
         return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class PixelflyMlp(Mlp):
+    """``Mlp`` for Pixelfly layers: fc1 can hand its output to fc2 as the tiles fc2's sparse product reads, so the
+    hidden activation is never transposed, and the backward keeps no copy of it beyond the activation's own."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_as_tiles = isinstance(self.fc1, SparseLRLinear) and isinstance(self.fc2, SparseLRLinear) and \
+            self.fc1.tiled and self.fc2.tiled and self.fc1.sparse.groups == self.fc2.sparse.groups and \
+            self.fc1.out_features == self.fc1.out_ext == self.fc2.in_ext
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if self.hidden_as_tiles:
+            shape = x.shape
+            hidden = self.drop1(self.act(self.fc1.forward_to_tiles(x.reshape(-1, shape[-1]))))
+            return self.drop2(self.fc2.forward_from_tiles(hidden).reshape(shape[:-1] + (-1,)))
+        # Not super().construct: graph mode resolves a zero-argument super() from the calling class, so a subclass
+        # that kept this construct would recurse.
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+SparseLRLinear.mlp_layer = PixelflyMlp

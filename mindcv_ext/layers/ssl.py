@@ -20,10 +20,10 @@ from typing import Tuple
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 from mindspore.common.initializer import Uniform, initializer
 
-from .monarch import _check_positive_int
+from .structured import StructuredLinear, check_positive_int, register_linear
 
 __all__ = ["SketchStructuredLinear", "ssl_random_numbers", "ssl_shift_table", "ssl_index_map", "ssl_to_dense",
            "SSL_BLOCK_N", "SSL_BLOCK_K", "SSL_VEC"]
@@ -49,7 +49,7 @@ def ssl_random_numbers(seed: int = 1024) -> Tuple[int, int, int, int]:
 def _check(in_features, out_features, redn_factor) -> Tuple[int, int, int]:
     owner = "SketchStructuredLinear"
     for name, value in (("in_features", in_features), ("out_features", out_features), ("redn_factor", redn_factor)):
-        _check_positive_int(owner, name, value)
+        check_positive_int(owner, name, value)
     if redn_factor & (redn_factor - 1):
         raise ValueError(f"{owner}: redn_factor must be a power of two, got {redn_factor}")
     if in_features % (SSL_BLOCK_K * redn_factor):
@@ -102,7 +102,8 @@ def _split_shifts(in_features: int, out_features: int, redn_factor: int, seed: i
     return a, b, d
 
 
-class SketchStructuredLinear(nn.Cell):
+@register_linear("ssl")
+class SketchStructuredLinear(StructuredLinear):
     r"""Linear layer with a sketch-structured weight (kimiasa/SSLinear's ``SSL``).
 
     Args:
@@ -135,10 +136,9 @@ class SketchStructuredLinear(nn.Cell):
 
     def __init__(self, in_features: int, out_features: int, redn_factor: int = 2, seed: int = 1024,
                  has_bias: bool = False) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, has_bias)
         self.in_features, self.out_features, self.redn_factor = _check(in_features, out_features, redn_factor)
         self.seed = int(seed)
-        self.has_bias = bool(has_bias)
         c = self.redn_factor
         compressed = self.in_features // c
         steps = compressed // SSL_BLOCK_K
@@ -158,20 +158,16 @@ class SketchStructuredLinear(nn.Cell):
         bound = 1.0 / math.sqrt(self.in_features)  # the reference: U(+-1/sqrt(in_features))
         self.weight = ms.Parameter(initializer(Uniform(bound), (self.out_features, compressed), ms.float32),
                                    name="weight")
-        self.bias = ms.Parameter(initializer("zeros", (self.out_features,), ms.float32), name="bias") \
-            if has_bias else None
+        self.init_bias(None)
 
-    def extend_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, redn_factor={self.redn_factor}, "
-                f"seed={self.seed}, has_bias={self.has_bias}")
+    @classmethod
+    def check_settings(cls, redn_factor: int = 2, seed: int = 1024) -> None:
+        _check(SSL_BLOCK_K * redn_factor if isinstance(redn_factor, int) else 1, SSL_BLOCK_N, redn_factor)
 
-    @property
-    def saving(self) -> float:
-        """Parameters of the weight as a fraction of a dense weight's: ``1 / redn_factor``."""
-        return self.weight.size / (self.in_features * self.out_features)
+    def macs_per_token(self) -> int:
+        return self.weight.size
 
-    def construct(self, x: ms.Tensor) -> ms.Tensor:
-        lead_shape = x.shape[:-1]
+    def forward_2d(self, x: ms.Tensor) -> ms.Tensor:
         c = self.redn_factor
         compressed = self.in_features // c
         span = compressed // (SSL_BLOCK_K // SSL_VEC)  # columns of one vector position q, over every K-step
@@ -188,10 +184,7 @@ class SketchStructuredLinear(nn.Cell):
             parts.append(part)
         summed = ops.concat(parts, axis=1)
         w = ops.gather(ops.cast(self.weight, x.dtype).reshape(-1), self.weight_index, 0)
-        out = ops.matmul(summed, w.reshape(compressed, self.out_features))
-        if self.has_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        return out.reshape(lead_shape + (self.out_features,))
+        return ops.matmul(summed, w.reshape(compressed, self.out_features))
 
     def to_dense(self) -> ms.Tensor:
         """The equivalent dense ``(out_features, in_features)`` weight (float32 Tensor)."""

@@ -8,20 +8,20 @@ from scipy.special import erf
 import mindspore as ms
 from mindspore import nn
 
-from mindcv_ext.layers import GatedMlp, Mlp, gelu
+from mindcv_ext.layers import GatedMlp, Mlp, create_mlp, gelu, linear_layer
 from tests.utils import SensGrads, on_path, rel_err
 
 
 @pytest.mark.parametrize("mlp_layer", ["dense", "monarch"])
 def test_mlp_is_fc1_act_fc2(mlp_layer, ms_mode):
-    mlp = Mlp(64, 256, mlp_layer=mlp_layer)
+    mlp = Mlp(64, 256, linear_layer=mlp_layer)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 7, 64)).astype(np.float32))
     expected = mlp.fc2(mlp.act(mlp.fc1(x)))
     assert rel_err(mlp(x).asnumpy(), expected.asnumpy()) < 1e-6
 
 
 def test_gated_mlp_halves_the_width_for_its_gate():
-    mlp = GatedMlp(32, 96, lambda hidden: nn.Dense(hidden, hidden // 2), mlp_layer="monarch", nblocks=4)
+    mlp = GatedMlp(32, 96, lambda hidden: nn.Dense(hidden, hidden // 2), linear_layer=linear_layer("monarch", nblocks=4))
     assert (mlp.fc1.in_features, mlp.fc1.out_features, mlp.fc2.in_features) == (32, 96, 48)
     with pytest.raises(ValueError, match="hidden_features must be even, got 95"):
         GatedMlp(32, 95, lambda hidden: nn.Identity())
@@ -43,29 +43,17 @@ def test_gelu_is_exact(graph_mode, net_path):
     assert half.dtype == np.float16 and np.abs(half - exact).max() < 1e-2
 
 
-def test_layer_settings_are_checked_against_the_chosen_layer():
-    from mindcv_ext.layers import LINEAR_SETTINGS, linear_settings
-
-    assert linear_settings("ssl", {"redn_factor": 4}) == {"redn_factor": 4, "seed": 1024}
-    assert linear_settings("bdiagbfly", {}) == LINEAR_SETTINGS["bdiagbfly"]
-    with pytest.raises(ValueError) as info:
-        linear_settings("ssl", {"rank": 8, "redn": 2})
-    message = str(info.value)
-    assert "mlp_layer='ssl' has no setting 'rank' (a setting of pixelfly, lowrank); 'redn'" in message
-    assert "Its settings: redn_factor, seed" in message
-
-
 @pytest.mark.parametrize("mlp_layer,settings,cls", [
     ("ssl", dict(redn_factor=4), "SketchStructuredLinear"), ("lowrank", dict(redn_factor=8), "LowRankLinear"),
     ("bdiagbfly", dict(b1=8), "BlockdiagButterflyLinear"), ("fbbfly", dict(butterfly_size=4), "FlatBlockButterflyLinear"),
 ])
 def test_mlp_builds_each_structured_layer(mlp_layer, settings, cls):
-    mlp = Mlp(128, 512, mlp_layer=mlp_layer, settings=settings)
+    mlp = create_mlp(128, 512, linear_layer=linear_layer(mlp_layer, **settings))
     assert type(mlp.fc1).__name__ == type(mlp.fc2).__name__ == cls
     x = np.random.default_rng(0).standard_normal((2, 3, 128)).astype(np.float32)
 
-    def dense(layer, inputs):  # the layer's own dense form (to_dense, or fbbfly's block-sparse weight)
-        weight = layer.to_dense() if hasattr(layer, "to_dense") else layer.dense_weight()
+    def dense(layer, inputs):  # the layer's own dense form
+        weight = layer.to_dense()
         bias = layer.bias.asnumpy() if layer.bias is not None else 0.0
         return inputs @ weight.asnumpy().T + bias
 
@@ -75,18 +63,3 @@ def test_mlp_builds_each_structured_layer(mlp_layer, settings, cls):
         assert mlp.fc1.rank == mlp.fc2.rank == 16  # the baselines' rule: 2**round(log2(int(128*512/8/640)))
     if mlp_layer == "ssl":
         assert mlp.fc1.bias is None and mlp.fc2.bias is None  # the reference's SSL has no bias
-
-
-def test_pixelfly_mlp_hands_the_hidden_activation_over_as_tiles(ms_mode):
-    mlp, in_order = Mlp(256, 1024, mlp_layer="pixelfly"), Mlp(256, 1024, mlp_layer="pixelfly")
-    ms.load_param_into_net(in_order, {p.name: p for p in mlp.get_parameters()})
-    assert mlp.hidden_as_tiles
-    in_order.hidden_as_tiles = False  # fc1, GELU and fc2 one after the other, each in token order
-    rng = np.random.default_rng(0)
-    x = ms.Tensor(rng.standard_normal((2, 5, 256)).astype(np.float32))
-    sens = ms.Tensor(rng.standard_normal((2, 5, 256)).astype(np.float32))
-    np.testing.assert_allclose(mlp(x).asnumpy(), in_order(x).asnumpy(), rtol=1e-5, atol=1e-5)
-    got, want = SensGrads(mlp)(x, sens), SensGrads(in_order)(x, sens)
-    for a, b in zip(got[0] + got[1], want[0] + want[1]):
-        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4)
-    assert not Mlp(100, 300, mlp_layer="pixelfly").hidden_as_tiles  # padded: the densified product, token order

@@ -6,7 +6,7 @@ import pytest
 
 import mindspore as ms
 
-from mindcv_ext.layers.pixelfly import (BlockSparseLinear, SparseLRLinear, _diagonal_groups, butterfly_base_mask,
+from mindcv_ext.layers.pixelfly import (BlockSparseLinear, PixelflyMlp, SparseLRLinear, _diagonal_groups, butterfly_base_mask,
                                         flat_block_butterfly_layout, leading_svd)
 from tests.utils import SensGrads, on_path, shared_fixture_dir
 
@@ -202,3 +202,18 @@ def test_tiled_forms_equal_the_densified_layer(in_f, out_f, gating, ms_mode):
     assert names == [p.name for p in twin.trainable_params()]
     for name, a, b in zip(names, got[1], want[1]):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_pixelfly_mlp_hands_the_hidden_activation_over_as_tiles(ms_mode):
+    mlp, in_order = PixelflyMlp(256, 1024, linear_layer="pixelfly"), PixelflyMlp(256, 1024, linear_layer="pixelfly")
+    ms.load_param_into_net(in_order, {p.name: p for p in mlp.get_parameters()})
+    assert mlp.hidden_as_tiles
+    in_order.hidden_as_tiles = False  # fc1, GELU and fc2 one after the other, each in token order
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((2, 5, 256)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((2, 5, 256)).astype(np.float32))
+    np.testing.assert_allclose(mlp(x).asnumpy(), in_order(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    got, want = SensGrads(mlp)(x, sens), SensGrads(in_order)(x, sens)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4)
+    assert not PixelflyMlp(100, 300, linear_layer="pixelfly").hidden_as_tiles  # padded: the densified product, token order
