@@ -9,8 +9,8 @@ The YAML file (``-c/--config``) gives defaults and the command line wins. Compar
 - ``device_target`` defaults to ``auto`` (the backend of the installed MindSpore), so a CPU-only
   machine works out of the box;
 - the model keys ``img_size``, ``mlp_layer``, ``nblocks`` and ``model_kwargs`` (any other entrypoint
-  argument, e.g. ``{patch_size: 4, num_blocks: 4}``) are added, and T2T-ViT's attention keys
-  ``t2t_attn``, ``local_context``, ``nb_features``, ``softmax_eps``, ``normalization_eps``, ``feature_seed``;
+  argument, e.g. ``{patch_size: 4, num_blocks: 4}``) are added, and the keys a model family declares for itself
+  (``CONFIG_OPTIONS`` of its module in ``mindcv_ext/models``: T2T-ViT's attention settings, say);
 - ``image_resize``, ``crop_pct``, ``interpolation``, ``mean`` and ``std`` default to the model's own
   ``default_cfg`` instead of fixed ImageNet values;
 - configuration input is bounded: the file's size, and every structured value's nesting depth and size counted
@@ -20,6 +20,8 @@ The YAML file (``-c/--config``) gives defaults and the command line wins. Compar
 import argparse
 import ast
 import difflib
+import functools
+import importlib.util
 import json
 import os
 import re
@@ -29,12 +31,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "input_resolution", "ConfigError",
+__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "model_options", "input_resolution", "ConfigError",
            "load_yaml", "check_value", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_VALUES", "MAX_TEXT_CHARS",
            "MAX_SCALAR_CHARS"]
 
-# Model keys passed to the entrypoint only when set, for the models that take them.
-MODEL_ARGUMENTS = ("t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed")
+# Options that only one model family takes live with the family: a literal table of this name in its module under
+# mindcv_ext/models (``family_options``). They are passed to the entrypoint only when set.
+FAMILY_OPTIONS_TABLE = "CONFIG_OPTIONS"
 
 DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100", "fashion_mnist", "mnist")
 
@@ -386,6 +389,63 @@ optional_str = _none_or(str)
 optional_float_list = _none_or(float_list)
 optional_int_list = _none_or(int_list)
 
+# The "type" of a family option: every one is unset (None) by default, and passed to the entrypoint only when set.
+FAMILY_OPTION_TYPES = {"str": optional_str, "int": optional_int, "float": optional_float,
+                       "int_list": optional_int_list, "float_list": optional_float_list}
+_FAMILY_OPTION_KEYS = {"name", "type", "help", "choices"}
+
+
+def _family_table(path: str, source: str) -> Optional[tuple]:
+    """The ``FAMILY_OPTIONS_TABLE`` assigned at the top level of a module's source, or None."""
+    for node in ast.parse(source, path).body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == FAMILY_OPTIONS_TABLE for t in targets):
+            try:
+                return tuple(ast.literal_eval(node.value))
+            except (ValueError, TypeError, SyntaxError) as exc:
+                raise ValueError(f"{path}: {FAMILY_OPTIONS_TABLE} must be a literal table, as config.py reads it "
+                                 f"without importing the module ({exc})") from None
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def family_options() -> Tuple[Dict[str, Any], ...]:
+    """The options that model families declare, each ``{name, type, help[, choices]}`` plus the ``module`` that
+    declares it, in module order then table order (do not modify them: they are shared).
+
+    Each table is read from its module's source, not imported: importing a model imports MindSpore, and reading a
+    configuration must not. An option two families declare alike is listed once.
+    """
+    spec = importlib.util.find_spec("mindcv_ext")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("config.py cannot find the mindcv_ext package (run from the repository, or install it)")
+    directory = os.path.join(list(spec.submodule_search_locations)[0], "models")
+    options: Dict[str, Dict[str, Any]] = {}
+    for file in sorted(os.listdir(directory)):
+        if not file.endswith(".py"):
+            continue
+        path = os.path.join(directory, file)
+        with open(path, encoding="utf-8") as stream:
+            source = stream.read()
+        table = _family_table(path, source) if FAMILY_OPTIONS_TABLE in source else None
+        for entry in table or ():
+            if not isinstance(entry, dict) or not {"name", "type", "help"} <= set(entry) <= _FAMILY_OPTION_KEYS \
+                    or not str(entry["name"]).isidentifier() or entry["type"] not in FAMILY_OPTION_TYPES:
+                raise ValueError(f"{path}: {FAMILY_OPTIONS_TABLE} entry {entry!r} must be a mapping of name (a "
+                                 f"keyword), type (one of {', '.join(FAMILY_OPTION_TYPES)}), help and optionally "
+                                 f"choices")
+            option = dict(entry, module=f"mindcv_ext.models.{file[:-len('.py')]}")
+            earlier = options.setdefault(option["name"], option)
+            if earlier is not option and {**earlier, "module": None} != {**option, "module": None}:
+                raise ValueError(f"the option {option['name']!r} is declared differently by {earlier['module']} and "
+                                 f"{option['module']}")
+    return tuple(options.values())
+
 
 class _Parser(argparse.ArgumentParser):
     """Errors in one line that name the culprit, without the two-screen usage dump."""
@@ -492,28 +552,22 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--drop_rate", type=optional_float, default=None, help="dropout before the head")
     group.add_argument("--drop_path_rate", type=optional_float, default=None, help="stochastic depth")
     group.add_argument("--img_size", type=optional_int, default=None, help="model input resolution")
+    # Not checked against the registry here: that would import MindSpore to parse a file. The model builder
+    # checks the name and its settings, naming the registered layers.
     group.add_argument("--mlp_layer", type=optional_str, default=None,
-                       choices=[None, "dense", "monarch", "pixelfly", "ssl", "lowrank", "bdiagbfly", "fbbfly"],
-                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's). Their settings go in "
-                            "model_kwargs: pixelfly (MLP-Mixer only) '{butterfly_size: 8, n_factors: 2, block: 32, "
-                            "rank: 32}', ssl '{redn_factor: 4, seed: 1024}', lowrank '{rank: 64}' or "
-                            "'{redn_factor: 8}', bdiagbfly '{nblocks1: 4, nblocks2: 4, b1: 48, b2: 1}'")
+                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's): dense, monarch, "
+                            "pixelfly, ssl, lowrank, bdiagbfly, fbbfly or any registered layer "
+                            "(mindcv_ext.layers.registered_linears()). Their settings go in model_kwargs, e.g. "
+                            "pixelfly '{butterfly_size: 8, n_factors: 2, block: 32, rank: 32}', ssl '{redn_factor: 4, "
+                            "seed: 1024}', lowrank '{rank: 64}' or '{redn_factor: 8}', bdiagbfly '{nblocks1: 4, "
+                            "nblocks2: 4, b1: 48, b2: 1}'")
     group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
     group.add_argument("--model_kwargs", type=_mapping, default={},
                        help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")
-    group.add_argument("--t2t_attn", type=optional_str, default=None,
-                       choices=[None, "full", "local", "performer", "sblocal"],
-                       help="T2T-ViT_t: the Tokens-to-Token attention (default: full)")
-    group.add_argument("--local_context", type=optional_int_list, default=None,
-                       help="T2T attention window (local, sblocal), one value or attention1,attention2")
-    group.add_argument("--nb_features", type=optional_int_list, default=None,
-                       help="T2T attention random features (performer, sblocal), one value or two")
-    group.add_argument("--softmax_eps", type=optional_float_list, default=None,
-                       help="Performer feature epsilon, one value or two (default: fly's setting)")
-    group.add_argument("--normalization_eps", type=optional_float_list, default=None,
-                       help="Performer normaliser epsilon, one value or two (default: fly's setting)")
-    group.add_argument("--feature_seed", type=optional_int, default=None,
-                       help="seed of random features a checkpoint does not provide")
+    for option in family_options():  # the options of one model family, declared in its module
+        choices = option.get("choices")
+        group.add_argument(f"--{option['name']}", type=FAMILY_OPTION_TYPES[option["type"]], default=None,
+                           choices=None if choices is None else [None, *choices], help=option["help"])
     group.add_argument("--pretrained", default=False, **flag, help="load published weights")
     group.add_argument("--ckpt_path", type=str, default="",
                        help="checkpoint to start from (train: weights, and all training state with resume_opt)")
@@ -698,8 +752,20 @@ def input_resolution(args: argparse.Namespace) -> Optional[int]:
 
 
 def model_arguments(args: argparse.Namespace) -> Dict[str, Any]:
-    """The optional model keys that are set (e.g. ``t2t_attn``), as entrypoint keywords."""
-    return {key: getattr(args, key) for key in MODEL_ARGUMENTS if getattr(args, key, None) is not None}
+    """The model family options (``family_options``) that are set, as entrypoint keywords."""
+    return {option["name"]: getattr(args, option["name"]) for option in family_options()
+            if getattr(args, option["name"], None) is not None}
+
+
+def model_options(args: argparse.Namespace, **overrides: Any) -> Dict[str, Any]:
+    """Every model key of a run's configuration, as ``mindcv_ext.models.create_model``'s keywords; ``overrides``
+    (e.g. ``num_classes`` from the data) replace the configuration's."""
+    options = dict(num_classes=args.num_classes, in_channels=args.in_channels, pretrained=args.pretrained,
+                   drop_rate=getattr(args, "drop_rate", None), drop_path_rate=getattr(args, "drop_path_rate", None),
+                   img_size=args.img_size, mlp_layer=args.mlp_layer, nblocks=args.nblocks,
+                   model_kwargs=args.model_kwargs, **model_arguments(args))
+    options.update(overrides)
+    return options
 
 
 def save_args(args: argparse.Namespace, path: str) -> None:

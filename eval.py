@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from config import input_resolution, model_arguments, parse_args
+from config import input_resolution, model_options, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -42,8 +42,10 @@ def evaluate_checkpoint(args) -> dict:
     from mindcv_ext.data import (create_file_loader, create_split_loader, find_unreadable_images,
                                  resolve_dataset, transform_settings, unreadable_images_error)
     from mindcv_ext.engine import evaluate
+    from mindcv_ext.engine.early_exit import use_all_exits
     from mindcv_ext.engine.openi import OpenITask, openi_requested
-    from mindcv_ext.engine.runtime import build_model, load_weights, setup_context, setup_distributed, setup_logger
+    from mindcv_ext.engine.runtime import load_weights, setup_context, setup_distributed, setup_logger
+    from mindcv_ext.models import create_model
 
     if not args.ckpt_path and not args.pretrained:
         raise ValueError("eval.py needs the weights to evaluate: --ckpt_path FILE (.ckpt, or a PyTorch checkpoint)")
@@ -57,11 +59,9 @@ def evaluate_checkpoint(args) -> dict:
             _logger.info(note)
     info = resolve_dataset(args.dataset, args.data_dir, args.val_split, args.cache_dir, in_channels=args.in_channels,
                            allow_outside_links=args.allow_outside_links)
-    network = build_model(args.model, args.num_classes or info.num_classes, args.in_channels, args.pretrained,
-                          None, None, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
-                          **model_arguments(args))
-    if hasattr(network, "return_all_exits"):  # multi-exit (DVT): per-exit scores, early exit, threshold search
-        network.return_all_exits()
+    network = create_model(args.model, **model_options(args, num_classes=args.num_classes or info.num_classes,
+                                                       drop_rate=None, drop_path_rate=None))
+    exit_macs = use_all_exits(network)  # a multi-exit model (DVT): per-exit scores, early exit, threshold search
     if args.ckpt_path:
         _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema, to_monarch=args.to_monarch)}")
     network.set_train(False)
@@ -87,11 +87,9 @@ def evaluate_checkpoint(args) -> dict:
         loader, _ = create_split_loader(info, args.val_split, False, args.batch_size, transforms,
                                         shuffle=args.eval_shuffle, num_samples=args.num_samples,
                                         num_parallel_workers=args.num_parallel_workers, **shard)
-    # auto_mixed_precision wraps the network; the multi-exit interface is on the model inside.
-    model = getattr(network, "_backbone", network)
-    exit_outputs = {} if hasattr(model, "exit_macs") else None
+    exit_outputs = {} if exit_macs is not None else None
     if exit_outputs is not None:
-        _check_early_exit_args(args, len(model.exit_macs()))
+        _check_early_exit_args(args, len(exit_macs))
     elif args.exit_thresholds or args.exit_budget is not None:
         raise ValueError(f"--exit_thresholds and --exit_budget are for multi-exit models (dvt_*); {args.model} has a "
                          f"single exit: drop them")
@@ -109,7 +107,7 @@ def evaluate_checkpoint(args) -> dict:
     if args.real_labels:
         results["real_top1"] = _real_top1(predictions, args.real_labels, len(predictions))
     if exit_outputs is not None:
-        _early_exit_results(args, network, model.exit_macs(), info, transforms, exit_outputs, results, rank,
+        _early_exit_results(args, network, exit_macs, info, transforms, exit_outputs, results, rank,
                             device_num)
     return results
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from config import create_parser, input_resolution, model_arguments, parse_args
+from config import create_parser, input_resolution, model_options, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -90,7 +90,8 @@ def predict(args) -> list:
     import mindcv_ext  # noqa: F401  (registers the models)
     from mindcv_ext.accel import accelerate
     from mindcv_ext.data import create_file_loader, transform_settings
-    from mindcv_ext.engine.runtime import build_model, load_weights, setup_context, setup_logger
+    from mindcv_ext.engine.runtime import load_weights, setup_context, setup_logger
+    from mindcv_ext.models import create_model
 
     if not args.images:
         raise ValueError("nothing to classify: pass --images FILE_OR_FOLDER [...]")
@@ -104,8 +105,8 @@ def predict(args) -> list:
     if num_classes is None:
         classes_file = Path(args.ckpt_path).parent / "classes.json" if args.ckpt_path else None
         num_classes = len(json.loads(classes_file.read_text())) if classes_file and classes_file.is_file() else 1000
-    network = build_model(args.model, num_classes, args.in_channels, args.pretrained, None, None, args.img_size,
-                          args.mlp_layer, args.nblocks, args.model_kwargs, **model_arguments(args))
+    network = create_model(args.model, **model_options(args, num_classes=num_classes, drop_rate=None,
+                                                       drop_path_rate=None))
     if args.ckpt_path:
         _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     network.set_train(False)

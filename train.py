@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Optional
 
-from config import input_resolution, model_arguments, parse_args, save_args
+from config import input_resolution, model_options, parse_args, save_args
 
 _logger = logging.getLogger("mindcv_ext")
 
@@ -125,10 +125,12 @@ def train(args) -> int:
     from mindcv_ext.accel import accelerate
     from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
     from mindcv_ext.engine import Evaluator, NetWithLoss, TrainMonitor, TrainStep, load_training_state
-    from mindcv_ext.engine.files import RunLock, sweep_temporary_files
+    from mindcv_ext.engine.early_exit import use_all_exits
+    from mindcv_ext.engine.files import RunLock, atomic_write, sweep_temporary_files
     from mindcv_ext.engine.openi import OpenITask, openi_requested
-    from mindcv_ext.engine.runtime import (attach_log_file, build_model, load_weights, set_seed, setup_context,
+    from mindcv_ext.engine.runtime import (attach_log_file, load_weights, set_seed, setup_context,
                                            setup_distributed, setup_logger)
+    from mindcv_ext.models import create_model
 
     setup_context(args.mode, args.device_target)
     rank, device_num = setup_distributed(args.distribute)
@@ -166,11 +168,8 @@ def train(args) -> int:
                          f"num_classes or leave it unset to take it from the data")
     if info.num_classes < num_classes:
         _logger.warning(f"the data has {info.num_classes} classes, the model {num_classes} outputs")
-    network = build_model(args.model, num_classes, args.in_channels, args.pretrained, args.drop_rate,
-                          args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
-                          **model_arguments(args))
-    if hasattr(network, "return_all_exits"):  # multi-exit (DVT): the loss sums every exit's, validation scores each
-        network.return_all_exits()
+    network = create_model(args.model, **model_options(args, num_classes=num_classes))
+    use_all_exits(network)  # a multi-exit model (DVT): the loss sums every exit's, validation scores each
     cfg = getattr(network, "default_cfg", {}) or {}
     transforms = transform_settings(cfg, input_resolution(args), args.crop_pct, args.interpolation,
                                     args.mean, args.std)
@@ -263,7 +262,7 @@ def train(args) -> int:
     if rank in (None, 0):
         save_args(args, os.path.join(args.ckpt_save_dir, f"{args.model}.yaml"))
         if info.class_names:
-            with open(os.path.join(args.ckpt_save_dir, "classes.json"), "w") as stream:
+            with atomic_write(os.path.join(args.ckpt_save_dir, "classes.json")) as stream:
                 json.dump(info.class_names, stream)
 
     sink = args.dataset_sink_mode

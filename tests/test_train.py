@@ -12,7 +12,8 @@ import mindspore as ms
 
 import train
 from mindcv_ext.data.idx import write_idx
-from mindcv_ext.engine.runtime import build_model, set_seed
+from mindcv_ext.engine.runtime import set_seed
+from mindcv_ext.models import create_model
 from tests.data.test_datasets import _cifar_arrays, _write_cifar
 from tests.utils import REPO_ROOT, run_script, write_jpeg_folder
 
@@ -179,7 +180,7 @@ def test_amp_o2_training_in_graph_mode(model, mlp_layer, kwargs, tmp_path):
     assert np.isfinite(float(row["train_loss"]))
     saved = ms.load_checkpoint(glob.glob(str(tmp_path / f"{model}-1_2.ckpt"))[0])
     set_seed(42)  # train.py seeds the same way before building the model
-    initial = build_model(model, 10, img_size=32, mlp_layer=mlp_layer, model_kwargs=__import__("yaml").safe_load(kwargs))
+    initial = create_model(model, num_classes=10, img_size=32, mlp_layer=mlp_layer, model_kwargs=__import__("yaml").safe_load(kwargs))
     changed = 0
     for param in initial.trainable_params():
         assert saved[param.name].dtype == ms.float32  # master weights stay fp32 under O2

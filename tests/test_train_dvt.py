@@ -18,12 +18,22 @@ TINY_DVT = ["--model", "dvt_t2t_vit_12", "--img_size", "64", "--image_resize", "
             "--nblocks", "None", "--model_kwargs", "{depth: 1, embed_dim: 32, num_heads: 2}"]
 
 
+# The files of the training run written through mindcv_ext.engine.files.atomic_write, by name.
+ATOMIC_WRITES = []
+
+
 @pytest.fixture(scope="module")
 def trained_dvt(tmp_path_factory):
+    from mindcv_ext.engine import files
+
     directory = tmp_path_factory.mktemp("dvt_run")
-    code = train.main(["-c", str(QUICKSTART), *TINY_DVT, "--amp_level", "O2", "--loss_scale_type", "dynamic",
-                       "--epoch_size", "1", "--num_samples", "48", "--batch_size", "16", "--val_while_train", "False",
-                       "--ckpt_save_dir", str(directory)])
+    atomic_write = files.atomic_write
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "atomic_write",
+                      lambda path, *a, **k: ATOMIC_WRITES.append(os.path.basename(path)) or atomic_write(path, *a, **k))
+        code = train.main(["-c", str(QUICKSTART), *TINY_DVT, "--amp_level", "O2", "--loss_scale_type", "dynamic",
+                           "--epoch_size", "1", "--num_samples", "48", "--batch_size", "16", "--val_while_train",
+                           "False", "--ckpt_save_dir", str(directory)])
     assert code == 0
     return directory
 
@@ -44,6 +54,12 @@ def test_tiny_dvt_trains_under_o2_in_graph_mode(trained_dvt, caplog):
     for name in ("less_less_token.head.weight", "less_token.relation_reuse_conv.0.weight",
                  "normal_token.blocks.0.feature_resuse_mlp.1.fc1.weight"):
         assert saved[name].dtype == ms.float32 and np.isfinite(saved[name].asnumpy()).all()
+
+
+def test_the_run_files_are_written_atomically(trained_dvt):
+    assert {"classes.json", "dvt_t2t_vit_12.yaml"} <= set(ATOMIC_WRITES)
+    assert json.loads((trained_dvt / "classes.json").read_text()) == [str(digit) for digit in range(10)]
+    assert not [name for name in os.listdir(trained_dvt) if ".tmp" in name]
 
 
 def _eval(trained_dvt, folder, *extra):

@@ -10,7 +10,8 @@ import mindspore as ms
 
 import config
 import train
-from mindcv_ext.engine.runtime import build_model, set_seed
+from mindcv_ext.engine.runtime import set_seed
+from mindcv_ext.models import create_model
 from mindcv_ext.layers import SparseLRLinear
 from mindcv_ext.models import count_params
 from tests.utils import REPO_ROOT
@@ -36,7 +37,7 @@ def test_amp_o2_training_in_graph_mode(tmp_path):
     assert np.isfinite(float(row["train_loss"])) and float(row["train_loss"]) > 0
     saved = ms.load_checkpoint(str(tmp_path / "mixer_s16_224-1_3.ckpt"))  # 48 samples / 16 = 3 steps
     set_seed(42)  # train.py seeds the same way before building the model
-    initial = build_model("mixer_s16_224", 10, img_size=32, mlp_layer="pixelfly",
+    initial = create_model("mixer_s16_224", num_classes=10, img_size=32, mlp_layer="pixelfly",
                           model_kwargs=yaml.safe_load(TINY_KWARGS))
     fc1 = initial.blocks[0].mlp_channels.fc1
     assert isinstance(fc1, SparseLRLinear) and fc1.sparse.weight.shape == (32, 32, 32)  # 16x4 layout, density 1/2
@@ -62,8 +63,6 @@ def test_recipe_parses_and_builds_fly_pixelfly_mixer_b16():
     assert args.lr * args.warmup_factor == pytest.approx(1e-4) and args.min_lr == 1e-5
     assert (args.label_smoothing, args.mixup, args.cutmix, args.auto_augment) == (0.1, 0.5, 0.6, "randaug-m15-n2")
     assert (args.clip_grad, args.clip_value, args.amp_level, args.drop_path_rate) == (True, 1.0, "O2", 0.0)
-    net = build_model(args.model, args.num_classes, args.in_channels, args.pretrained, args.drop_rate,
-                      args.drop_path_rate, args.img_size, args.mlp_layer, args.nblocks, args.model_kwargs,
-                      **config.model_arguments(args))
+    net = create_model(args.model, **config.model_options(args))
     assert count_params(net) == 27_486_256  # fly's count for this model
     assert net.blocks[11].mlp_channels.fc2.sparse.weight.shape == (864, 32, 32)

@@ -1,7 +1,6 @@
 """Convert a PyTorch state_dict (timm, ViTAE, fly, Lightning, DDP layouts) into a MindSpore checkpoint."""
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -267,15 +266,6 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
     return converted
 
 
-def _build_model(model: str, model_kwargs: Optional[Dict[str, Any]]) -> nn.Cell:
-    from ..models import create_model
-
-    try:
-        return create_model(model, **(model_kwargs or {}))
-    except TypeError as exc:
-        raise ValueError(f"model {model!r} does not accept the given --model-kwargs: {exc}") from exc
-
-
 def convert_checkpoint(model: str, src: str, dst: str, model_kwargs: Optional[Dict[str, Any]] = None,
                        drop_head: bool = False, to_monarch: bool = False, prefer_ema: bool = True,
                        overwrite: bool = False, progress: bool = True) -> ConversionReport:
@@ -287,7 +277,9 @@ def convert_checkpoint(model: str, src: str, dst: str, model_kwargs: Optional[Di
         raise FileExistsError(f"{dst!r} already exists; choose another --dst or pass --overwrite")
     if not dst.endswith(".ckpt"):
         raise ValueError(f"--dst must end with .ckpt (MindSpore checkpoint), got {dst!r}")
-    net = _build_model(model, model_kwargs)
+    from ..models import create_model
+
+    net = create_model(model, model_kwargs=model_kwargs)
     report = ConversionReport(source=src)
     state_dict, report.notes = extract_state_dict(read_checkpoint(src), prefer_ema=prefer_ema)
     arrays = convert_state_dict(net, state_dict, drop_head=drop_head, to_monarch=to_monarch, report=report,
@@ -296,16 +288,9 @@ def convert_checkpoint(model: str, src: str, dst: str, model_kwargs: Optional[Di
         if param.name in arrays:
             param.set_data(ms.Tensor(arrays[param.name]))
     report.written = len(list(net.get_parameters()))
+    # As every checkpoint: written beside dst and renamed (a crash or a full disk leaves no truncated dst and no
+    # temporary file, and an existing dst its old content), with the CRC that every load verifies.
+    from ..engine.checkpoint import save_atomic
 
-    out_dir = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(out_dir, exist_ok=True)
-    # Write beside the destination and rename: a crash never leaves a truncated file under dst.
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".ckpt", dir=out_dir)
-    os.close(fd)
-    try:
-        ms.save_checkpoint(net, tmp, crc_check=True)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_atomic(net, dst)
     return report

@@ -6,17 +6,45 @@ found as DVT's ``inference.py`` does (MSDNet's rule): for each of 59 settings ``
 proportions ``[q, q^2, q^3] / sum`` of a held-out set, most confident first; the setting whose expected compute on
 the held-out set fits the budget best is kept. Arithmetic follows the reference in float32 so its thresholds are
 reproduced exactly.
+
+A model has several exits when it declares ``multi_exit()`` (DVT does): called before the network first runs,
+it makes ``construct`` return every exit's logits, first exit first, and returns each exit's cumulative cost in
+GMACs per image. train.py and eval.py ask a network through ``use_all_exits``, which finds the model inside the
+cells that wrap it (``ms.amp.auto_mixed_precision``'s output cast, say).
 """
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["LAST_EXIT_THRESHOLD", "softmax", "exit_proportions", "find_thresholds", "early_exit",
-           "dynamic_evaluate", "threshold_table", "thresholds_for_budget"]
+__all__ = ["LAST_EXIT_THRESHOLD", "MULTI_EXIT_METHOD", "multi_exit_model", "use_all_exits", "softmax",
+           "exit_proportions", "find_thresholds", "early_exit", "dynamic_evaluate", "threshold_table",
+           "thresholds_for_budget"]
 
 LAST_EXIT_THRESHOLD = -1e8
 NUM_SETTINGS = 59
+MULTI_EXIT_METHOD = "multi_exit"
+
+
+def multi_exit_model(network):
+    """The multi-exit model of ``network`` (a Cell): ``network`` itself or, outermost first, the first cell inside it
+    that declares ``multi_exit()``; None when it has a single exit."""
+    for _, cell in network.cells_and_names():
+        if callable(getattr(cell, MULTI_EXIT_METHOD, None)):
+            return cell
+    return None
+
+
+def use_all_exits(network) -> Optional[Tuple[float, ...]]:
+    """Ask the multi-exit model of ``network`` for every exit's logits (call it before the network first runs).
+
+    Returns the exits' cumulative cost in GMACs per image, one per exit; None, with ``network`` left as it is,
+    when it has a single exit.
+    """
+    model = multi_exit_model(network)
+    if model is None:
+        return None
+    return tuple(float(macs) for macs in getattr(model, MULTI_EXIT_METHOD)())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

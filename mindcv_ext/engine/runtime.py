@@ -11,7 +11,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-__all__ = ["setup_context", "setup_distributed", "setup_logger", "attach_log_file", "set_seed", "build_model", "load_weights",
+__all__ = ["setup_context", "setup_distributed", "setup_logger", "attach_log_file", "set_seed", "load_weights",
            "is_torch_checkpoint"]
 
 _logger = logging.getLogger("mindcv_ext")
@@ -79,28 +79,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     ms.set_seed(seed)
-
-
-def build_model(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
-                drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
-                img_size: Optional[int] = None, mlp_layer: Optional[str] = None, nblocks: Optional[int] = None,
-                model_kwargs: Optional[dict] = None, **arguments) -> nn.Cell:
-    """A registered model (aliases accepted); unset (None) arguments keep the entrypoint's defaults.
-
-    ``arguments`` are further entrypoint keywords from the configuration (e.g. ``t2t_attn``).
-    """
-    from ..models import create_model
-
-    kwargs = dict(model_kwargs or {})
-    for key, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate), ("img_size", img_size),
-                       ("mlp_layer", mlp_layer), ("nblocks", nblocks), *arguments.items()):
-        if value is not None:
-            kwargs[key] = value
-    try:
-        return create_model(name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"model {name!r} does not accept these arguments ({exc}); check img_size, mlp_layer, "
-                         f"nblocks and model_kwargs in the configuration") from exc
 
 
 def is_torch_checkpoint(path: str) -> bool:

@@ -28,9 +28,9 @@ from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, Mlp, gelu, layer_norm
+from ..layers import DropPath, LinearFactory, Mlp, create_mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention
-from .helpers import build_model, make_cfg
+from .helpers import instantiate, make_cfg
 from .t2t_vit import T2TModule, init_vit_weights, sinusoid_table
 
 __all__ = ["DVT", "resample_matrix", "exit_grids"]
@@ -102,7 +102,8 @@ class DVTBlock(nn.Cell):
     """A T2T-ViT block that takes reused relations and, with ``upstream_grid``, the upstream model's features."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float, grid: int, upstream_grid: Optional[int] = None) -> None:
+                 drop_path: float, grid: int, upstream_grid: Optional[int] = None,
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.feature_reuse = upstream_grid is not None
         reuse = REUSE_DIM if self.feature_reuse else 0
@@ -110,7 +111,7 @@ class DVTBlock(nn.Cell):
         self.attn = RelationAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim + reuse, eps=1e-5)
-        self.mlp = Mlp(dim + reuse, int(dim * mlp_ratio), dim, drop=drop)
+        self.mlp = create_mlp(dim + reuse, int(dim * mlp_ratio), dim, drop=drop, linear_layer=linear_layer)
         if self.feature_reuse:
             self.feature_resuse_mlp = nn.SequentialCell([layer_norm(dim, eps=1e-5),
                                                          Mlp(dim, REUSE_HIDDEN, REUSE_DIM, drop=drop)])
@@ -143,7 +144,8 @@ class DVTExit(nn.Cell):
     def __init__(self, first_split: Tuple[int, int, int], img_size: int, in_channels: int, num_classes: int,
                  embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_rate: float,
                  attn_drop_rate: float, drop_path_rate: float, token_dim: int, upstream_grid: Optional[int] = None,
-                 feature_reuse: bool = False, relation_reuse: bool = False) -> None:
+                 feature_reuse: bool = False, relation_reuse: bool = False,
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.depth, self.num_heads = depth, num_heads
         self.num_features = self.embed_dim = embed_dim
@@ -159,7 +161,7 @@ class DVTExit(nn.Cell):
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList([
             DVTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], self.grid,
-                     upstream_grid if feature_reuse else None)
+                     upstream_grid if feature_reuse else None, linear_layer=linear_layer)
             for i in range(depth)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-5)
@@ -223,6 +225,7 @@ class DVT(nn.Cell):
     ``construct`` returns the last exit's logits, as every mindcv model returns its logits. Multi-exit training
     (the sum of the exits' losses), early exit and the threshold search need all three: ``all_exits=True``, or
     ``return_all_exits()`` before the network first runs, makes ``construct`` return ``(exit0, exit1, exit2)``.
+    ``multi_exit()`` is the interface train.py and eval.py ask of a model (``mindcv_ext.engine.early_exit``).
 
     Args:
         img_size: input resolution; 224 gives the reference's 7/10/14 token grids. Default: 224.
@@ -232,6 +235,8 @@ class DVT(nn.Cell):
         token_dim: width inside the T2T modules. Default: 64.
         feature_reuse, relation_reuse: the two reuse mechanisms of exits 1 and 2. Default: True.
         all_exits: return every exit's logits. Default: False.
+        linear_layer: builds the blocks' MLP fc1/fc2: a registered linear class or a partial of one with its
+            settings. Default: dense.
     """
 
     exit_names = EXIT_NAMES
@@ -240,7 +245,7 @@ class DVT(nn.Cell):
                  depth: int = 12, num_heads: int = 4, mlp_ratio: float = 2.0, qkv_bias: bool = False,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  token_dim: int = 64, feature_reuse: bool = True, relation_reuse: bool = True,
-                 all_exits: bool = False) -> None:
+                 all_exits: bool = False, linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.all_exits = all_exits
         grids = exit_grids(img_size)
@@ -254,7 +259,8 @@ class DVT(nn.Cell):
         self.grids = grids
         common = dict(img_size=img_size, in_channels=in_channels, num_classes=num_classes, embed_dim=embed_dim,
                       depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
-                      attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, token_dim=token_dim)
+                      attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, token_dim=token_dim,
+                      linear_layer=linear_layer)
         self.less_less_token = DVTExit(EXIT_SPLITS[0], **common)
         self.less_token = DVTExit(EXIT_SPLITS[1], upstream_grid=grids[0], feature_reuse=feature_reuse,
                                   relation_reuse=relation_reuse, **common)
@@ -269,6 +275,13 @@ class DVT(nn.Cell):
         """Make ``construct`` return every exit's logits (set it before the network is first compiled)."""
         self.all_exits = enabled
         return self
+
+    def multi_exit(self) -> Tuple[float, ...]:
+        """The multi-exit interface (``mindcv_ext.engine.early_exit.use_all_exits`` finds a model by it): from now
+        on ``construct`` returns every exit's logits, first exit first (call it before the network is first
+        compiled). Returns each exit's cumulative cost in GMACs per image (``exit_macs``), one per exit."""
+        self.return_all_exits()
+        return self.exit_macs()
 
     def forward_exits(self, x: ms.Tensor):
         exit0, tokens, relations = self.less_less_token(x)
@@ -304,8 +317,7 @@ def _exit_macs(stage: DVTExit) -> float:
     macs += stage.grid ** 2 * t2t.project.in_channels * t2t.project.out_channels
     n, dim = stage.grid ** 2 + 1, stage.embed_dim
     for block in stage.blocks:
-        hidden = block.mlp.fc1.out_channels
-        macs += n * (4 * dim * dim + block.mlp.fc1.in_channels * hidden + hidden * dim) + 2 * n * n * dim
+        macs += n * (4 * dim * dim + block.mlp.fc1.macs_per_token() + block.mlp.fc2.macs_per_token()) + 2 * n * n * dim
         if block.feature_reuse:
             up_tokens = block.feature_resample.shape[0] + 1
             macs += up_tokens * (dim * REUSE_HIDDEN + REUSE_HIDDEN * REUSE_DIM)
@@ -320,7 +332,7 @@ def _exit_macs(stage: DVTExit) -> float:
 def _dvt(variant: str, pretrained: bool, **kwargs) -> DVT:
     args = dict(_ARCHS[variant])
     args.update(kwargs)
-    return build_model(DVT, variant, pretrained, default_cfgs[variant], **args)
+    return instantiate(DVT, variant, pretrained, default_cfgs[variant], **args)
 
 
 @register_model

@@ -1,8 +1,10 @@
-"""Model lookup and creation on top of mindcv's registry: aliases, clear errors, strict loading."""
+"""Model lookup and creation on top of mindcv's registry: aliases, clear errors, strict loading, and the one
+builder every entry point calls (``create_model``)."""
 import difflib
+import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import nn
@@ -12,18 +14,22 @@ from mindcv.models.registry import is_model, list_models
 
 from .dvt import ALIASES as DVT_ALIASES
 from .gmlp import ALIASES as GMLP_ALIASES
+from .helpers import TEXT_MODELS
 from .vitae import ALIASES as VITAE_ALIASES
 
 __all__ = ["MODEL_ALIASES", "resolve_model_name", "create_model", "count_params", "load_checkpoint",
            "load_dense_into_monarch", "read_mindspore_checkpoint", "list_ext_models"]
 
+_logger = logging.getLogger("mindcv_ext")
+
 MODEL_ALIASES: Dict[str, str] = {**VITAE_ALIASES, **DVT_ALIASES, **GMLP_ALIASES}
-_EXT_MODULES = ("dvt", "gmlp", "gpt2", "mlp_mixer", "t2t_vit", "vitae")
+_EXT_MODULES = ("dvt", "gmlp", "mlp_mixer", "t2t_vit", "vitae")
 
 
 def list_ext_models() -> List[str]:
-    """The models mindcv_ext registers (a subset of mindcv's ``list_models()`` after import)."""
-    return sorted(name for module in _EXT_MODULES for name in list_models(module=module))
+    """The models mindcv_ext provides: its vision models (in mindcv's ``list_models()`` after import) and its
+    language models (``TEXT_MODELS``, built by ``create_model`` here only)."""
+    return sorted([name for module in _EXT_MODULES for name in list_models(module=module)] + list(TEXT_MODELS))
 
 
 def resolve_model_name(name: str) -> str:
@@ -32,9 +38,9 @@ def resolve_model_name(name: str) -> str:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     if name in MODEL_ALIASES:
         return MODEL_ALIASES[name]
-    if is_model(name):
+    if is_model(name) or name in TEXT_MODELS:
         return name
-    candidates = list_models() + list(MODEL_ALIASES)
+    candidates = list_models() + list(TEXT_MODELS) + list(MODEL_ALIASES)
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"unknown model {name!r}.{hint} mindcv_ext models: {', '.join(list_ext_models())} "
@@ -156,19 +162,65 @@ def _load_params(net: nn.Cell, params: Dict[str, ms.Parameter], path: str, stric
     return list(not_loaded)
 
 
-def create_model(model_name: str, num_classes: int = 1000, pretrained: bool = False, in_channels: int = 3,
-                 checkpoint_path: Optional[str] = None, strict: bool = True, **kwargs) -> nn.Cell:
-    """mindcv's ``create_model`` with aliases, a clear error for unknown names, and strict loading.
+def _merge_model_kwargs(model_kwargs: Dict[str, Any], arguments: Dict[str, Any]) -> Dict[str, Any]:
+    """``model_kwargs`` and the top-level ``arguments`` as one set of keywords; a key set in both with different
+    values is an error, not a silent override."""
+    merged = dict(model_kwargs)
+    for key, value in arguments.items():
+        if key in merged and merged[key] != value:
+            raise ValueError(f"{key} is set twice with different values: {value!r} as a model argument and "
+                             f"{merged[key]!r} in model_kwargs. Keep one of them")
+        merged[key] = value
+    return merged
 
-    ``None`` values in ``kwargs`` are dropped, as mindcv does, so configuration files can leave
-    model arguments unset.
+
+def create_model(model_name: str, *, num_classes: Optional[int] = 1000, pretrained: bool = False,
+                 in_channels: Optional[int] = 3, checkpoint_path: Optional[str] = None, strict: bool = True,
+                 mlp_layer: Optional[str] = None, model_kwargs: Optional[Dict[str, Any]] = None,
+                 **kwargs: Any) -> nn.Cell:
+    """The one model builder: mindcv's ``create_model`` with aliases, clear errors, the linear layer chosen by
+    name, and strict loading.
+
+    Args:
+        model_name: a registered name or a reference alias (``gmlp_S``, ``ViTAE_basic_Tiny``...).
+        num_classes, in_channels, pretrained: as mindcv's.
+        checkpoint_path, strict: a MindSpore checkpoint to load, every parameter required when ``strict``.
+        mlp_layer: the registered linear layer of the models' MLPs (``layers.registered_linears()``); its
+            settings (``nblocks``, ``redn_factor``...) come from ``kwargs`` or ``model_kwargs``. A model name with a
+            layer suffix (``_monarch``) sets it.
+        model_kwargs: further entrypoint keywords, as a configuration file gives them. A key also in ``kwargs``
+            with another value is an error.
+        **kwargs: entrypoint keywords (``img_size``, ``drop_rate``...); ``None`` values are dropped, as mindcv
+            does, so configuration files can leave arguments unset.
     """
     name = resolve_model_name(model_name)
     if checkpoint_path and not os.path.isfile(checkpoint_path):
         raise FileNotFoundError(f"checkpoint {checkpoint_path!r} does not exist")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    net = mindcv_create_model(name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
-                              **kwargs)
+    model_kwargs = dict(model_kwargs or {})
+    if "mlp_layer" in model_kwargs:  # the older spelling
+        _logger.info("model_kwargs.mlp_layer is read as the mlp_layer key; write it at the top level")
+        older = model_kwargs.pop("mlp_layer")
+        if mlp_layer is not None and older != mlp_layer:
+            raise ValueError(f"mlp_layer is set twice with different values: {mlp_layer!r} and {older!r} in "
+                             f"model_kwargs. Keep one of them")
+        mlp_layer = older
+    kwargs = _merge_model_kwargs({k: v for k, v in model_kwargs.items() if v is not None},
+                                 {k: v for k, v in kwargs.items() if v is not None})
+    if mlp_layer is not None:
+        kwargs["mlp_layer"] = mlp_layer  # resolved, with its settings, by the entrypoint (helpers.instantiate)
+    # mindcv's own arguments may come in model_kwargs too (the converter's --model_kwargs, say).
+    num_classes = kwargs.pop("num_classes", num_classes)
+    in_channels = kwargs.pop("in_channels", in_channels)
+    pretrained = kwargs.pop("pretrained", pretrained)
+    try:
+        if name in TEXT_MODELS:
+            net = TEXT_MODELS[name](pretrained=pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        else:
+            net = mindcv_create_model(name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
+                                      **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"model {name!r} does not accept these arguments ({exc}); check img_size, mlp_layer, "
+                         f"its settings and model_kwargs") from exc
     if checkpoint_path:
         load_checkpoint(net, checkpoint_path, strict=strict)
     return net

@@ -4,21 +4,20 @@ Refer to "Pay Attention to MLPs" (Liu et al., NeurIPS 2021, https://arxiv.org/ab
 
 Numerically identical to timm's ``gmlp_*`` (``timm/models/mlp_mixer.py``) and loads its checkpoints:
 the parameter names are timm's, LayerNorm epsilon is 1e-6 except in the spatial gating unit (1e-5),
-GELU is exact. With ``mlp_layer="monarch"`` the channel MLP's fc1/fc2 become ``MonarchLinear``; the
-token-mixing projection of the gating unit stays dense. ``"ssl"``, ``"lowrank"`` and ``"bdiagbfly"`` swap fc1/fc2
-the same way, where their shapes allow (fc2 reads half of fc1's width).
+GELU is exact. With a Monarch ``linear_layer`` the channel MLP's fc1/fc2 become ``MonarchLinear``; the
+token-mixing projection of the gating unit stays dense. Every other registered structured linear swaps fc1/fc2 the
+same way, where its shapes allow (fc2 reads half of fc1's width).
 """
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import mindspore as ms
 from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, GatedMlp, layer_norm
-from ..layers.mlp import GENERIC_MLP_LAYERS
+from ..layers import DropPath, GatedMlp, LinearFactory, layer_norm
 from ..layers.weight_init import constant_, normal_
-from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, make_cfg
+from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, make_cfg, register_layer_aliases
 from .mlp_mixer import MlpMixer
 
 __all__ = ["GMLP", "SpatialGatingBlock", "SpatialGatingUnit"]
@@ -28,11 +27,7 @@ def _cfg(**kwargs):
     return make_cfg(mean=INCEPTION_MEAN, std=INCEPTION_STD, **kwargs)
 
 
-default_cfgs = {
-    name: _cfg()
-    for base in ("gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224")
-    for name in (base, base + "_monarch")
-}
+default_cfgs = {name: _cfg() for name in ("gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224")}
 
 
 class SpatialGatingUnit(nn.Cell):
@@ -58,15 +53,12 @@ class SpatialGatingUnit(nn.Cell):
 class SpatialGatingBlock(nn.Cell):
     """Pre-LayerNorm gated MLP with a residual; ``MlpMixer``'s block for gMLP."""
 
-    mlp_layers = GENERIC_MLP_LAYERS
-
     def __init__(self, dim: int, seq_len: int, mlp_ratio: float = 6.0, proj_drop: float = 0.0,
-                 drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
-                 settings: Optional[Dict[str, Any]] = None) -> None:
+                 drop_path: float = 0.0, linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.norm = layer_norm(dim, eps=1e-6)
         self.mlp_channels = GatedMlp(dim, int(dim * mlp_ratio), lambda hidden: SpatialGatingUnit(hidden, seq_len),
-                                     drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks, settings=settings)
+                                     drop=proj_drop, linear_layer=linear_layer)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -88,18 +80,17 @@ class GMLP(MlpMixer):
         drop_rate: dropout before the head. Default: 0.
         proj_drop_rate: dropout inside the channel MLPs. Default: 0.
         drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
-        mlp_layer: one of ``GENERIC_MLP_LAYERS`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
-        nblocks: Monarch blocks per factor. Default: 4.
-        **layer_settings: the settings of ``mlp_layer``'s layer (``LINEAR_SETTINGS``), e.g. ``redn_factor``.
+        linear_layer: builds the channel MLPs' fc1/fc2 (see ``MlpMixer``). Default: dense.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
                  embed_dim: int = 256, num_blocks: int = 30, mlp_ratio: float = 6.0, drop_rate: float = 0.0,
-                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
-                 nblocks: int = 4, **layer_settings: Any) -> None:
-        super().__init__(img_size, patch_size, in_channels, num_classes, embed_dim, num_blocks, mlp_ratio,
+                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 linear_layer: Optional[LinearFactory] = None) -> None:
+        super().__init__(img_size=img_size, patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
+                         embed_dim=embed_dim, num_blocks=num_blocks, mlp_ratio=mlp_ratio,
                          block_layer=SpatialGatingBlock, drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
-                         drop_path_rate=drop_path_rate, mlp_layer=mlp_layer, nblocks=nblocks, **layer_settings)
+                         drop_path_rate=drop_path_rate, linear_layer=linear_layer)
 
 
 _ARCHS = {
@@ -137,22 +128,4 @@ def gmlp_b16_224(pretrained: bool = False, num_classes: int = 1000, in_channels:
     return _gmlp("gmlp_b16_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-@register_model
-def gmlp_ti16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> GMLP:
-    """gMLP-Tiny/16 with Monarch channel MLPs (nblocks 4: 2.8M parameters)."""
-    return _gmlp("gmlp_ti16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def gmlp_s16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                         **kwargs) -> GMLP:
-    """gMLP-Small/16 with Monarch channel MLPs (nblocks 4: 7.1M parameters)."""
-    return _gmlp("gmlp_s16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def gmlp_b16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                         **kwargs) -> GMLP:
-    """gMLP-Base/16 with Monarch channel MLPs (nblocks 4: 23.9M parameters)."""
-    return _gmlp("gmlp_b16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+register_layer_aliases(__name__, _ARCHS, _gmlp, "channel MLPs")

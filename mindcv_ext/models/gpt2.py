@@ -15,7 +15,7 @@ with ``is_causal=False``, so every position attends to every other; ``causal=Fal
 Neither applies the ``1/(layer_idx+1)`` attention factor its configuration names (the fork does not).
 """
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -23,12 +23,9 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import initializer
 
-from mindcv.models.registry import register_model
-
-from ..layers import Mlp, gelu, layer_norm
-from ..layers.mlp import MLP_LAYERS, check_mlp_layer
+from ..layers import LinearFactory, create_mlp, gelu, layer_norm
 from ..layers.weight_init import normal_
-from .helpers import build_model
+from .helpers import instantiate, register_text_model
 
 __all__ = ["GPT2LMHeadModel", "GPT2Block", "GPT2Attention", "Conv1D", "GPT2_SIZES"]
 
@@ -114,14 +111,14 @@ class GPT2Block(nn.Cell):
     """Pre-LayerNorm attention and MLP, each residual."""
 
     def __init__(self, n_embd: int, n_head: int, n_positions: int, n_inner: int, causal: bool, attn_pdrop: float,
-                 resid_pdrop: float, layer_norm_epsilon: float, mlp_layer: str, nblocks: int,
-                 settings: Dict[str, Any], proj_std: float) -> None:
+                 resid_pdrop: float, layer_norm_epsilon: float, proj_std: float,
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.ln_1 = layer_norm(n_embd, eps=layer_norm_epsilon)
         self.attn = GPT2Attention(n_embd, n_head, n_positions, causal, attn_pdrop, resid_pdrop, proj_std)
         self.ln_2 = layer_norm(n_embd, eps=layer_norm_epsilon)
-        self.mlp = Mlp(n_embd, n_inner, drop=resid_pdrop, mlp_layer=mlp_layer, nblocks=nblocks, act_layer=gelu,
-                       settings=settings, drop_between_fcs=False)
+        self.mlp = create_mlp(n_embd, n_inner, drop=resid_pdrop, linear_layer=linear_layer, act_layer=gelu,
+                              drop_between_fcs=False)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -143,7 +140,7 @@ class _Transformer(nn.Cell):
 
 
 class GPT2LMHeadModel(nn.Cell):
-    r"""GPT-2 language model with the MLP's linear layers chosen by ``mlp_layer``.
+    r"""GPT-2 language model with the MLP's linear layers built by ``linear_layer``.
 
     Args:
         vocab_size: tokens of the vocabulary. Default: 50257.
@@ -152,15 +149,12 @@ class GPT2LMHeadModel(nn.Cell):
         n_layer: blocks. Default: 12.
         n_head: attention heads (``n_embd`` must be a multiple). Default: 12.
         n_inner: MLP width (None: ``4 * n_embd``). Default: None.
-        mlp_layer: fc1/fc2's layer, one of ``MLP_LAYERS``. Default: ``"dense"``.
-        nblocks: Monarch blocks per factor. Default: 4.
         causal: the causal mask of GPT-2; False attends everywhere, as the fork's benchmark. Default: True.
         resid_pdrop, embd_pdrop, attn_pdrop: dropouts, HF's names. Default: 0.1 each.
         layer_norm_epsilon: Default: 1e-5.
         initializer_range: std of the normal initialisation (c_proj: divided by sqrt(2 * n_layer)). Default: 0.02.
-        **layer_settings: the settings of ``mlp_layer``'s layer, named as its constructor names them
-            (``LINEAR_SETTINGS``): ``redn_factor=4`` for ssl4x, ``rank=64`` or ``redn_factor=8`` for lowrank8r,
-            ``nblocks1``/``nblocks2``/``b1``/``b2`` for bdiagbfly, ``butterfly_size``/``n_factors``/``block`` for fbbfly.
+        linear_layer: builds fc1/fc2: a registered linear class or a partial of one with its settings, e.g.
+            ``linear_layer("ssl", redn_factor=4)`` for fly's ssl4x. Default: dense.
 
     Inputs: token ids ``(B, T)``, int32 or int64, ``T <= n_positions``. Outputs: logits ``(B, T, vocab_size)``.
     """
@@ -172,9 +166,10 @@ class GPT2LMHeadModel(nn.Cell):
     checkpoint_tied = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, vocab_size: int = 50257, n_positions: int = 1024, n_embd: int = 768, n_layer: int = 12,
-                 n_head: int = 12, n_inner=None, mlp_layer: str = "dense", nblocks: int = 4, causal: bool = True,
+                 n_head: int = 12, n_inner=None, causal: bool = True,
                  resid_pdrop: float = 0.1, embd_pdrop: float = 0.1, attn_pdrop: float = 0.1,
-                 layer_norm_epsilon: float = 1e-5, initializer_range: float = 0.02, **layer_settings: Any) -> None:
+                 layer_norm_epsilon: float = 1e-5, initializer_range: float = 0.02,
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("n_positions", n_positions), ("n_embd", n_embd),
                             ("n_layer", n_layer), ("n_head", n_head)):
@@ -182,13 +177,12 @@ class GPT2LMHeadModel(nn.Cell):
                 raise ValueError(f"GPT2LMHeadModel: {name} must be a positive integer, got {value!r}")
         if n_embd % n_head:
             raise ValueError(f"GPT2LMHeadModel: n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
-        settings = check_mlp_layer(mlp_layer, layer_settings, choices=MLP_LAYERS)
         self.vocab_size, self.n_positions, self.n_embd = vocab_size, n_positions, n_embd
-        self.mlp_layer, self.causal = mlp_layer, bool(causal)
+        self.causal = bool(causal)
         n_inner = n_inner or 4 * n_embd
         proj_std = initializer_range / math.sqrt(2 * n_layer)  # GPT-2's scaled init of the residual projections
         blocks = [GPT2Block(n_embd, n_head, n_positions, n_inner, self.causal, attn_pdrop, resid_pdrop,
-                            layer_norm_epsilon, mlp_layer, nblocks, settings, proj_std) for _ in range(n_layer)]
+                            layer_norm_epsilon, proj_std, linear_layer=linear_layer) for _ in range(n_layer)]
         self.transformer = _Transformer(vocab_size, n_positions, n_embd, blocks, embd_pdrop, layer_norm_epsilon,
                                         initializer_range)
         for name, cell in self.cells_and_names():
@@ -227,28 +221,28 @@ def _gpt2(variant: str, pretrained: bool, num_classes: int, in_channels: int, **
         raise ValueError(f"{variant}: a language model takes vocab_size, not num_classes or in_channels "
                          f"(got num_classes={num_classes}, in_channels={in_channels})")
     args = dict(GPT2_SIZES[variant], **kwargs)
-    return build_model(GPT2LMHeadModel, variant, pretrained, default_cfgs[variant], **args)
+    return instantiate(GPT2LMHeadModel, variant, pretrained, default_cfgs[variant], **args)
 
 
-@register_model
+@register_text_model
 def gpt2(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> GPT2LMHeadModel:
     """GPT-2 small (124M parameters): 768 wide, 12 layers, 12 heads. Sizes and the MLP layer are keywords."""
     return _gpt2("gpt2", pretrained, num_classes, in_channels, **kwargs)
 
 
-@register_model
+@register_text_model
 def gpt2_medium(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> GPT2LMHeadModel:
     """GPT-2 medium (355M parameters): 1024 wide, 24 layers, 16 heads."""
     return _gpt2("gpt2_medium", pretrained, num_classes, in_channels, **kwargs)
 
 
-@register_model
+@register_text_model
 def gpt2_large(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> GPT2LMHeadModel:
     """GPT-2 large (774M parameters): 1280 wide, 36 layers, 20 heads."""
     return _gpt2("gpt2_large", pretrained, num_classes, in_channels, **kwargs)
 
 
-@register_model
+@register_text_model
 def gpt2_xl(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> GPT2LMHeadModel:
     """GPT-2 XL (1.56B parameters): 1600 wide, 48 layers, 25 heads."""
     return _gpt2("gpt2_xl", pretrained, num_classes, in_channels, **kwargs)

@@ -8,21 +8,21 @@ Matrices for Efficient and Accurate Training" (Dao et al., ICML 2022) and, for t
 Numerically identical to timm's ``mixer_*`` and loads timm and fly checkpoints: parameter names are
 timm's, LayerNorm epsilon 1e-6, exact GELU, a convolution stem with bias (unlike mindcv's
 ``mlp_mixer_*``, whose stem has no bias and whose GELU and LayerNorm defaults differ). With
-``mlp_layer="monarch"`` (or ``"pixelfly"``) the channel MLPs become Monarch (or flat block butterfly plus low
-rank) and the token MLPs stay dense, as fly's Monarch and Pixelfly Mixers; ``"ssl"``, ``"lowrank"`` and
-``"bdiagbfly"`` swap in the layers of fly's structured-MLP benchmark the same way.
+``linear_layer`` a Monarch (or Pixelfly) layer the channel MLPs become Monarch (or flat block butterfly plus low
+rank) and the token MLPs stay dense, as fly's Monarch and Pixelfly Mixers; every other registered structured
+linear swaps in the same way.
 """
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, Mlp, PatchEmbed, layer_norm
-from ..layers.mlp import MLP_LAYERS, check_mlp_layer
+from ..layers import DropPath, LinearFactory, Mlp, PatchEmbed, create_mlp, layer_norm
 from ..layers.helpers import to_2tuple
-from .helpers import INCEPTION_MEAN, INCEPTION_STD, build_variant, init_mixer_weights, make_cfg
+from .helpers import (INCEPTION_MEAN, INCEPTION_STD, build_variant, init_mixer_weights, make_cfg,
+                      register_layer_aliases)
 
 __all__ = ["MlpMixer", "MixerBlock"]
 
@@ -35,21 +35,14 @@ _ARCHS = {
     "mixer_l16_224": dict(patch_size=16, num_blocks=24, embed_dim=1024),
 }
 
-default_cfgs = {
-    name: make_cfg(mean=INCEPTION_MEAN, std=INCEPTION_STD)
-    for base in _ARCHS
-    for name in (base, base + "_monarch")
-}
+default_cfgs = {name: make_cfg(mean=INCEPTION_MEAN, std=INCEPTION_STD) for name in _ARCHS}
 
 
 class MixerBlock(nn.Cell):
     """Token mixing across patches, then channel mixing, each residual with pre-LayerNorm."""
 
-    mlp_layers = MLP_LAYERS
-
     def __init__(self, dim: int, seq_len: int, mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0),
-                 proj_drop: float = 0.0, drop_path: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
-                 settings: Optional[Dict[str, Any]] = None) -> None:
+                 proj_drop: float = 0.0, drop_path: float = 0.0, linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         mlp_ratio = (0.5, float(mlp_ratio)) if isinstance(mlp_ratio, (int, float)) else to_2tuple(mlp_ratio)
         tokens_dim, channels_dim = (int(ratio * dim) for ratio in mlp_ratio)
@@ -57,8 +50,7 @@ class MixerBlock(nn.Cell):
         self.mlp_tokens = Mlp(seq_len, tokens_dim, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-6)
-        self.mlp_channels = Mlp(dim, channels_dim, drop=proj_drop, mlp_layer=mlp_layer, nblocks=nblocks,
-                                settings=settings)
+        self.mlp_channels = create_mlp(dim, channels_dim, drop=proj_drop, linear_layer=linear_layer)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(0, 2, 1)).transpose(0, 2, 1))
@@ -79,33 +71,29 @@ class MlpMixer(nn.Cell):
         num_blocks: number of blocks. Default: 8.
         mlp_ratio: MLP expansion as ``block_layer`` reads it; for ``MixerBlock`` (token, channel), or one number for
             the channel MLP with the token ratio 0.5. Default: (0.5, 4.0).
-        block_layer: the block, called as ``block_layer(dim, seq_len, mlp_ratio, proj_drop, drop_path, mlp_layer,
-            nblocks, settings)``; its ``mlp_layers`` lists the channel MLPs it supports. Default: ``MixerBlock``.
+        block_layer: the block, called as ``block_layer(dim, seq_len, mlp_ratio=, proj_drop=, drop_path=,
+            linear_layer=)``. Default: ``MixerBlock``.
         drop_rate: dropout before the head. Default: 0.
         proj_drop_rate: dropout inside the MLPs. Default: 0.
         drop_path_rate: stochastic depth, the same rate in every block (as timm). Default: 0.
-        mlp_layer: one of ``MLP_LAYERS`` for the channel MLPs' fc1/fc2. Default: ``"dense"``.
-        nblocks: Monarch blocks per factor. Default: 4.
-        **layer_settings: the settings of ``mlp_layer``'s layer, named as its constructor names them
-            (``LINEAR_SETTINGS``): Pixelfly's butterfly_size, n_factors, block, rank, gating, global_size, shuffle
-            (defaults: fly's Mixer-B experiment, 8, 2, 32, 32, True, 0, False); SSL's redn_factor, seed; low-rank's
-            rank or redn_factor; butterfly's nblocks1, nblocks2, b1, b2.
+        linear_layer: builds the channel MLPs' fc1/fc2: a registered linear class or a partial of one with its
+            settings (``layers.linear_layer("monarch", nblocks=4)``). Default: dense.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, num_classes: int = 1000,
                  embed_dim: int = 512, num_blocks: int = 8,
                  mlp_ratio: Union[float, Tuple[float, float]] = (0.5, 4.0),
                  block_layer: Callable[..., nn.Cell] = MixerBlock, drop_rate: float = 0.0,
-                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mlp_layer: str = "dense",
-                 nblocks: int = 4, **layer_settings: Any) -> None:
+                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
-        settings = check_mlp_layer(mlp_layer, layer_settings, choices=block_layer.mlp_layers)
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.stem = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
         seq_len = self.stem.num_patches
         self.blocks = nn.SequentialCell([
-            block_layer(embed_dim, seq_len, mlp_ratio, proj_drop_rate, drop_path_rate, mlp_layer, nblocks, settings)
+            block_layer(embed_dim, seq_len, mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate, drop_path=drop_path_rate,
+                        linear_layer=linear_layer)
             for _ in range(num_blocks)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-6)
@@ -166,43 +154,4 @@ def mixer_l16_224(pretrained: bool = False, num_classes: int = 1000, in_channels
     return _mixer("mixer_l16_224", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-@register_model
-def mixer_s32_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> MlpMixer:
-    """Mixer-S/32 with Monarch channel MLPs (nblocks 4)."""
-    return _mixer("mixer_s32_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def mixer_s16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> MlpMixer:
-    """Mixer-S/16 with Monarch channel MLPs (nblocks 4: 7.0M parameters)."""
-    return _mixer("mixer_s16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def mixer_b32_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> MlpMixer:
-    """Mixer-B/32 with Monarch channel MLPs (nblocks 4)."""
-    return _mixer("mixer_b32_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def mixer_b16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> MlpMixer:
-    """Mixer-B/16 with Monarch channel MLPs (nblocks 4: 21.0M parameters)."""
-    return _mixer("mixer_b16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def mixer_l32_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> MlpMixer:
-    """Mixer-L/32 with Monarch channel MLPs (nblocks 4)."""
-    return _mixer("mixer_l32_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def mixer_l16_224_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                          **kwargs) -> MlpMixer:
-    """Mixer-L/16 with Monarch channel MLPs (nblocks 4)."""
-    return _mixer("mixer_l16_224_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+register_layer_aliases(__name__, _ARCHS, _mixer, "channel MLPs")

@@ -22,11 +22,10 @@ from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, Mlp, layer_norm
+from ..layers import DropPath, LinearFactory, Mlp, create_mlp, layer_norm
 from ..layers.attention import ATTENTION_TYPES, MultiHeadAttention, TokenPerformer, create_attention
-from ..layers.mlp import GENERIC_MLP_LAYERS, check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
-from .helpers import build_variant, make_cfg
+from .helpers import build_variant, make_cfg, register_layer_aliases
 
 __all__ = ["T2T_ViT", "init_vit_weights"]
 
@@ -44,11 +43,26 @@ ATTENTION_DEFAULTS = {
     "sblocal": dict(local_context=(49, 12), nb_features=(24, 6)),
 }
 
-default_cfgs = {
-    name: make_cfg(crop_pct=0.9, first_conv="tokens_to_token.attention1.attn.qkv")
-    for base in _ARCHS
-    for name in (base, base + "_monarch")
-}
+# The configuration options of this family: train.py's, eval.py's and infer.py's YAML key and --option of each
+# name, passed to the entrypoint as that keyword only when set. config.py reads the table from this file without
+# importing it (a model imports MindSpore; parsing a configuration must not), so it stays a literal. "type" is
+# one of str, int, float, int_list, float_list (a list also takes one value, or "a,b" on the command line);
+# "choices" are checked when the configuration is read (None, for unset, is always allowed).
+CONFIG_OPTIONS = (
+    {"name": "t2t_attn", "type": "str", "choices": ("full", "local", "performer", "sblocal"),
+     "help": "T2T-ViT_t: the Tokens-to-Token attention (default: full)"},
+    {"name": "local_context", "type": "int_list",
+     "help": "T2T attention window (local, sblocal), one value or attention1,attention2"},
+    {"name": "nb_features", "type": "int_list",
+     "help": "T2T attention random features (performer, sblocal), one value or two"},
+    {"name": "softmax_eps", "type": "float_list",
+     "help": "Performer feature epsilon, one value or two (default: fly's setting)"},
+    {"name": "normalization_eps", "type": "float_list",
+     "help": "Performer normaliser epsilon, one value or two (default: fly's setting)"},
+    {"name": "feature_seed", "type": "int", "help": "seed of random features a checkpoint does not provide"},
+)
+
+default_cfgs = {name: make_cfg(crop_pct=0.9, first_conv="tokens_to_token.attention1.attn.qkv") for name in _ARCHS}
 
 Pair = Union[None, int, float, Sequence[Union[int, float]]]
 
@@ -163,13 +177,13 @@ class T2TModule(nn.Cell):
 
 class Block(nn.Cell):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float, mlp_layer: str, nblocks: int, settings: Optional[Dict[str, Any]] = None) -> None:
+                 drop_path: float, linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.norm1 = layer_norm(dim, eps=1e-5)
         self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-5)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, mlp_layer=mlp_layer, nblocks=nblocks, settings=settings)
+        self.mlp = create_mlp(dim, int(dim * mlp_ratio), drop=drop, linear_layer=linear_layer)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -189,8 +203,8 @@ class T2T_ViT(nn.Cell):
         local_context, nb_features, softmax_eps, normalization_eps: the attention's settings under fly's names,
             one value or ``[attention1, attention2]``; unset, fly's 224 px configuration for ``t2t_attn``.
         feature_seed: seed of the random features drawn at construction (a checkpoint's values replace them).
-        mlp_layer, nblocks: the backbone blocks' MLP layer, one of ``GENERIC_MLP_LAYERS``, and Monarch's blocks.
-        **layer_settings: the settings of ``mlp_layer``'s layer (``LINEAR_SETTINGS``), e.g. ``redn_factor``.
+        linear_layer: builds the backbone blocks' fc1/fc2: a registered linear class or a partial of one with its
+            settings. Default: dense.
     """
 
     # fly's converted checkpoints rename the T2T module and the position table.
@@ -203,9 +217,8 @@ class T2T_ViT(nn.Cell):
                  mlp_ratio: float = 3.0, qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, token_dim: int = 64, t2t_attn: str = "full", local_context: Pair = None,
                  nb_features: Pair = None, softmax_eps: Pair = None, normalization_eps: Pair = None,
-                 feature_seed: int = 0, mlp_layer: str = "dense", nblocks: int = 4, **layer_settings: Any) -> None:
+                 feature_seed: int = 0, linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
-        settings = check_mlp_layer(mlp_layer, layer_settings, choices=GENERIC_MLP_LAYERS)
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"T2T_ViT: img_size must be a positive multiple of 16, got {img_size}")
         if tokens_type not in ("transformer", "performer"):
@@ -231,8 +244,8 @@ class T2T_ViT(nn.Cell):
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i], mlp_layer, nblocks,
-                  settings)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i],
+                  linear_layer=linear_layer)
             for i in range(depth)
         ])
         self.norm = layer_norm(embed_dim, eps=1e-5)
@@ -283,22 +296,4 @@ def t2t_vit_t_14(pretrained: bool = False, num_classes: int = 1000, in_channels:
     return _t2t("t2t_vit_t_14", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-@register_model
-def t2t_vit_12_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                       **kwargs) -> T2T_ViT:
-    """T2T-ViT-12 with Monarch MLPs in the backbone blocks (nblocks 4)."""
-    return _t2t("t2t_vit_12_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def t2t_vit_14_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                       **kwargs) -> T2T_ViT:
-    """T2T-ViT-14 with Monarch MLPs in the backbone blocks (nblocks 4)."""
-    return _t2t("t2t_vit_14_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def t2t_vit_t_14_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                         **kwargs) -> T2T_ViT:
-    """T2T-ViT_t-14 with Monarch MLPs in the backbone blocks (nblocks 4)."""
-    return _t2t("t2t_vit_t_14_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+register_layer_aliases(__name__, _ARCHS, _t2t, "backbone MLPs")

@@ -22,11 +22,10 @@ from mindspore import nn, ops
 
 from mindcv.models.registry import register_model
 
-from ..layers import DropPath, Mlp, gelu, layer_norm
+from ..layers import DropPath, LinearFactory, create_mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention, TokenPerformer
-from ..layers.mlp import GENERIC_MLP_LAYERS, check_mlp_layer
 from ..layers.weight_init import constant_, trunc_normal_
-from .helpers import build_variant, make_cfg
+from .helpers import build_variant, make_cfg, register_layer_aliases
 
 __all__ = ["ViTAE"]
 
@@ -49,11 +48,7 @@ ALIASES = {
     "ViTAE_basic_Small": "vitae_basic_small",
 }
 
-default_cfgs = {
-    name: make_cfg(crop_pct=0.9, first_conv="layers.0.RC.PRM.convs.0.0")
-    for base in _ARCHS
-    for name in (base, base + "_monarch")
-}
+default_cfgs = {name: make_cfg(crop_pct=0.9, first_conv="layers.0.RC.PRM.convs.0.0") for name in _ARCHS}
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
@@ -131,7 +126,7 @@ class NormalCell(nn.Cell):
 
     def __init__(self, dim: int, num_heads: int, grid_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, group: int = 64,
-                 mlp_layer: str = "dense", nblocks: int = 4, settings: Optional[Dict[str, Any]] = None) -> None:
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         self.grid_size = grid_size
         hidden = int(dim * mlp_ratio)
@@ -139,7 +134,7 @@ class NormalCell(nn.Cell):
         self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = layer_norm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden, drop=drop, mlp_layer=mlp_layer, nblocks=nblocks, settings=settings)
+        self.mlp = create_mlp(dim, hidden, drop=drop, linear_layer=linear_layer)
         self.PCM = nn.SequentialCell([
             _conv(dim, hidden, 3, 1, 1, group=group), nn.BatchNorm2d(hidden), nn.SiLU(),
             _conv(hidden, dim, 3, 1, 1, group=group), nn.BatchNorm2d(dim), nn.SiLU(),
@@ -185,19 +180,16 @@ class ViTAE(nn.Cell):
         drop_rate: dropout in the normal cells' MLP and attention projection. Default: 0.
         attn_drop_rate: attention dropout. Default: 0.
         drop_path_rate: stochastic depth, rising linearly over the normal cells. Default: 0.
-        mlp_layer: one of ``GENERIC_MLP_LAYERS`` for the normal cells' fc1/fc2. Default: ``"dense"``.
-        nblocks: Monarch blocks per factor. Default: 4.
-        **layer_settings: the settings of ``mlp_layer``'s layer (``LINEAR_SETTINGS``), e.g. ``redn_factor``.
+        linear_layer: builds the normal cells' fc1/fc2: a registered linear class or a partial of one with its
+            settings. Default: dense.
     """
 
     def __init__(self, img_size: int = 224, in_channels: int = 3, num_classes: int = 1000,
                  embed_dims: Sequence[int] = (64, 64, 128), token_dims: Sequence[int] = (64, 64, 256),
                  nc_depth: int = 7, nc_heads: int = 4, mlp_ratio: float = 2.0, nc_group: int = 64,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, mlp_layer: str = "dense", nblocks: int = 4,
-                 **layer_settings: Any) -> None:
+                 drop_path_rate: float = 0.0, linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
-        settings = check_mlp_layer(mlp_layer, layer_settings, choices=GENERIC_MLP_LAYERS)
         if img_size % 16 != 0 or img_size < 16:
             raise ValueError(f"ViTAE: img_size must be a positive multiple of 16, got {img_size}")
         self.num_classes = num_classes
@@ -214,8 +206,9 @@ class ViTAE(nn.Cell):
             size //= downsample_ratios[i]
             channels = token_dims[i]
             normal_cells = [] if i < 2 else [
-                NormalCell(token_dims[i], nc_heads, size, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                           drop_path_rates[j], nc_group, mlp_layer, nblocks, settings)
+                NormalCell(token_dims[i], nc_heads, size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                           attn_drop=attn_drop_rate, drop_path=drop_path_rates[j], group=nc_group,
+                           linear_layer=linear_layer)
                 for j in range(nc_depth)
             ]
             stages.append(BasicLayer(reduction, normal_cells))
@@ -272,32 +265,4 @@ def vitae_basic_small(pretrained: bool = False, num_classes: int = 1000, in_chan
     return _vitae("vitae_basic_small", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-@register_model
-def vitae_basic_tiny_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                             **kwargs) -> ViTAE:
-    """ViTAE-T with Monarch normal-cell MLPs (nblocks 4: 3.7M parameters)."""
-    return _vitae("vitae_basic_tiny_monarch", pretrained, num_classes=num_classes, in_channels=in_channels,
-                  **kwargs)
-
-
-@register_model
-def vitae_basic_6m_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                           **kwargs) -> ViTAE:
-    """ViTAE-6M with Monarch normal-cell MLPs (nblocks 4)."""
-    return _vitae("vitae_basic_6m_monarch", pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-@register_model
-def vitae_basic_13m_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                            **kwargs) -> ViTAE:
-    """ViTAE-13M with Monarch normal-cell MLPs (nblocks 4)."""
-    return _vitae("vitae_basic_13m_monarch", pretrained, num_classes=num_classes, in_channels=in_channels,
-                  **kwargs)
-
-
-@register_model
-def vitae_basic_small_monarch(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                              **kwargs) -> ViTAE:
-    """ViTAE-S with Monarch normal-cell MLPs (nblocks 4: 15.8M parameters)."""
-    return _vitae("vitae_basic_small_monarch", pretrained, num_classes=num_classes, in_channels=in_channels,
-                  **kwargs)
+register_layer_aliases(__name__, _ARCHS, _vitae, "normal-cell MLPs")

@@ -1,5 +1,7 @@
 """scripts/convert_checkpoint.py and mindcv_ext.convert: layouts, strictness, failures that leave nothing behind."""
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from safetensors.numpy import save_file
 import mindspore as ms
 from mindspore import nn
 
-from mindcv_ext.convert import extract_state_dict, read_checkpoint, torch_names
+from mindcv_ext.convert import convert_checkpoint, extract_state_dict, read_checkpoint, torch_names
 from mindcv_ext.layers import MonarchLinear
 from mindcv_ext.models import create_model
 from scripts.convert_checkpoint import main as convert_main
@@ -93,6 +95,37 @@ def test_existing_destination_is_never_overwritten_silently(tmp_path, capsys):
     assert _convert("--model", "gmlp_s16_224", "--model-kwargs", json.dumps(GMLP_KWARGS),
                     "--src", GMLP / "model_best.pth.tar", "--dst", dst, "--overwrite") == 0
     assert dst.read_bytes() != b"earlier work"
+
+
+def test_the_converted_checkpoint_is_saved_as_every_checkpoint(tmp_path, monkeypatch):
+    """Through save_atomic: the CRC every load verifies, no temporary file, and a write that fails (a full disk)
+    leaves an existing dst as it was, even with overwrite."""
+    import mindcv_ext.engine.checkpoint as checkpoint
+
+    calls = []
+    save_atomic = checkpoint.save_atomic
+    monkeypatch.setattr(checkpoint, "save_atomic", lambda net, path, *a, **k: (calls.append(path),
+                                                                               save_atomic(net, path, *a, **k)))
+    dst = tmp_path / "gmlp.ckpt"
+    convert_checkpoint("gmlp_s16_224", str(GMLP / "model_best.pth.tar"), str(dst), model_kwargs=GMLP_KWARGS,
+                       progress=False)
+    assert calls == [str(dst)] and sorted(os.listdir(tmp_path)) == ["gmlp.ckpt"]
+    written = dst.read_bytes()
+    assert written[-17:-10] == b"crc_num"  # MindSpore's crc_check tail: b"crc_num" and 10 bytes of CRC32
+
+    def full_disk(save_obj, path, **kwargs):  # MindSpore writes "<name>.tmp", then the file; the disk fills up
+        for partial in (path, path[:-len(".ckpt")] + ".tmp"):
+            with open(partial, "wb") as stream:
+                stream.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ms, "save_checkpoint", full_disk)
+    with pytest.raises(OSError) as failure:
+        convert_checkpoint("gmlp_s16_224", str(GMLP / "model_best.pth.tar"), str(dst), model_kwargs=GMLP_KWARGS,
+                           overwrite=True, progress=False)
+    assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(dst)
+    assert dst.read_bytes() == written and sorted(os.listdir(tmp_path)) == ["gmlp.ckpt"]
+    assert calls == [str(dst)] * 2
 
 
 def test_unreadable_or_hostile_sources_leave_nothing(tmp_path, capsys):

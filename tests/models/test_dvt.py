@@ -11,8 +11,8 @@ import mindcv_ext
 from mindcv_ext.convert import convert_state_dict, read_checkpoint
 from mindcv_ext.convert.converter import extract_state_dict
 from mindcv_ext.engine import NetWithLoss
-from mindcv_ext.engine.early_exit import (dynamic_evaluate, early_exit, exit_proportions, softmax, threshold_table,
-                                          thresholds_for_budget)
+from mindcv_ext.engine.early_exit import (dynamic_evaluate, early_exit, exit_proportions, multi_exit_model, softmax,
+                                          threshold_table, thresholds_for_budget, use_all_exits)
 from mindcv_ext.models import count_params, resolve_model_name
 from mindcv_ext.models.dvt import resample_matrix
 from scripts.convert_checkpoint import main as convert_main
@@ -193,6 +193,31 @@ def test_construct_returns_the_last_exit_as_mindcv_expects_and_all_exits_on_requ
     logits = net(images)
     assert isinstance(logits, ms.Tensor) and logits.shape == (2, 5)
     np.testing.assert_array_equal(logits.asnumpy(), net.forward_exits(images)[-1].asnumpy())
+
+
+@pytest.mark.parametrize("amp_level", ["O0", "O2", "O3", "auto"])
+def test_train_and_eval_ask_the_model_for_its_exits_through_amp(amp_level):
+    """use_all_exits (train.py, eval.py) finds DVT's multi_exit() inside AMP's wrapper, and DVT then returns its
+    three exits, whose cumulative costs it reports."""
+    net = mindcv_ext.create_model("dvt_t2t_vit_12", img_size=64, num_classes=5, depth=1, embed_dim=32, num_heads=2)
+    expected = net.exit_macs()
+    wrapped = ms.amp.auto_mixed_precision(net, amp_level)
+    assert multi_exit_model(wrapped) is net
+    macs = use_all_exits(wrapped)
+    assert macs == expected and len(macs) == 3 and 0 < macs[0] < macs[1] < macs[2]
+    wrapped.set_train(False)
+    exits = wrapped(ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)))
+    assert len(exits) == 3 and all(e.shape == (2, 5) for e in exits)
+
+
+def test_a_single_exit_model_is_left_as_it_is():
+    net = mindcv_ext.create_model("gmlp_s16_224", img_size=32, patch_size=8, num_blocks=1, embed_dim=32,
+                                  num_classes=4)
+    wrapped = ms.amp.auto_mixed_precision(net, "O2")
+    assert multi_exit_model(wrapped) is None and use_all_exits(wrapped) is None
+    wrapped.set_train(False)
+    logits = wrapped(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32)))
+    assert isinstance(logits, ms.Tensor) and logits.shape == (2, 4)
 
 
 def test_training_loss_is_the_sum_of_the_exit_losses():

@@ -40,11 +40,6 @@ def test_gating_unit_is_timms_formula(ms_mode):
     assert rel_err(unit(ms.Tensor(x)).asnumpy(), expected) < 1e-5
 
 
-def test_gmlp_takes_no_pixelfly():
-    with pytest.raises(ValueError, match=r"mlp_layer must be one of \('dense', 'monarch', 'ssl', 'lowrank', 'bdiagbfly'\), got 'pixelfly'"):
-        create_model("gmlp_s16_224", mlp_layer="pixelfly", **TINY)
-
-
 def test_the_ports_names_are_aliases():
     from mindcv_ext.models import resolve_model_name
 

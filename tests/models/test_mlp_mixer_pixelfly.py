@@ -65,7 +65,7 @@ def test_full_size_pixelfly_mixer_b16_matches_fly_count(graph_mode):
     assert isinstance(fc1, SparseLRLinear) and fc1.sparse.weight.shape == (864, 32, 32)
     assert fc1.sparse.product == net.blocks[0].mlp_channels.fc2.sparse.product == "block_diagonal"
     assert fc1.sparse.groups == 2 and net.blocks[0].mlp_channels.hidden_as_tiles
-    assert type(net.blocks[0].mlp_tokens.fc1).__name__ == "Dense"  # token MLPs stay dense, as in fly
+    assert type(net.blocks[0].mlp_tokens.fc1).__name__ == "DenseLinear"  # token MLPs stay dense, as in fly
     net.set_train(False)
     logits = net(ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)))
     assert logits.shape == (1, 1000) and np.isfinite(logits.asnumpy()).all()
@@ -83,9 +83,13 @@ def test_bad_pixelfly_settings_name_the_culprit(kwargs, culprit):
 
 
 @pytest.mark.parametrize("name", ["gmlp_s16_224", "vitae_basic_tiny", "t2t_vit_12"])
-def test_families_without_pixelfly_refuse_it(name):
-    with pytest.raises(ValueError) as info:
-        create_model(name, mlp_layer="pixelfly")
-    assert "mlp_layer must be one of ('dense', 'monarch', 'ssl', 'lowrank', 'bdiagbfly'), got 'pixelfly'" \
-        in str(info.value)
-    assert "MLP-Mixer family and GPT-2" in str(info.value)
+def test_pixelfly_builds_in_every_family(name):
+    """A registered layer serves every family whose MLP is fc1 -> act -> fc2, Pixelfly included."""
+    tiny = {"gmlp_s16_224": dict(img_size=32, patch_size=8, num_blocks=1, embed_dim=64),
+            "vitae_basic_tiny": dict(img_size=32, nc_depth=1),
+            "t2t_vit_12": dict(img_size=32, depth=1, embed_dim=64, num_heads=2)}[name]
+    net = create_model(name, num_classes=3, mlp_layer="pixelfly", block=16, rank=4, **tiny)
+    layers = [cell for _, cell in net.cells_and_names() if isinstance(cell, SparseLRLinear)]
+    assert len(layers) == 2 and layers[0].rank == 4 and layers[0].sparse.block == 16
+    net.set_train(False)
+    assert net(ms.Tensor(np.ones((1, 3, 32, 32), np.float32))).shape == (1, 3)

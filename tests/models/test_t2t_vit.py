@@ -143,6 +143,22 @@ def test_bad_arguments_name_the_culprit(kwargs, culprit):
     assert culprit in str(info.value)
 
 
+def test_the_family_declares_its_configuration_options():
+    """models/t2t_vit.py's CONFIG_OPTIONS, which config.py turns into YAML keys and options: T2T_ViT's own
+    keywords, with its attention types as the choices."""
+    import inspect
+
+    import config
+    from mindcv_ext.layers.attention import ATTENTION_TYPES
+    from mindcv_ext.models import t2t_vit
+
+    declared = [{k: v for k, v in o.items() if k != "module"} for o in config.family_options()
+                if o["module"] == "mindcv_ext.models.t2t_vit"]
+    assert declared == list(t2t_vit.CONFIG_OPTIONS)
+    assert {o["name"] for o in declared} <= set(inspect.signature(t2t_vit.T2T_ViT).parameters)
+    assert [o.get("choices") for o in declared if o["name"] == "t2t_attn"] == [ATTENTION_TYPES]
+
+
 def test_performer_t2t_rejects_attention_settings():
     with pytest.raises(ValueError, match="t2t_attn and its settings apply to the transformer T2T module"):
         create_model("t2t_vit_14", t2t_attn="local", **TINY)

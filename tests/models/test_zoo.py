@@ -116,7 +116,7 @@ def test_monarch_switch_is_a_keyword():
     monarch = create_model("gmlp_s16_224", img_size=32, patch_size=4, num_blocks=2, embed_dim=32,
                            mlp_layer="monarch", nblocks=2)
     assert monarch.blocks[0].mlp_channels.fc1.blkdiag1.shape == (2, 16, 16)
-    assert type(dense.blocks[0].mlp_channels.fc1).__name__ == "Dense"
+    assert type(dense.blocks[0].mlp_channels.fc1).__name__ == "DenseLinear"
     same = create_model("gmlp_s16_224_monarch", img_size=32, patch_size=4, num_blocks=2, embed_dim=32,
                         mlp_layer="monarch", nblocks=2)
     assert count_params(same) == count_params(monarch)
@@ -143,7 +143,7 @@ def test_vitae_reference_names_are_aliases():
 @pytest.mark.parametrize("call,culprit", [
     (lambda: mindcv_ext.create_model("gmlp_s16"), "unknown model 'gmlp_s16'. Did you mean 'gmlp_s16_224'"),
     (lambda: create_model("gmlp_s16_224", mlp_layer="butterfly"),
-     "mlp_layer must be one of ('dense', 'monarch', 'ssl', 'lowrank', 'bdiagbfly'), got 'butterfly'"),
+     "mlp_layer must be one of dense, monarch, pixelfly, fbbfly, ssl, lowrank, bdiagbfly"),
     (lambda: create_model("mixer_s16_224_monarch", nblocks=0), "nblocks must be a positive integer, got 0"),
     (lambda: create_model("vitae_basic_tiny", img_size=40), "img_size must be a positive multiple of 16, got 40"),
     (lambda: create_model("mixer_s16_224", img_size=30), "img_size (30, 30) must be a multiple of patch_size"),
