@@ -1,15 +1,21 @@
 """Accelerated twins of the plain cells, on the CPU kernels.
 
-Each twin is built from a plain cell and holds that cell's Parameter objects (same names, shapes and values), so
+Each twin is made from a plain cell and holds that cell's Parameter objects (same names, shapes and values), so
 checkpoints, optimizer state and EMA do not notice the swap. Each subclasses its plain cell and falls back to the
 plain ``construct`` for inputs other than float32, so a twin is never wrong, only sometimes not faster.
+
+A twin does not re-run its plain cell's constructor, nor copy attributes one by one: ``_Twin.__init__`` takes over
+the plain cell's whole state (parameters, sub-cells, buffers, flags, attributes: whatever the plain class has, now
+or later), and each twin then adds its kernels and swaps in the twins of its sub-cells.
 """
+from typing import Tuple
+
 import mindspore as ms
 from mindspore import nn, ops
 
 import numpy as np
 
-from ..layers import GatedMlp, MonarchLinear, Mlp, SketchStructuredLinear, SparseLRLinear, is_exact_gelu
+from ..layers import GatedMlp, MonarchLinear, Mlp, PixelflyMlp, SketchStructuredLinear, SparseLRLinear, is_exact_gelu
 from ..layers.ssl import SSL_BLOCK_K, SSL_VEC
 from ..models.gmlp import SpatialGatingUnit
 from .cpu_kernels import (CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuBlocksMatmul, CpuColumnsOfFlat, CpuColumnsOfRows,
@@ -18,9 +24,32 @@ from .cpu_kernels import (CpuBiasGeluRegroup, CpuBiasGeluSplit, CpuBlocksMatmul,
 from .fused import gated_pair_fusable, monarch_forward, monarch_gated_mlp, monarch_mlp, pair_fusable, reorder_features
 
 __all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastSketchStructuredLinear", "FastSparseLRLinear",
-           "FastMlp", "FastPixelflyMlp", "FastGatedMlp", "FastSpatialGatingUnit", "FAST_CELLS", "sgemm_unavailable"]
+           "FastMlp", "FastPixelflyMlp", "FastGatedMlp", "FastSpatialGatingUnit", "FAST_CELLS", "sgemm_unavailable",
+           "bound_state"]
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+# What ``nn.Cell.__init__`` keeps about the cell object itself, rather than about the computation: its compile
+# caches (registered under ``id(cell)``, dropped by ``Cell.__del__``), creation time (part of its graphs' keys),
+# compile state, the signature of its class's ``construct`` and whether that class has a ``bprop``. A twin keeps
+# its own, as made for it by ``nn.Cell.__init__``; everything else in the plain cell's ``__dict__`` it takes over.
+CELL_OWN_STATE = frozenset({
+    "_create_time", "_compile_cache", "_phase_cache", "_compile_phase", "_compiled", "arguments_key",
+    "_jit_graph_name", "_lazy_construct_sig", "has_bprop", "is_top_cell", "_init_flag", "_is_check_and_refresh"})
+# The registries ``Cell.__setattr__`` files parameters, sub-cells, buffers and primitives in: a twin takes over
+# copies with the same entries, so adding its kernels and swapping in twins of sub-cells leaves the plain cell whole.
+CELL_REGISTRIES = ("_params", "_cells", "_buffers", "_params_list", "_primitives")
+# State MindSpore builds around the cell object itself (it would run the plain cell, not its twin): PyNative
+# backward hooks, the recompute wrapper and the shard wrapper. A cell that has any is left plain (``bound_state``).
+_BOUND_TO_CELL = ("_cell_backward_pre_hook", "_cell_backward_hook", "_recompute_cell", "_shard_fn")
+
+
+def bound_state(cell: nn.Cell) -> Tuple[str, ...]:
+    """What ``cell`` has that MindSpore built around the cell object itself, so that no twin can take it over:
+    ``backward hooks``, ``recompute``, ``shard``. Empty for a cell a twin can be made from."""
+    kinds = {"_cell_backward_pre_hook": "backward hooks", "_cell_backward_hook": "backward hooks",
+             "_recompute_cell": "recompute", "_shard_fn": "shard"}
+    return tuple(sorted({kinds[name] for name in _BOUND_TO_CELL if vars(cell).get(name) is not None}))
 
 
 def sgemm_unavailable() -> str:
@@ -30,26 +59,65 @@ def sgemm_unavailable() -> str:
     return f"MindSpore {ms.__version__} here has no oneDNN sgemm (dnnl_sgemm in libdnnl.so.3), which it multiplies on"
 
 
-class _SgemmTwin:
-    """A twin on oneDNN's sgemm: it applies to the cells of its kind (``matches``, each twin's own) where the machine
-    has sgemm; elsewhere ``unavailable()`` says why (``accel.declined_twins``)."""
+class _Twin:
+    """Base of the twins (first in each twin's bases): ``Twin(plain)`` is the plain cell, taken over.
 
-    unavailable = staticmethod(sgemm_unavailable)
+    ``__init__`` makes the Cell internals of the new object with ``nn.Cell.__init__`` (not the plain class's
+    constructor), then takes over everything else in the plain cell's ``__dict__`` by reference: its parameters,
+    sub-cells, buffers and primitives (in copies of its registries, ``CELL_REGISTRIES``), its flags, training mode,
+    AMP level and forward hooks, and all of its own attributes. A subclass then adds its kernels and swaps in twins
+    of sub-cells with ``adopt``. Parameter objects and their names stay as they are.
+
+    ``matches(cell)`` says whether a cell is of the twin's kind, ``unavailable()`` why the twin cannot serve on this
+    machine ('' when it can); ``applies`` is both.
+    """
+
+    @staticmethod
+    def unavailable() -> str:
+        return ""
+
+    @staticmethod
+    def matches(cell: nn.Cell) -> bool:
+        raise NotImplementedError
 
     @classmethod
     def applies(cls, cell: nn.Cell) -> bool:
         return cls.matches(cell) and not cls.unavailable()
 
+    def __init__(self, plain: nn.Cell) -> None:
+        bound = bound_state(plain)
+        if bound:
+            raise ValueError(f"{type(self).__name__} cannot be made from a {type(plain).__name__} with "
+                             f"{' and '.join(bound)}: set those on the accelerated network")
+        nn.Cell.__init__(self)
+        state = vars(self)
+        for name, value in vars(plain).items():
+            if name in CELL_OWN_STATE:
+                continue
+            state[name] = type(value)(value) if name in CELL_REGISTRIES else value
 
-class FastGELU(nn.GELU):
+    def adopt(self, name: str, twin: nn.Cell) -> None:
+        """Put ``twin`` (of the sub-cell ``name``) in that sub-cell's place. Unlike ``setattr``, which names a
+        sub-cell's parameters ``name.*`` only, this keeps their names."""
+        self.insert_child_to_cell(name, twin)
+
+
+class _SgemmTwin(_Twin):
+    """A twin on oneDNN's sgemm: it applies to the cells of its kind (``matches``, each twin's own) where the machine
+    has sgemm; elsewhere ``unavailable()`` says why (``accel.declined_twins``)."""
+
+    unavailable = staticmethod(sgemm_unavailable)
+
+
+class FastGELU(_Twin, nn.GELU):
     """Exact GELU, one fused kernel forward and one backward (~6 ms instead of ~30 ms on 1568x3072)."""
 
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return is_exact_gelu(cell)
 
     def __init__(self, plain: nn.GELU) -> None:
-        super().__init__(approximate=False)
+        super().__init__(plain)
         self.kernel = CpuGelu()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -58,19 +126,18 @@ class FastGELU(nn.GELU):
         return super().construct(x)
 
 
-class FastLayerNorm(nn.LayerNorm):
+class FastLayerNorm(_Twin, nn.LayerNorm):
     """LayerNorm over the last axis, forward and backward each one kernel (MindSpore's CPU ``LayerNormGrad`` is ~2x
     slower than elementwise code, its forward ~7x slower than the kernel on 1568x768)."""
 
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, nn.LayerNorm) and len(cell.normalized_shape) == 1 and \
             cell.begin_norm_axis == -1 and cell.begin_params_axis == -1
 
     def __init__(self, plain: nn.LayerNorm) -> None:
-        super().__init__(plain.normalized_shape, epsilon=plain.epsilon)
-        self.gamma, self.beta = plain.gamma, plain.beta
-        self.kernel = CpuLayerNorm(plain.epsilon)
+        super().__init__(plain)
+        self.kernel = CpuLayerNorm(self.epsilon)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if x.dtype == ms.float32:
@@ -83,29 +150,25 @@ class FastLayerNorm(nn.LayerNorm):
         return self.kernel(x, gamma, beta)
 
 
-class FastMonarchLinear(MonarchLinear):
+class FastMonarchLinear(_Twin, MonarchLinear):
     """``MonarchLinear`` with its batched matmuls on oneDNN's sgemm (``CpuBlocksMatmul``; the first reads the
     input's blocks in place) and each permutation (between the factors, output with the bias) one kernel pass.
     Unpadded layers only."""
 
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, MonarchLinear) and cell.in_features_extended == cell.in_features and \
             cell.out_features_extended == cell.out_features
 
     def __init__(self, plain: MonarchLinear) -> None:
-        nn.Cell.__init__(self)
-        for name in ("in_features", "out_features", "nblocks", "has_bias", "in_features_extended",
-                     "out_features_extended"):
-            setattr(self, name, getattr(plain, name))
-        self.blkdiag1, self.blkdiag2, self.bias = plain.blkdiag1, plain.blkdiag2, plain.bias
-        k, l = self.blkdiag1.shape[0], self.blkdiag2.shape[0]
+        super().__init__(plain)
+        blocks1, blocks2 = self.blkdiag1.shape[0], self.blkdiag2.shape[0]  # k and l of fused.py
         sgemm = cpu_sgemm_available()
         self.cpu_matmul1 = CpuBlocksMatmul() if sgemm else None
         self.cpu_matmul2 = CpuBlocksMatmul() if sgemm else None
-        self.cpu_split = None if sgemm else CpuColumnsOfRows(k, 1)
-        self.cpu_stage1 = CpuColumnsOfFlat(l, k)
-        self.cpu_output = CpuColumnsOfRowsBias(1, l) if self.has_bias else CpuColumnsOfRows(1, l)
+        self.cpu_split = None if sgemm else CpuColumnsOfRows(blocks1, 1)
+        self.cpu_stage1 = CpuColumnsOfFlat(blocks2, blocks1)
+        self.cpu_output = CpuColumnsOfRowsBias(1, blocks2) if self.has_bias else CpuColumnsOfRows(1, blocks2)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if x.dtype != ms.float32:
@@ -124,15 +187,12 @@ class FastSketchStructuredLinear(_SgemmTwin, SketchStructuredLinear):
         return isinstance(cell, SketchStructuredLinear)
 
     def __init__(self, plain: SketchStructuredLinear) -> None:
-        nn.Cell.__init__(self)
-        for name in ("in_features", "out_features", "redn_factor", "seed", "has_bias", "weight_index"):
-            setattr(self, name, getattr(plain, name))
-        self.weight, self.bias = plain.weight, plain.bias
-        self.chunk_shifts = ms.Tensor(np.array([v * SSL_VEC for v in plain.vector_shifts], np.int32))
+        super().__init__(plain)
+        self.chunk_shifts = ms.Tensor(np.array([v * SSL_VEC for v in self.vector_shifts], np.int32))
         # The sketch keeps K-step order (t, i); the plain layer's index is in (q, t, v) order with i = q*VEC + v.
         compressed = self.in_features // self.redn_factor
         steps, vectors = compressed // SSL_BLOCK_K, SSL_BLOCK_K // SSL_VEC
-        plain_index = plain.weight_index.asnumpy().reshape(vectors, steps, SSL_VEC, self.out_features)
+        plain_index = self.weight_index.asnumpy().reshape(vectors, steps, SSL_VEC, self.out_features)
         natural = plain_index.transpose(3, 1, 0, 2).reshape(self.out_features, compressed)  # (n, t*BK + i)
         self.fast_weight_index = ms.Tensor(natural.reshape(-1))
         self.cpu_sketch = CpuSslChunkSum()
@@ -163,10 +223,7 @@ class FastSparseLRLinear(_SgemmTwin, SparseLRLinear):
             cell.out_ext == cell.out_features
 
     def __init__(self, plain: SparseLRLinear) -> None:
-        nn.Cell.__init__(self)
-        for name in ("in_features", "out_features", "rank", "in_ext", "out_ext", "gating", "has_bias"):
-            setattr(self, name, getattr(plain, name))
-        self.sparse, self.low_rank, self.gate, self.bias = plain.sparse, plain.low_rank, plain.gate, plain.bias
+        super().__init__(plain)
         # Without a gate the layer averages its terms: a zero logit gives g = sigmoid(0) = 0.5 exactly.
         self.no_gate = (ms.Tensor(np.zeros((1, self.in_features), np.float32)), ms.Tensor(np.zeros(1, np.float32)))
         self.no_bias = ms.Tensor(np.zeros(self.out_features, np.float32))
@@ -183,42 +240,45 @@ class FastSparseLRLinear(_SgemmTwin, SparseLRLinear):
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
-class FastPixelflyMlp(_SgemmTwin, Mlp):
-    """An MLP of two Pixelfly layers, each ``FastSparseLRLinear``, around the kernel GELU; the hidden activation
-    stays token-major (the tiles of the plain ``Mlp.hidden_as_tiles`` serve MindSpore's own operators)."""
+class FastPixelflyMlp(_SgemmTwin, PixelflyMlp):
+    """``PixelflyMlp`` of two Pixelfly layers, each ``FastSparseLRLinear``, around the kernel GELU; the hidden
+    activation stays token-major (the plain MLP's tiles, ``hidden_as_tiles``, serve MindSpore's own operators)."""
 
     @staticmethod
     def matches(cell: nn.Cell) -> bool:
-        return isinstance(cell, Mlp) and FastSparseLRLinear.matches(cell.fc1) and FastSparseLRLinear.matches(cell.fc2)
+        return isinstance(cell, PixelflyMlp) and FastSparseLRLinear.matches(cell.fc1) and \
+            FastSparseLRLinear.matches(cell.fc2)
 
-    def __init__(self, plain: Mlp) -> None:
-        nn.Cell.__init__(self)
-        self.fc1 = FastSparseLRLinear(plain.fc1)
-        self.act = FastGELU(plain.act) if is_exact_gelu(plain.act) else plain.act
-        self.drop1 = plain.drop1
-        self.fc2 = FastSparseLRLinear(plain.fc2)
-        self.drop2 = plain.drop2
+    def __init__(self, plain: PixelflyMlp) -> None:
+        super().__init__(plain)
+        self.adopt("fc1", FastSparseLRLinear(self.fc1))
+        if is_exact_gelu(self.act):
+            self.adopt("act", FastGELU(self.act))
+        self.adopt("fc2", FastSparseLRLinear(self.fc2))
         self.hidden_as_tiles = False
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        # Mlp's formula. Not through PixelflyMlp.construct: in graph mode its super() resolves from this class,
+        # back to PixelflyMlp.construct, without end.
+        x = self.drop1(self.act(self.fc1(x)))
+        return self.drop2(self.fc2(x))
 
 
 def _monarch_pair(fc1: nn.Cell, fc2: nn.Cell, fusable) -> bool:
     return FastMonarchLinear.applies(fc1) and FastMonarchLinear.applies(fc2) and fusable(fc1, fc2)
 
 
-class FastMlp(Mlp):
+class FastMlp(_Twin, Mlp):
     """Two Monarch layers around the exact GELU as one block-major computation (``fused.monarch_mlp``)."""
 
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, Mlp) and is_exact_gelu(cell.act) and _monarch_pair(cell.fc1, cell.fc2, pair_fusable)
 
     def __init__(self, plain: Mlp) -> None:
-        nn.Cell.__init__(self)
-        self.fc1 = FastMonarchLinear(plain.fc1)
-        self.act = plain.act
-        self.drop1 = plain.drop1
-        self.fc2 = FastMonarchLinear(plain.fc2)
-        self.drop2 = plain.drop2
+        super().__init__(plain)
+        self.adopt("fc1", FastMonarchLinear(self.fc1))
+        self.adopt("fc2", FastMonarchLinear(self.fc2))
         self.bias_gelu_regroup = CpuBiasGeluRegroup()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -248,18 +308,17 @@ class _TokenProjection(nn.Cell):
         return dv, dweight, dbias
 
 
-class FastSpatialGatingUnit(SpatialGatingUnit):
+class FastSpatialGatingUnit(_Twin, SpatialGatingUnit):
     """gMLP's gating unit with the kernel LayerNorm and a transpose-free token projection; ``construct_reordered``
     gates halves in ``fused.monarch_gated_mlp``'s feature order."""
 
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, SpatialGatingUnit)
 
     def __init__(self, plain: SpatialGatingUnit) -> None:
-        nn.Cell.__init__(self)
-        self.norm = FastLayerNorm(plain.norm)
-        self.proj = plain.proj
+        super().__init__(plain)
+        self.adopt("norm", FastLayerNorm(self.norm))
         self.token_projection = _TokenProjection()
         self.token_product = _TokenProjection(add_bias=False)
         self.gate_to_blocks = CpuGateToBlocks()  # the bias add, the gating product and fc2's block gather
@@ -283,22 +342,19 @@ class FastSpatialGatingUnit(SpatialGatingUnit):
         return self.gate_to_blocks(u.reshape(rows, k, -1), p.reshape(rows, k, -1), self.proj.bias)
 
 
-class FastGatedMlp(GatedMlp):
+class FastGatedMlp(_Twin, GatedMlp):
     """gMLP's gated MLP with two Monarch layers, block-major from fc1 to fc2 (``fused.monarch_gated_mlp``)."""
 
     @staticmethod
-    def applies(cell: nn.Cell) -> bool:
+    def matches(cell: nn.Cell) -> bool:
         return isinstance(cell, GatedMlp) and is_exact_gelu(cell.act) and \
             isinstance(cell.gate, SpatialGatingUnit) and _monarch_pair(cell.fc1, cell.fc2, gated_pair_fusable)
 
     def __init__(self, plain: GatedMlp) -> None:
-        nn.Cell.__init__(self)
-        self.fc1 = FastMonarchLinear(plain.fc1)
-        self.act = plain.act
-        self.drop1 = plain.drop1
-        self.gate = FastSpatialGatingUnit(plain.gate)
-        self.fc2 = FastMonarchLinear(plain.fc2)
-        self.drop2 = plain.drop2
+        super().__init__(plain)
+        self.adopt("fc1", FastMonarchLinear(self.fc1))
+        self.adopt("gate", FastSpatialGatingUnit(self.gate))
+        self.adopt("fc2", FastMonarchLinear(self.fc2))
         self.bias_gelu_split = CpuBiasGeluSplit()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:

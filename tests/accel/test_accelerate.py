@@ -12,11 +12,21 @@ import mindcv_ext
 import mindcv_ext.accel as accel
 from mindcv_ext.accel import accelerate, accelerated_cells
 from mindcv_ext.accel.cells import FastGatedMlp, FastMlp, FastMonarchLinear, FastPixelflyMlp, FastSparseLRLinear
-from mindcv_ext.layers import GatedMlp, MonarchLinear, Mlp, SparseLRLinear
+from mindcv_ext.layers import GatedMlp, MonarchLinear, Mlp, PixelflyMlp, SparseLRLinear, create_mlp, linear_layer
 from mindcv_ext.models.gmlp import SpatialGatingUnit
 from tests.utils import SensGrads, rel_err, skip_unless_twin_serves
 
 pytestmark = pytest.mark.usefixtures("kernel_library")
+
+
+def _mlp(dim: int, hidden: int, layer: str = "monarch", **settings) -> Mlp:
+    """The MLP a model builds for ``layer`` (``create_mlp``: ``PixelflyMlp`` for Pixelfly layers)."""
+    return create_mlp(dim, hidden, linear_layer=linear_layer(layer, **settings))
+
+
+def _gated_mlp(dim: int, hidden: int, seq_len: int, **settings) -> GatedMlp:
+    return GatedMlp(dim, hidden, lambda width: SpatialGatingUnit(width, seq_len),
+                    linear_layer=linear_layer("monarch", **settings))
 
 
 def _randomise(net: nn.Cell, seed: int, scale: float = 0.3) -> nn.Cell:
@@ -67,7 +77,7 @@ def test_monarch_linear_twin(in_features, out_features, nblocks, has_bias, graph
 def test_mlp_twin(dim, hidden, nblocks, fused, graph_mode):
     """Fusable pairs run block-major with fc1's bias, GELU and the regrouping in one kernel; a padded pair (100->300)
     and one whose blocks do not line up (nblocks 16) keep their layers and take the GELU kernel only."""
-    mlp = _randomise(Mlp(dim, hidden, mlp_layer="monarch", nblocks=nblocks), 2)
+    mlp = _randomise(_mlp(dim, hidden, nblocks=nblocks), 2)
     x = np.random.default_rng(3).standard_normal((2, 7, dim)).astype(np.float32)
     fast = _assert_same_results(mlp, x, (2, 7, dim))
     assert isinstance(fast, FastMlp) is fused
@@ -79,7 +89,7 @@ def test_padded_monarch_layer_and_dense_mlp_keep_their_layers(graph_mode):
     GELU kernel only."""
     padded = MonarchLinear(30, 50, 4)
     assert accelerate(padded, "on") is padded and not accelerated_cells(padded)
-    dense = _randomise(Mlp(64, 256, mlp_layer="dense"), 8)
+    dense = _randomise(_mlp(64, 256, "dense"), 8)
     x = np.random.default_rng(9).standard_normal((3, 64)).astype(np.float32)
     fast = _assert_same_results(dense, x, (3, 64))
     assert type(fast) is Mlp and accelerated_cells(fast) == {"FastGELU": 1}
@@ -87,7 +97,7 @@ def test_padded_monarch_layer_and_dense_mlp_keep_their_layers(graph_mode):
 
 def test_mlp_twin_without_fc1_bias(graph_mode):
     """The fused kernel gives a bias-free fc1 a zero bias."""
-    mlp = _randomise(Mlp(64, 256, mlp_layer="monarch"), 4)
+    mlp = _randomise(_mlp(64, 256), 4)
     mlp.fc1 = MonarchLinear(64, 256, 4, has_bias=False)
     x = np.random.default_rng(4).standard_normal((5, 64)).astype(np.float32)
     assert isinstance(_assert_same_results(mlp, x, (5, 64)), FastMlp)
@@ -98,8 +108,7 @@ def test_gated_mlp_twin(dim, nblocks, fusable, graph_mode):
     """gMLP's Monarch gated MLP block-major: fc1's bias, GELU and the split in one kernel, the gate on permuted
     features, the gate's bias, product and gather into fc2's blocks in another; otherwise each cell's own twin."""
     seq_len = 16
-    mlp = _randomise(GatedMlp(dim, 6 * dim, lambda hidden: SpatialGatingUnit(hidden, seq_len), mlp_layer="monarch",
-                              nblocks=nblocks), 1)
+    mlp = _randomise(_gated_mlp(dim, 6 * dim, seq_len, nblocks=nblocks), 1)
     x = np.random.default_rng(2).standard_normal((2, seq_len, dim)).astype(np.float32)
     fast = _assert_same_results(mlp, x, (2, seq_len, dim))
     assert isinstance(fast, FastGatedMlp) is fusable
@@ -111,12 +120,12 @@ def test_pixelfly_mlp_twin(dim, hidden, gating, graph_mode):
     """Both Pixelfly layers one kernel each way around the GELU kernel, gated or not, with the plain tiled MLP's
     values and gradients."""
     skip_unless_twin_serves(FastPixelflyMlp)
-    mlp = Mlp(dim, hidden, mlp_layer="pixelfly", settings=dict(gating=gating))
-    assert mlp.hidden_as_tiles
+    mlp = _mlp(dim, hidden, "pixelfly", gating=gating)
+    assert type(mlp) is PixelflyMlp and mlp.hidden_as_tiles
     _randomise(mlp, 5, scale=0.1)
     x = np.random.default_rng(6).standard_normal((2, 70, dim)).astype(np.float32)
     fast = _assert_same_results(mlp, x, (2, 70, dim))
-    assert isinstance(fast, FastPixelflyMlp) and not fast.hidden_as_tiles
+    assert isinstance(fast, FastPixelflyMlp) and isinstance(fast, PixelflyMlp) and not fast.hidden_as_tiles
     assert accelerated_cells(fast) == {"FastPixelflyMlp": 1, "FastSparseLRLinear": 2, "FastGELU": 1}
 
 
@@ -132,7 +141,7 @@ def test_padded_pixelfly_layer_keeps_the_plain_layer(graph_mode):
 
 def test_twins_fall_back_to_the_plain_formula_off_float32(graph_mode):
     """Under AMP applied after accelerate, fp16 reaches the twins: they take the plain operators."""
-    mlp = _randomise(GatedMlp(64, 384, lambda hidden: SpatialGatingUnit(hidden, 16), mlp_layer="monarch"), 3)
+    mlp = _randomise(_gated_mlp(64, 384, 16), 3)
     x = np.random.default_rng(4).standard_normal((2, 16, 64)).astype(np.float32)
     reference = mlp(ms.Tensor(x)).asnumpy()
     mixed = ms.amp.auto_mixed_precision(accelerate(mlp, "on"), "O2")
@@ -166,7 +175,7 @@ def test_every_family_gives_the_plain_logits_and_gradients(name, kwargs, size, g
 
 def test_accelerate_keeps_names_of_a_wrapped_network():
     """A network wrapped before accelerate (a loss cell, a grad cell) keeps its parameters' names."""
-    wrapper = SensGrads(Mlp(64, 256, mlp_layer="monarch"))
+    wrapper = SensGrads(_mlp(64, 256))
     names = [p.name for p in wrapper.get_parameters()]
     assert names[0].startswith("net.")
     accelerate(wrapper, "on")
@@ -185,7 +194,7 @@ def test_accelerate_is_idempotent_and_logs_what_it_swapped(caplog):
 
 
 def test_off_leaves_the_network_plain():
-    mlp = Mlp(64, 256, mlp_layer="monarch")
+    mlp = _mlp(64, 256)
     assert accelerate(mlp, "off") is mlp and not accelerated_cells(mlp)
     with pytest.raises(ValueError, match="cpu_kernels must be one of"):
         accelerate(mlp, "yes")
@@ -193,13 +202,13 @@ def test_off_leaves_the_network_plain():
 
 def _no_op_cases():
     def amp():
-        return ms.amp.auto_mixed_precision(Mlp(64, 256, mlp_layer="monarch"), "O2")
+        return ms.amp.auto_mixed_precision(_mlp(64, 256), "O2")
 
     def fp16():
-        return Mlp(64, 256, mlp_layer="monarch").to_float(ms.float16)
+        return _mlp(64, 256).to_float(ms.float16)
 
     def half_params():
-        mlp = Mlp(64, 256, mlp_layer="monarch")
+        mlp = _mlp(64, 256)
         mlp.fc1.bias.set_dtype(ms.float16)
         return mlp
 
@@ -220,7 +229,7 @@ def test_does_nothing_for_float16_or_amp(build, reason, caplog):
 def test_does_nothing_off_cpu(monkeypatch, caplog):
     real = ms.get_context
     monkeypatch.setattr(accel.ms, "get_context", lambda key: "GPU" if key == "device_target" else real(key))
-    net = Mlp(64, 256, mlp_layer="monarch")
+    net = _mlp(64, 256)
     with caplog.at_level(logging.INFO, logger="mindcv_ext"):
         accelerate(net)
     assert not accelerated_cells(net) and "device_target is GPU" in caplog.text
@@ -230,7 +239,7 @@ def test_does_nothing_off_cpu(monkeypatch, caplog):
 
 def test_environment_switch_turns_it_off_everywhere(monkeypatch, caplog):
     monkeypatch.setenv(accel.cpu_kernels.ENV_SWITCH, "0")
-    net = Mlp(64, 256, mlp_layer="monarch")
+    net = _mlp(64, 256)
     with caplog.at_level(logging.INFO, logger="mindcv_ext"):
         accelerate(net, "on")  # the global switch wins over an explicit on
     assert not accelerated_cells(net) and "MINDCV_EXT_CPU_KERNELS=0" in caplog.text
@@ -240,10 +249,10 @@ def test_export_of_the_plain_network_names_no_kernel(kernel_library, graph_mode,
     """What scripts/export.py exports: the plain network, whatever ran before. The accelerated one would call this
     machine's library, which the check below would see."""
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32))
-    fast = accelerate(Mlp(64, 256, mlp_layer="monarch"), "on")
+    fast = accelerate(_mlp(64, 256), "on")
     ms.export(fast, x, file_name=str(tmp_path / "fast"), file_format="MINDIR")
     assert kernel_library.encode() in (tmp_path / "fast.mindir").read_bytes()  # the check below can fail
-    plain = Mlp(64, 256, mlp_layer="monarch")
+    plain = _mlp(64, 256)
     ms.export(plain, x, file_name=str(tmp_path / "plain"), file_format="MINDIR")
     exported = (tmp_path / "plain.mindir").read_bytes()
     assert kernel_library.encode() not in exported and b"Custom" not in exported
@@ -257,7 +266,7 @@ def test_twins_that_cannot_serve_here_are_declined_with_why(monkeypatch, caplog)
     import mindcv_ext.accel.cells as cells
 
     monkeypatch.setattr(cells, "cpu_sgemm_available", lambda: False)
-    mlp = Mlp(128, 512, mlp_layer="pixelfly")
+    mlp = _mlp(128, 512, "pixelfly")
     declined = accel.declined_twins(mlp)
     assert sorted(declined) == ["FastPixelflyMlp", "FastSparseLRLinear"]
     assert f"MindSpore {ms.__version__} here has no oneDNN sgemm" in declined["FastPixelflyMlp"]
@@ -266,4 +275,4 @@ def test_twins_that_cannot_serve_here_are_declined_with_why(monkeypatch, caplog)
     assert "FastPixelflyMlp not used: MindSpore" in caplog.text
     assert type(mlp.fc1) is SparseLRLinear and accelerated_cells(mlp) == {"FastGELU": 1}
     monkeypatch.setattr(cells, "cpu_sgemm_available", lambda: True)
-    assert accel.declined_twins(Mlp(128, 512, mlp_layer="pixelfly")) == {}
+    assert accel.declined_twins(_mlp(128, 512, "pixelfly")) == {}
