@@ -9,22 +9,22 @@ GELU is written without Erf, which that exporter lacks) and is checked with onnx
 AIR needs the Ascend backend. Model options (``--model``, ``--num_classes``, ``--img_size``, ``--mlp_layer``,
 ``--model_kwargs``...) are read like train.py's, from ``-c`` and the command line.
 """
+import argparse
 import json
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from config import create_parser, input_resolution, model_arguments, parse_args  # noqa: E402
+from config import create_parser, input_resolution, model_options, parse_args
 
 _logger = logging.getLogger("mindcv_ext")
 _EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     parser = create_parser()
     parser.description = "Export a model with its checkpoint to MindIR, AIR or ONNX."
     group = parser.add_argument_group("Export")
@@ -40,14 +40,15 @@ def _parser():
     return parser
 
 
-def export_model(args) -> dict:
+def export_model(args: argparse.Namespace) -> Dict[str, Any]:
+    """Export the checkpoint's network as ``args`` say and check the exported file against it; the report."""
     import numpy as np
 
     import mindspore as ms
     from mindspore import nn
 
-    import mindcv_ext  # noqa: F401  (registers the models)
-    from mindcv_ext.engine.runtime import build_model, load_weights, setup_context, setup_logger
+    from mindcv_ext.engine.runtime import load_weights, setup_context, setup_logger
+    from mindcv_ext.models import create_model
 
     if not args.ckpt_path:
         raise ValueError("nothing to export: pass --ckpt CHECKPOINT (MindSpore .ckpt or a PyTorch checkpoint)")
@@ -67,8 +68,9 @@ def export_model(args) -> dict:
     classes_file = Path(args.ckpt_path).parent / "classes.json"
     if num_classes is None:
         num_classes = len(json.loads(classes_file.read_text())) if classes_file.is_file() else 1000
-    network = build_model(args.model, num_classes, args.in_channels, False, None, None, args.img_size,
-                          args.mlp_layer, args.nblocks, args.model_kwargs, **model_arguments(args))
+    # Dropout rates aside: an exported graph runs in eval mode.
+    network = create_model(args.model, **model_options(args, num_classes=num_classes, pretrained=False,
+                                                       drop_rate=None, drop_path_rate=None))
     _logger.info(f"loaded {load_weights(network, args.ckpt_path, ema=args.ema)}")
     # The plain network, never accelerate(network): the CPU kernels are calls into a library on this machine,
     # and an exported graph must run anywhere.
@@ -121,7 +123,7 @@ def export_model(args) -> dict:
     return report
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv, _parser())
     try:
         report = export_model(args)

@@ -18,46 +18,33 @@ loop's efficiency. It writes ``study.csv``, ``runs.csv``, ``efficiency.csv``, ``
 
 A killed study continues where it stopped: a finished run (all epochs in its ``results.csv``) is kept, and an
 unfinished one resumes from its newest checkpoint with train.py's exact resume. A step timed alone is kept too.
+
+The records, summaries and plots (``mindcv_ext.benchmark.study``), MACs (``count_macs``), the step timed alone (a
+``mindcv_ext.benchmark`` worker) and the CSV and markdown writers come from ``mindcv_ext.benchmark``. The recipes
+are read with train.py's ``config``: the checkout's root must be importable (``PYTHONPATH=.`` from it).
 """
 import argparse
-import csv
 import json
 import os
 import subprocess
 import sys
-import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mindcv_ext.benchmark.study import (EFFICIENCY_FIELDS, EPOCH_FIELDS, FINE_TUNED, MARKDOWN_FIELDS, RUN_FIELDS,
+                                        STUDY_FIELDS, add_total_times, efficiency, last_json_line, plot, plot_curves,
+                                        read_results, run_record, schedule, summarize, training_time)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
 CONFIGS = os.path.join(REPO_ROOT, "configs", "fashion_mnist")
-FINE_TUNED = "dense_to_monarch"
 VARIANTS = {"gmlp": ("dense", "monarch", FINE_TUNED), "mixer": ("dense", "monarch", "pixelfly", FINE_TUNED)}
 ALL_VARIANTS = ("dense", "monarch", "pixelfly", FINE_TUNED)
-STUDY_FIELDS = ["family", "variant", "seeds", "epochs", "top1_mean", "top1_spread", "top1_per_seed", "params",
-                "macs_m", "train_time_s", "images_per_s", "time_speedup_vs_dense", "top1_vs_dense", "total_time_s",
-                "projection_error", "top1_after_projection"]
-RUN_FIELDS = ["family", "variant", "seed", "epochs", "top1", "train_time_s", "images_per_s", "steady_images_per_s",
-              "total_time_s", "projection_error", "top1_after_projection", "run_dir"]
-EPOCH_FIELDS = ["family", "variant", "seed", "epoch", "top1", "epoch_time_s", "images_per_s", "train_loss"]
-EFFICIENCY_FIELDS = ["family", "variant", "batch_size", "step_alone_images_per_s", "epoch_images_per_s",
-                     "efficiency"]
 
 
 def config_path(family: str, variant: str) -> str:
     """The recipe a variant trains with: the fine-tuned variant uses the Monarch twin's."""
     return os.path.join(CONFIGS, f"{family}_{'monarch' if variant == FINE_TUNED else variant}.yaml")
-
-
-def read_results(run_dir: str) -> List[dict]:
-    path = os.path.join(run_dir, "results.csv")
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as stream:
-        return list(csv.DictReader(stream))
 
 
 def latest_checkpoint(run_dir: str, model: str) -> Optional[str]:
@@ -69,13 +56,6 @@ def latest_checkpoint(run_dir: str, model: str) -> Optional[str]:
 
 def run_dir_of(args, family: str, variant: str, seed: int) -> str:
     return os.path.join(args.out, f"{family}_{variant}_seed{seed}")
-
-
-def schedule(epochs: int, warmup: float, cooldown: int = 0) -> List[str]:
-    """train.py's arguments for ``epochs`` epochs: ``warmup`` epochs, the cosine decay, then ``cooldown`` epochs at
-    the final learning rate (as many as the recipe has, while at least one epoch of decay remains)."""
-    decay = max(1, epochs - int(warmup) - cooldown)
-    return ["--epoch_size", str(epochs), "--warmup_epochs", f"{warmup:g}", "--decay_epochs", str(decay)]
 
 
 def dense_epochs(args, family: str, extra: List[str]) -> int:
@@ -106,11 +86,6 @@ def finished_dense_run(args, family: str, seed: int, extra: List[str]) -> Tuple[
         raise RuntimeError(f"{FINE_TUNED} seed {seed} starts from the finished dense run {run_dir}, which is not "
                            f"there yet; train the dense twin of seed {seed} first (--variants dense)")
     return checkpoint, training_time(done[:epochs])
-
-
-def training_time(rows: List[dict]) -> float:
-    """A run's training wall time: the sum of its epochs' own times (validation excluded)."""
-    return round(sum(float(r["epoch_time_s"]) for r in rows), 1)
 
 
 def train_arguments(family: str, variant: str, seed: int, args, run_dir: str, extra: List[str]) -> List[str]:
@@ -158,7 +133,7 @@ def projection_record(family: str, seed: int, args, run_dir: str, extra: List[st
                   *extra]
     if _python("eval.py", evaluation, console) != 0:
         raise RuntimeError(f"evaluating the projection of {checkpoint} failed; see {console}")
-    scores = _last_json_line(console)
+    scores = last_json_line(console)
     record = {"projection_error": round(float(np.mean(errors)), 4), "top1_after_projection":
               round(100.0 * scores["top1"], 2), "layers": len(errors), "dense_checkpoint": checkpoint}
     from mindcv_ext.engine.files import atomic_write
@@ -166,20 +141,6 @@ def projection_record(family: str, seed: int, args, run_dir: str, extra: List[st
     with atomic_write(path, "w") as stream:
         json.dump(record, stream, indent=1)
     return record
-
-
-def _last_json_line(console: str) -> dict:
-    """eval.py's scores: the last line of its console output that is a JSON object (warnings may follow it)."""
-    with open(console) as stream:
-        lines = stream.read().splitlines()
-    for line in reversed(lines):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                break
-    raise RuntimeError(f"{console} ends without eval.py's JSON scores; read it for what went wrong, then run the "
-                       f"study again")
 
 
 def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> dict:
@@ -203,213 +164,75 @@ def run_once(family: str, variant: str, seed: int, args, extra: List[str]) -> di
         if code != 0:
             raise RuntimeError(f"training {family}_{variant} seed {seed} failed (exit {code}); see {console}")
         rows = read_results(run_dir)
-    rows = [r for r in rows if r["val_top1"]]
-    if len(rows) < settings.epoch_size:
-        raise RuntimeError(f"{run_dir}: results.csv has {len(rows)} of {settings.epoch_size} epochs after training")
-    rows = rows[:settings.epoch_size]
-    speeds = [float(r["images_per_s"]) for r in rows]
-    record = {"family": family, "variant": variant, "seed": seed, "epochs": settings.epoch_size,
-              "top1": round(100.0 * float(rows[-1]["val_top1"]), 2), "train_time_s": training_time(rows),
-              "images_per_s": round(float(np.mean(speeds)), 1),
-              # Epoch 1 includes compiling the graph; the later epochs are the loop's steady speed.
-              "steady_images_per_s": round(float(np.median(speeds[1:] or speeds)), 1), "run_dir": run_dir,
-              "epoch_rows": [{"family": family, "variant": variant, "seed": seed, "epoch": int(r["epoch"]),
-                              "top1": round(100.0 * float(r["val_top1"]), 2), "epoch_time_s": r["epoch_time_s"],
-                              "images_per_s": r["images_per_s"], "train_loss": r["train_loss"]} for r in rows]}
+    record = run_record(family, variant, seed, run_dir, rows, settings.epoch_size)
     if variant == FINE_TUNED:
         record.update({key: projection[key] for key in ("projection_error", "top1_after_projection")})
         record["dense_time_s"] = finished_dense_run(args, family, seed, extra)[1]
     return record
 
 
+def recipe_options(settings: argparse.Namespace) -> Dict[str, Any]:
+    """``create_model``'s keywords for a recipe's network: 10 classes, no pretrained weights, the dropout rates
+    left at the model's defaults (as the study has always counted and timed it)."""
+    from config import model_options
+
+    return model_options(settings, num_classes=10, pretrained=False, drop_rate=None, drop_path_rate=None)
+
+
 def recipe_model(family: str, variant: str, extra: List[str]):
     """(network, settings): the variant's network as train.py builds it from its recipe (10 classes)."""
-    from config import model_arguments, parse_args
-    from mindcv_ext.engine.runtime import build_model
+    from config import parse_args
+    from mindcv_ext.models import create_model
 
     settings = parse_args(["-c", config_path(family, variant), *extra])
-    net = build_model(settings.model, 10, settings.in_channels, False, None, None, settings.img_size,
-                      settings.mlp_layer, settings.nblocks, settings.model_kwargs, **model_arguments(settings))
-    return net, settings
+    return create_model(settings.model, **recipe_options(settings)), settings
 
 
 def model_size(family: str, variant: str, extra: List[str]) -> Dict[str, float]:
     """Parameters and MACs per image of the variant as its recipe builds it."""
     from config import input_resolution
+    from mindcv_ext.benchmark import count_macs
     from mindcv_ext.models import count_params
-    from scripts.benchmark import count_macs
 
     net, settings = recipe_model(family, variant, extra)
     size = input_resolution(settings) or 28
     return {"params": count_params(net), "macs_m": round(count_macs(net, size, settings.in_channels) / 1e6, 1)}
 
 
-def summarize(runs: List[dict], sizes: Dict[str, dict]) -> List[dict]:
-    rows = []
-    for family in dict.fromkeys(r["family"] for r in runs):
-        family_runs = [r for r in runs if r["family"] == family]
-        per_variant = {}
-        for variant in dict.fromkeys(r["variant"] for r in family_runs):
-            mine = [r for r in family_runs if r["variant"] == variant]
-            top1 = [r["top1"] for r in mine]
-            per_variant[variant] = {
-                "family": family, "variant": variant, "seeds": len(mine), "epochs": mine[0]["epochs"],
-                "top1_mean": round(float(np.mean(top1)), 2),
-                "top1_spread": round(float(np.max(top1) - np.min(top1)), 2) if len(top1) > 1 else 0.0,
-                "top1_per_seed": " ".join(f"{t:.2f}" for t in top1),
-                "train_time_s": round(float(np.mean([r["train_time_s"] for r in mine])), 1),
-                "total_time_s": round(float(np.mean([r["total_time_s"] for r in mine])), 1),
-                "images_per_s": round(float(np.mean([r["images_per_s"] for r in mine])), 1),
-                **sizes[f"{family}_{variant}"]}
-            if variant == FINE_TUNED:
-                for key in ("projection_error", "top1_after_projection"):
-                    per_variant[variant][key] = round(float(np.mean([r[key] for r in mine])), 4 if "error" in key
-                                                      else 2)
-        dense = per_variant.get("dense")
-        for row in per_variant.values():
-            if dense:
-                # The fine-tuned variant's cost is the dense run's and its own: its speed-up is below 1.
-                row["time_speedup_vs_dense"] = round(dense["train_time_s"] / row["total_time_s"], 2)
-                row["top1_vs_dense"] = round(row["top1_mean"] - dense["top1_mean"], 2)
-            rows.append(row)
-    return rows
-
-
-def add_total_times(runs: List[dict]) -> None:
-    """Each run's total cost: its own training time, plus, for the fine-tuned variant, the dense run it began from."""
-    for run in runs:
-        run["total_time_s"] = round(run["train_time_s"] + run.get("dense_time_s", 0.0), 1)
-
-
-def step_alone(family: str, variant: str, extra: List[str], steps: int, warmup: int) -> dict:
-    """The network's training step alone, in this process: a bare ``TrainOneStepCell(WithLossCell(net,
-    CrossEntropyLoss()), AdamWeightDecay)`` at the recipe's batch on random input, the accelerator on as in
-    train.py, ``steps`` steps queued after ``warmup`` (which compile), one wait at the end."""
-    import mindspore as ms
-    from mindspore import nn
-
+def step_alone(family: str, variant: str, extra: List[str], steps: int, warmup: int,
+               console: Optional[str] = None) -> dict:
+    """The network's training step alone, in a worker process of its own (its graph compiled there): a bare
+    ``TrainOneStepCell(WithLossCell(net, CrossEntropyLoss()), AdamWeightDecay)`` at the recipe's batch on random
+    input, the accelerator on as in train.py, ``steps`` steps queued after ``warmup`` (which compile), one wait at
+    the end (``mindcv_ext.benchmark.models.measure_train_step``). The worker's console goes to ``console``."""
     from config import input_resolution, parse_args
-    from mindcv_ext.accel import accelerate
-    from mindcv_ext.engine.runtime import setup_context
+    from mindcv_ext.benchmark import run_worker
 
     settings = parse_args(["-c", config_path(family, variant), *extra])
-    setup_context(settings.mode, settings.device_target)
-    net, _ = recipe_model(family, variant, extra)
-    net = accelerate(net, settings.cpu_kernels)
-    size = input_resolution(settings) or 28
-    rng = np.random.default_rng(0)
-    images = ms.Tensor(rng.standard_normal((settings.batch_size, settings.in_channels, size, size)), ms.float32)
-    labels = ms.Tensor(rng.integers(0, 10, settings.batch_size), ms.int32)
-    cell = nn.TrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()),
-                               nn.AdamWeightDecay(net.trainable_params(), settings.lr))
-    cell.set_train()
-    for _ in range(warmup):
-        cell(images, labels).asnumpy()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = cell(images, labels)
-    loss.asnumpy()
-    elapsed = time.perf_counter() - start
-    return {"family": family, "variant": variant, "batch_size": settings.batch_size,
-            "step_alone_images_per_s": round(settings.batch_size * steps / elapsed, 1)}
+    kwargs = dict(model=settings.model, create_kwargs=recipe_options(settings), batch_size=settings.batch_size,
+                  image_size=input_resolution(settings) or 28, in_channels=settings.in_channels, num_classes=10,
+                  lr=settings.lr, steps=steps, warmup=warmup, cpu_kernels=settings.cpu_kernels, mode=settings.mode,
+                  device_target=settings.device_target)
+    try:
+        record = run_worker("train_step", kwargs, label=f"the step of {family}_{variant} alone", log=console)
+    except RuntimeError as exc:
+        raise RuntimeError(f"timing the step of {family}_{variant} alone failed: {exc}") from None
+    return {"family": family, "variant": variant, **record}
 
 
 def step_alone_record(family: str, variant: str, args, extra: List[str]) -> dict:
-    """``step_alone`` in a process of its own (its graph compiled there), measured once per study folder."""
+    """``step_alone``, measured once per study folder (kept in ``step_alone/<family>_<variant>.json``)."""
     path = os.path.join(args.out, "step_alone", f"{family}_{variant}.json")
     if not os.path.isfile(path):
+        from mindcv_ext.engine.files import atomic_write
+
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        console = path[:-len(".json")] + ".log"
-        code = _python(os.path.join("scripts", "study.py"), ["--_step_alone", family, variant, "--out", path,
-                                                             "--step_alone_steps", str(args.step_alone_steps),
-                                                             "--", *extra], console)
-        if code != 0:
-            raise RuntimeError(f"timing the step of {family}_{variant} alone failed (exit {code}); see {console}")
+        record = step_alone(family, variant, extra, args.step_alone_steps, warmup=5,
+                            console=path[:-len(".json")] + ".log")
+        with atomic_write(path, "w") as stream:
+            json.dump(record, stream)
     with open(path) as stream:
         return json.load(stream)
-
-
-def efficiency(runs: List[dict], alone: List[dict]) -> List[dict]:
-    """Per twin: the epochs' steady images/s (epoch 2 on, the median over runs) against its step timed alone."""
-    rows = []
-    for record in alone:
-        mine = [r["steady_images_per_s"] for r in runs
-                if (r["family"], r["variant"]) == (record["family"], record["variant"])]
-        if not mine:
-            continue
-        epoch = float(np.median(mine))
-        rows.append({**record, "epoch_images_per_s": round(epoch, 1),
-                     "efficiency": round(epoch / record["step_alone_images_per_s"], 3)})
-    return rows
-
-
-MARKERS = {"dense": "o", "monarch": "s", "pixelfly": "^", FINE_TUNED: "D"}
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def _save(figure, plt, path: str) -> str:
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
-    """Test top-1 against training wall time: every run as a dot, each variant's mean as a marker. The fine-tuned
-    variant stands at its total cost, the dense run's time included."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        label = f"{row['family']} {row['variant'].replace('_', ' ')}"
-        mine = [r for r in runs if r["family"] == row["family"] and r["variant"] == row["variant"]]
-        points = axis.scatter([r["total_time_s"] for r in mine], [r["top1"] for r in mine], alpha=0.35, s=18)
-        axis.scatter([row["total_time_s"]], [row["top1_mean"]], marker=MARKERS.get(row["variant"], "P"), s=90,
-                     color=points.get_facecolor()[0][:3], edgecolor="black", label=label)
-    axis.set(xlabel="training wall time (s; dense to Monarch: dense run + fine-tuning)", ylabel="test top-1 (%)",
-             title="Fashion-MNIST: accuracy against training time")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _save(figure, plt, path)
-
-
-def plot_curves(runs: List[dict], path: str) -> Optional[str]:
-    """Test top-1 after each epoch against the run's cumulative training time (the fine-tuned runs continue from
-    their dense run's end)."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    colours = {}
-    for run in runs:
-        start = run["total_time_s"] - run["train_time_s"]
-        times = start + np.cumsum([float(r["epoch_time_s"]) for r in run["epoch_rows"]])
-        key = (run["family"], run["variant"])
-        line = axis.plot(times, [r["top1"] for r in run["epoch_rows"]], marker=MARKERS.get(run["variant"], "P"),
-                         markersize=4, color=colours.get(key), alpha=0.8,
-                         label=None if key in colours else f"{run['family']} {run['variant'].replace('_', ' ')}")
-        colours.setdefault(key, line[0].get_color())
-    axis.set(xlabel="cumulative training wall time (s)", ylabel="test top-1 after the epoch (%)",
-             title="Fashion-MNIST: epoch by epoch")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _save(figure, plt, path)
-
-
-MARKDOWN_FIELDS = ["family", "variant", "seeds", "epochs", "top1_mean", "top1_spread", "params", "macs_m",
-                   "train_time_s", "total_time_s", "images_per_s", "time_speedup_vs_dense", "top1_vs_dense"]
 
 
 def _variant_seeds(text: str):
@@ -430,7 +253,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
 
 
-def parse(argv=None):
+def parse(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:
+    """The study's options, and the arguments after ``--`` (for every train.py run)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
@@ -455,7 +279,6 @@ def parse(argv=None):
     parser.add_argument("--step_alone_steps", type=int, default=30,
                         help="steps timed for each twin's step alone (after 5 that compile and warm up)")
     parser.add_argument("--out", default="study", help="directory for the runs, CSVs and plots")
-    parser.add_argument("--_step_alone", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("epochs", "finetune_epochs", "step_alone_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -476,18 +299,11 @@ def study_plan(args) -> List[tuple]:
     return plan
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args, extra = parse(argv)
-    if args._step_alone:
-        record = step_alone(*args._step_alone, extra, args.step_alone_steps, warmup=5)
-        from mindcv_ext.engine.files import atomic_write
-
-        with atomic_write(args.out, "w") as stream:
-            json.dump(record, stream)
-        return 0
     from tqdm import tqdm
 
-    from scripts.benchmark import markdown_table, write_csv
+    from mindcv_ext.benchmark import markdown_table, write_csv
 
     plan = study_plan(args)
     os.makedirs(args.out, exist_ok=True)

@@ -97,5 +97,8 @@ def run_script(args: Sequence, cwd=None, timeout: float = 600, **kwargs) -> subp
     ``scripts/export.py``, ``tests/kill_at.py``), run by this interpreter from ``cwd``, by default the test's own
     working folder (conftest's ``working_folder``), never the checkout."""
     script, *rest = [str(a) for a in args]
+    # This checkout's code, whichever copy of the package the environment has installed.
+    env = kwargs.pop("env", None) or dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *rest], cwd=cwd or os.getcwd(),
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+                          capture_output=True, text=True, timeout=timeout, env=env, **kwargs)

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py runs its suites and writes its files (tiny sizes; no timing is asserted)."""
+"""scripts/benchmark.py runs its suites and writes its files (tiny sizes; no timing is asserted). The script is the
+command line of mindcv_ext.benchmark; its suites' own tests are in tests/benchmark."""
 import csv
 import importlib.util
 import json
@@ -8,18 +9,34 @@ import pytest
 
 import mindspore as ms
 
+from mindcv_ext.benchmark import cli, harness
+from mindcv_ext.benchmark import layers as layer_suite
+from mindcv_ext.benchmark import models as model_suite
+from mindcv_ext.layers import linear_layer
 from scripts import benchmark
+
+# The layers these tests were written for; every registered one is timed by default (tests/benchmark).
+THREE = ["--layers", "dense", "monarch", "pixelfly"]
+
+
+def pixelfly_macs(in_f: int, out_f: int) -> int:
+    """Pixelfly's MACs per token by fly's formula (its Mixer-B settings): the layout's blocks on the block-padded
+    sizes, the two low-rank factors and the gate."""
+    from mindcv_ext.layers import flat_block_butterfly_layout
+
+    in_ext, out_ext = -(-in_f // 32) * 32, -(-out_f // 32) * 32
+    return int(flat_block_butterfly_layout(out_ext, in_ext, 8, 2, 32).sum()) * 32 * 32 + 32 * (in_f + out_f) + in_f
 
 
 def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
+    monkeypatch.setattr(layer_suite, "layer_grid", lambda grid: [(64, 256, 4, 32), (64, 256, 2, 32), (768, 3072, 4, 8)])
     # Both paths for the MLP; the layers and the models (a worker process each) on the accelerated one.
     # (the attention suite has its own test below)
-    code = benchmark.main(["--suite", "mlp", "--with_plain", "--repeats", "2",
+    code = benchmark.main(["--suite", "mlp", *THREE, "--with_plain", "--repeats", "2",
                            "--warmup", "1", "--mlp_dim", "64", "--mlp_hidden", "256", "--mlp_tokens", "32",
                            "--out", str(tmp_path)])
     assert code == 0
-    assert benchmark.main(["--suite", "layers", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    assert benchmark.main(["--suite", "layers", *THREE, "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
     code = benchmark.main(["--suite", "models", "--models", "mixer_s32_224", "--pixelfly_models", "mixer_s32_224",
                            "--img_size", "64", "--batch_size", "2", "--model_repeats", "1", "--model_rounds", "1",
                            "--model_warmup", "1", "--model_kwargs", "{num_blocks: 2}", "--memory_batch_sizes", "1",
@@ -73,7 +90,8 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
     dense, pixelfly = models[0], models[2]
     assert int(pixelfly["params"]) < int(dense["params"]) and float(pixelfly["train_step_ms"]) > 0
     # 2 blocks (model_kwargs) x 4 tokens (64 px, patch 32), each channel MLP 512->2048->512 counted by the formula
-    saved = 2 * 4 * (2 * 512 * 2048 - benchmark.pixelfly_macs(512, 2048) - benchmark.pixelfly_macs(2048, 512))
+    saved = 2 * 4 * (2 * 512 * 2048 - pixelfly_macs(512, 2048) - pixelfly_macs(2048, 512))
+    assert pixelfly_macs(512, 2048) == 384 * 1024 + 32 * 2560 + 512  # 3/8 of the 16 x 64 blocks
     assert float(dense["macs_g"]) - float(pixelfly["macs_g"]) == pytest.approx(saved / 1e9, abs=2e-3)
     assert (tmp_path / "models.png").is_file() and "| mixer_s32_224_monarch | monarch | accel |" in out
     assert "| mixer_s32_224_pixelfly | pixelfly | accel |" in out
@@ -84,16 +102,17 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
 
 
 def test_memory_slope_is_the_least_squares_line():
-    assert benchmark.memory_slope({2: 1000.0, 4: 1400.0, 8: 2200.0}) == pytest.approx(200.0)
-    assert benchmark.memory_slope({2: 1000.0, 4: 1500.0, 8: 2200.0}) == pytest.approx(3666.67 / 18.667, rel=1e-4)
+    assert harness.memory_slope({2: 1000.0, 4: 1400.0, 8: 2200.0}) == pytest.approx(200.0)
+    assert harness.memory_slope({2: 1000.0, 4: 1500.0, 8: 2200.0}) == pytest.approx(3666.67 / 18.667, rel=1e-4)
 
 
 def test_compare_torch(tmp_path, capsys):
-    argv = ["--suite", "mlp", "--compare-torch", "--repeats", "1", "--warmup", "0", "--mlp_dim", "32",
+    argv = ["--suite", "mlp", *THREE, "--compare_torch", "--repeats", "1", "--warmup", "0", "--mlp_dim", "32",
             "--mlp_hidden", "64", "--mlp_tokens", "8"]
+    assert cli.parse_args(["--compare-torch"]).compare_torch  # the old spelling is still accepted
     if importlib.util.find_spec("torch") is None:
         assert benchmark.main(argv) == 2
-        assert "--compare-torch needs PyTorch" in capsys.readouterr().err
+        assert "--compare_torch needs PyTorch" in capsys.readouterr().err
         return
     assert benchmark.main(argv + ["--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "mlp.csv")))
@@ -112,9 +131,9 @@ def test_monarch_versus_torch_pairs_the_same_case():
             row("mindspore", "monarch", 32, "fwd+bwd", 4.0), row("torch", "monarch", 32, "fwd+bwd", 2.0),
             row("mindspore", "dense", 32, "fwd", 1.0), row("torch", "dense", 32, "fwd", 9.0),
             row("mindspore", "monarch", 64, "fwd", 5.0)]  # no PyTorch twin
-    assert benchmark._monarch_versus_torch(rows) == {"fwd": [("64->256 nb4 t32", 1.5)],
-                                                      "fwd+bwd": [("64->256 nb4 t32", 0.5)]}
-    assert benchmark._monarch_versus_torch(rows[:1] + rows[4:]) == {}
+    assert layer_suite.monarch_versus_torch(rows) == {"fwd": [("64->256 nb4 t32", 1.5)],
+                                                 "fwd+bwd": [("64->256 nb4 t32", 0.5)]}
+    assert layer_suite.monarch_versus_torch(rows[:1] + rows[4:]) == {}
 
 
 def test_torch_pixelfly_computes_what_sparse_lr_linear_computes():
@@ -123,12 +142,11 @@ def test_torch_pixelfly_computes_what_sparse_lr_linear_computes():
         pytest.skip("torch is not installed")
     import torch
 
-    import mindspore as ms
-    from mindcv_ext.layers import PIXELFLY_DEFAULTS, SparseLRLinear
+    from mindcv_ext.benchmark.torch_layers import torch_modules
 
     for in_f, out_f in ((100, 300), (256, 64)):  # padded (100 -> 128, 320 -> 300) and a narrowing layer
-        ours = SparseLRLinear(in_f, out_f, **PIXELFLY_DEFAULTS)
-        theirs = benchmark._torch_modules(in_f, out_f, 4)["pixelfly"]
+        ours = linear_layer("pixelfly")(in_f, out_f)  # its defaults are fly's Mixer-B settings
+        theirs = torch_modules({"pixelfly": {}}, in_f, out_f)["pixelfly"]
         with torch.no_grad():
             theirs.weight.copy_(torch.from_numpy(ours.sparse.weight.asnumpy()))
             theirs.lr_weight1.copy_(torch.from_numpy(ours.low_rank.lr_weight1.asnumpy()))
@@ -141,22 +159,22 @@ def test_torch_pixelfly_computes_what_sparse_lr_linear_computes():
         with torch.no_grad():
             expected = theirs(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(ours(ms.Tensor(x)).asnumpy(), expected, rtol=1e-4, atol=1e-5)
-        assert benchmark.pixelfly_macs(in_f, out_f) == ours.sparse.weight.size + ours.low_rank.lr_weight1.size + \
-            ours.low_rank.lr_weight2.size + ours.gate.weight.size
+        assert pixelfly_macs(in_f, out_f) == ours.macs_per_token() == ours.sparse.weight.size + \
+            ours.low_rank.lr_weight1.size + ours.low_rank.lr_weight2.size + ours.gate.weight.size
 
 
 def test_pixelfly_model_variants_and_selection():
     registered = {"mixer_b16_224", "mixer_b16_224_monarch", "mixer_s32_224", "mixer_s32_224_monarch",
                   "dvt_t2t_vit_12"}
-    assert benchmark.parse_args([]).pixelfly_models == ["mixer_b16_224"]  # fly's Pixelfly Mixer-B by default
-    assert benchmark.model_variants("mixer_b16_224", registered, benchmark.PIXELFLY_MODELS) == [
+    assert cli.parse_args([]).pixelfly_models == ["mixer_b16_224"]  # fly's Pixelfly Mixer-B by default
+    assert model_suite.model_variants("mixer_b16_224", registered, model_suite.PIXELFLY_MODELS) == [
         ("dense", "mixer_b16_224", "mixer_b16_224", None),
         ("monarch", "mixer_b16_224_monarch", "mixer_b16_224_monarch", None),
         ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
-    assert [v[0] for v in benchmark.model_variants("mixer_s32_224", registered, ["mixer_b16*"])] == ["dense",
-                                                                                                   "monarch"]
+    assert [v[0] for v in model_suite.model_variants("mixer_s32_224", registered, ["mixer_b16*"])] == ["dense",
+                                                                                                "monarch"]
     # a model without a Monarch twin is measured dense only, not as a missing '<name>_monarch'
-    assert benchmark.model_variants("dvt_t2t_vit_12", registered, []) == [
+    assert model_suite.model_variants("dvt_t2t_vit_12", registered, []) == [
         ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
 
 
@@ -166,7 +184,7 @@ def test_summarize_model_pools_rounds():
                    infer_samples_ms=[40.0, 40.0], peak_rss_mb=500),
               dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[200.0, 900.0],
                    infer_samples_ms=[10.0, 20.0], peak_rss_mb=700)]
-    row = benchmark.summarize_model(rounds)
+    row = model_suite.summarize_model(rounds)
     assert row["train_step_ms"] == 250.0 and row["train_img_s"] == 32.0
     assert row["infer_ms"] == 30.0 and row["peak_rss_mb"] == 700 and row["params"] == 10
     assert not any(key.endswith("_samples_ms") for key in row)

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --suite gpt2 (scripts/benchmark_gpt2.py): fly's SSL benchmark end to end at a tiny size."""
+"""scripts/benchmark_gpt2.py (scripts/benchmark.py --suite gpt2): fly's SSL benchmark end to end at a tiny size."""
 import csv
 import json
 
@@ -7,7 +7,8 @@ import pytest
 
 import mindspore as ms
 
-from scripts import benchmark
+from mindcv_ext.benchmark.gpt2 import FORK_FIELDS, GPT2_VARIANTS, gpt2_macs, variant_kwargs
+from scripts import benchmark, benchmark_gpt2
 
 
 GPT2_TINY = {"n_layer": 1, "n_embd": 512, "n_head": 8, "vocab_size": 64}
@@ -16,10 +17,9 @@ GPT2_TINY = {"n_layer": 1, "n_embd": 512, "n_head": 8, "vocab_size": 64}
 def test_gpt2_suite_writes_the_forks_columns(tmp_path, capsys):
     """The gpt2 suite end to end on a one-block GPT-2 (two variants: a worker process each): CSV with the fork's
     columns first, the layer table, the plot."""
-    from scripts.benchmark_gpt2 import FORK_FIELDS
-
     variants = ["nnlinear", "ssl4x"]
-    code = benchmark.main(["--suite", "gpt2", "--model_kwargs", json.dumps(GPT2_TINY), "--gpt2_variants", *variants,
+    # benchmark_gpt2.py runs the gpt2 suite without --suite
+    code = benchmark_gpt2.main(["--model_kwargs", json.dumps(GPT2_TINY), "--gpt2_variants", *variants,
                            "--batch_sizes", "1", "2", "--seq_len", "16", "--iterations", "2", "--gpt2_warmup", "1",
                            "--out", str(tmp_path)])
     assert code == 0
@@ -56,7 +56,6 @@ def test_gpt2_suite_writes_the_forks_columns(tmp_path, capsys):
 def test_every_gpt2_variant_builds_and_runs():
     """fly's eight variants as the suite builds them, one forward each (PyNative, no timing)."""
     from mindcv_ext.models import create_model
-    from scripts.benchmark_gpt2 import GPT2_VARIANTS, gpt2_macs, variant_kwargs
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ids = ms.Tensor(np.arange(8, dtype=np.int32).reshape(1, 8))
@@ -66,3 +65,11 @@ def test_every_gpt2_variant_builds_and_runs():
         assert net(ids).shape == (1, 8, 64)
         macs[variant] = gpt2_macs(net, 1, 8)
     assert min(macs, key=macs.get) in ("ssl8x", "lowrank8r", "monarch8b") and max(macs, key=macs.get) == "nnlinear"
+
+
+def test_the_gpt2_suite_from_benchmark_py(capsys):
+    """benchmark.py --suite gpt2 runs the same suite; its options are checked before anything runs."""
+    assert benchmark.main.__module__ == benchmark_gpt2.benchmark_main.__module__ == "mindcv_ext.benchmark.cli"
+    with pytest.raises(SystemExit):
+        benchmark.main(["--suite", "gpt2", "--gpt2_variants", "ssl3x"])
+    assert "invalid choice: 'ssl3x'" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""mindcv_ext.benchmark.models: variants, pooled rounds, the step timed alone (tiny sizes; no timing asserted)."""
+import pytest
+
+import mindspore as ms
+
+from mindcv_ext.benchmark import models
+
+
+def test_variants_and_rounds():
+    registered = {"mixer_b16_224", "mixer_b16_224_monarch", "dvt_t2t_vit_12"}
+    assert models.model_variants("mixer_b16_224", registered, models.PIXELFLY_MODELS) == [
+        ("dense", "mixer_b16_224", "mixer_b16_224", None),
+        ("monarch", "mixer_b16_224_monarch", "mixer_b16_224_monarch", None),
+        ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
+    assert models.model_variants("dvt_t2t_vit_12", registered, ["mixer*"]) == [
+        ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
+    rounds = [dict(model="m", params=1, batch_size=4, train_samples_ms=[10.0, 30.0], infer_samples_ms=[8.0],
+                   peak_rss_mb=300), dict(model="m", params=1, batch_size=4, train_samples_ms=[20.0],
+                                          infer_samples_ms=[2.0, 4.0], peak_rss_mb=200)]
+    row = models.summarize_model(rounds)
+    assert (row["train_step_ms"], row["train_img_s"], row["infer_ms"], row["peak_rss_mb"]) == (20.0, 200.0, 4.0, 300)
+
+
+def test_language_models_are_not_in_the_models_suite():
+    with pytest.raises(ValueError, match=r"no registered model matches --models \['gpt2\*'\]"):
+        models.run_models(models=["gpt2*"])
+
+
+def test_train_step_alone_in_this_process():
+    previous = ms.get_context("mode")
+    try:
+        record = models.measure_train_step(
+            model="gmlp_s16_224", create_kwargs=dict(num_classes=10, img_size=32, model_kwargs={"num_blocks": 1}),
+            batch_size=2, image_size=32, steps=2, warmup=1, cpu_kernels="off", mode=1)
+    finally:
+        ms.set_context(mode=previous)
+    assert record["batch_size"] == 2 and record["step_alone_images_per_s"] > 0
+
+
+def test_plot_models(tmp_path):
+    rows = [dict(model="m", variant="dense", path="accel", batch_size=2, img_size=32, train_step_ms=10.0),
+            dict(model="m_monarch", variant="monarch", path="accel", batch_size=2, img_size=32, train_step_ms=5.0),
+            dict(model="m", variant="dense", path="plain", batch_size=2, img_size=32, train_step_ms=20.0)]
+    assert models.plot_models(rows, str(tmp_path / "models.png")) and (tmp_path / "models.png").is_file()
