@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "model_options", "input_resolution", "ConfigError",
+__all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "model_options", "input_resolution",
+           "ConfigError",
            "load_yaml", "check_value", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_VALUES", "MAX_TEXT_CHARS",
            "MAX_SCALAR_CHARS"]
 

@@ -180,7 +180,8 @@ def train(args) -> int:
     shard = dict(num_shards=device_num if device_num > 1 else None, shard_id=rank if device_num > 1 else None)
     loader_train, train_size = create_split_loader(
         info, args.train_split, True, args.batch_size, transforms, augment, shuffle=args.shuffle,
-        drop_remainder=args.drop_remainder, num_samples=args.num_samples, num_parallel_workers=args.num_parallel_workers,
+        drop_remainder=args.drop_remainder, num_samples=args.num_samples,
+        num_parallel_workers=args.num_parallel_workers,
         aug_repeats=args.aug_repeats, mixup=args.mixup, cutmix=args.cutmix, cutmix_prob=args.cutmix_prob,
         num_classes=num_classes, **shard)
     steps_per_epoch = loader_train.get_dataset_size()
@@ -272,7 +273,8 @@ def train(args) -> int:
     monitor = TrainMonitor(
         train_step, network, args.model, list(lr_schedule), steps_per_epoch, args.epoch_size,
         args.batch_size * device_num, args.ckpt_save_dir, rank, begin_epoch=begin_epoch, best_top1=best_top1,
-        evaluate_fn=(lambda evaluator=Evaluator(network, args.distribute): evaluator(loader_val)) if loader_val else None,
+        evaluate_fn=((lambda evaluator=Evaluator(network, args.distribute): evaluator(loader_val))
+                     if loader_val else None),
         val_interval=args.val_interval, log_interval=args.log_interval, ckpt_save_interval=args.ckpt_save_interval,
         keep_checkpoint_max=args.keep_checkpoint_max, ckpt_save_policy=args.ckpt_save_policy,
         data_digest=args.data_digest, sink_mode=sink,

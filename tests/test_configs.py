@@ -19,6 +19,6 @@ from tests.utils import REPO_ROOT
 @pytest.mark.parametrize("config", sorted(p for p in glob.glob(str(REPO_ROOT / "configs" / "*" / "*.yaml"))
                                           if not re.search(r"gmlp_(Ti|S|B)\.yaml$", p)),
                          ids=lambda p: os.path.basename(p))
-def test_every_config_builds_in_a_dry_run(config, imagenet_folder, caplog):
+def test_every_config_builds_in_a_dry_run(config, imagenet_folder, caplog):  # noqa: F811 (the fixture)
     code = train.main(["-c", config, "--data_dir", str(imagenet_folder), "--distribute", "False", "--dry_run", "True"])
     assert code == 0

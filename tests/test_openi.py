@@ -60,7 +60,8 @@ def test_several_datasets_need_a_choice_and_off_means_off(tmp_path):
         write_jpeg_folder(tmp_path / "dataset" / name, {"train": 4, "val": 2}, ("a", "b"), (32, 32), seed=0)
     result = _run(["train.py"] + SHORT + ["--epoch_size", 1], env)
     assert result.returncode == 2 and "c2net_context" in result.stdout  # c2net's prepare() says this
-    assert "the task has 2 datasets in" in result.stderr and "(birds, pets); choose one with --openi_dataset" in result.stderr
+    assert "the task has 2 datasets in" in result.stderr
+    assert "(birds, pets); choose one with --openi_dataset" in result.stderr
     result = _run(["train.py"] + SHORT + ["--epoch_size", 1, "--openi_dataset", "fish"], env)
     assert result.returncode == 2 and "--openi_dataset 'fish' is not among the task's datasets" in result.stderr
     result = _run(["train.py"] + SHORT + ["--openi", "off", "--data_dir", tmp_path / "nowhere"], env)

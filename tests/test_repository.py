@@ -14,7 +14,7 @@ def _readme_test_command() -> str:
 
 def test_ci_runs_the_readme_test_command():
     command = _readme_test_command()
-    assert "pytest" in command
+    assert "pytest" in command and "ruff check" in command
     ci_lines = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines
 

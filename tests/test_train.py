@@ -180,7 +180,8 @@ def test_amp_o2_training_in_graph_mode(model, mlp_layer, kwargs, tmp_path):
     assert np.isfinite(float(row["train_loss"]))
     saved = ms.load_checkpoint(glob.glob(str(tmp_path / f"{model}-1_2.ckpt"))[0])
     set_seed(42)  # train.py seeds the same way before building the model
-    initial = create_model(model, num_classes=10, img_size=32, mlp_layer=mlp_layer, model_kwargs=__import__("yaml").safe_load(kwargs))
+    initial = create_model(model, num_classes=10, img_size=32, mlp_layer=mlp_layer,
+                           model_kwargs=__import__("yaml").safe_load(kwargs))
     changed = 0
     for param in initial.trainable_params():
         assert saved[param.name].dtype == ms.float32  # master weights stay fp32 under O2

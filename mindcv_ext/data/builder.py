@@ -250,7 +250,8 @@ def array_transforms(training: bool, transforms: Dict[str, Any], augment: Option
     arrays = []
     for op in ops:
         if isinstance(op, vision.RandomCropDecodeResize):
-            arrays.append(vision.RandomResizedCrop(options["image_resize"], scale=tuple(options.get("scale", (0.08, 1.0))),
+            arrays.append(vision.RandomResizedCrop(options["image_resize"],
+                                                   scale=tuple(options.get("scale", (0.08, 1.0))),
                                                    ratio=tuple(options.get("ratio", (0.75, 1.333))),
                                                    interpolation=interpolation))
         elif not isinstance(op, vision.Decode):

@@ -108,7 +108,8 @@ class TrainMonitor(Callback):
             throughput = self.global_batch * self.window_steps / max(elapsed, 1e-9)
             scale_text = f", loss scale {float(scale.asnumpy()):g}" if scale is not None and \
                 float(scale.asnumpy()) != 1.0 else ""
-            self._log(f"Epoch {self.epoch}/{self.epoch_size}, step {cur}/{self.steps_per_epoch}, loss {loss_value:.4f}, "
+            self._log(f"Epoch {self.epoch}/{self.epoch_size}, step {cur}/{self.steps_per_epoch}, "
+                      f"loss {loss_value:.4f}, "
                       f"lr {self._current_lr():.6g}{scale_text}, step time {step_ms:.1f} ms, "
                       f"{throughput:.1f} img/s")
             self.window_start, self.window_steps = time.time(), 0
@@ -178,7 +179,8 @@ class TrainMonitor(Callback):
         if not self.is_writer:
             return
         self.results.append(epoch=self.epoch, train_loss=train_loss, lr=f"{self._current_lr():.6g}",
-                            val_loss=metrics["loss"] if metrics else None, val_top1=metrics["top1"] if metrics else None,
+                            val_loss=metrics["loss"] if metrics else None,
+                            val_top1=metrics["top1"] if metrics else None,
                             val_top5=metrics["top5"] if metrics else None, epoch_time_s=f"{epoch_time:.2f}",
                             images_per_s=f"{throughput:.1f}")
         if improved:

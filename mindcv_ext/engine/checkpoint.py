@@ -122,7 +122,8 @@ def load_training_state(train_step: nn.Cell, path: str) -> TrainingState:
                          f"pass it as --ckpt_path without --resume_opt")
     current = {p.name: p for p in train_step.get_parameters()}
     mismatched = [f"{name}: run {tuple(current[name].shape)} vs checkpoint {tuple(value.shape)}"
-                  for name, value in params.items() if name in current and tuple(value.shape) != tuple(current[name].shape)]
+                  for name, value in params.items()
+                  if name in current and tuple(value.shape) != tuple(current[name].shape)]
     if mismatched:
         raise ValueError(f"cannot resume from {path!r}: it was saved by a run with other settings (e.g. epoch_size, "
                          f"batch size or model arguments): " + "; ".join(mismatched[:5]))

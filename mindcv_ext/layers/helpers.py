@@ -43,7 +43,8 @@ class ErfFreeGELU(nn.Cell):
         z = x / math.sqrt(2.0)
         magnitude = ops.abs(z)
         one = ops.ones_like(magnitude)
-        t = ops.div(one, one + self._P * magnitude)  # not 1.0 / (...): that lowers to Reciprocal, which ONNX export lacks
+        # not 1.0 / (...): that lowers to Reciprocal, which ONNX export lacks
+        t = ops.div(one, one + self._P * magnitude)
         poly = t * (self._A[0] + t * (self._A[1] + t * (self._A[2] + t * (self._A[3] + t * self._A[4]))))
         # sign(z) without a Sign operator: |erf| vanishes like |z| near 0, so the 1e-12 never shows.
         erf = ops.div(z, magnitude + 1e-12) * (one - poly * ops.exp(-z * z))

@@ -1,5 +1,5 @@
 """Model families; importing this package registers them in mindcv's model registry."""
-from . import dvt, gmlp, gpt2, mlp_mixer, t2t_vit, vitae
+from . import dvt, gmlp, gpt2, mlp_mixer, t2t_vit, vitae  # noqa: F401  (importing registers the models)
 from .factory import (
     MODEL_ALIASES,
     count_params,

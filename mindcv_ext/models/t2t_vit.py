@@ -13,7 +13,7 @@ T2T attention's temperature is ``dim**-0.5`` of its *input* width (147 and 576) 
 is a fixed parameter loaded from the checkpoint. With ``mlp_layer="monarch"`` the backbone blocks' fc1/fc2 are
 Monarch.
 """
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 

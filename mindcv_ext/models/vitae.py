@@ -13,7 +13,7 @@ cells use LayerNorm epsilon 1e-6; features are mean-pooled with no final norm. W
 ``mlp_layer="monarch"`` the normal cells' MLP fc1/fc2 become Monarch; reduction cells stay dense.
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 

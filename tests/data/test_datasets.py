@@ -74,7 +74,8 @@ def _write_cifar(root, name, kind, train, test):
         folder = root / "cifar-100-python"
         folder.mkdir()
         for split, (images, labels) in (("train", train), ("test", test)):
-            batch = {b"data": _planes(images), b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist()}
+            batch = {b"data": _planes(images), b"fine_labels": labels.tolist(),
+                     b"coarse_labels": (labels // 5).tolist()}
             (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
     return folder
 

@@ -21,7 +21,8 @@ def test_mlp_is_fc1_act_fc2(mlp_layer, ms_mode):
 
 
 def test_gated_mlp_halves_the_width_for_its_gate():
-    mlp = GatedMlp(32, 96, lambda hidden: nn.Dense(hidden, hidden // 2), linear_layer=linear_layer("monarch", nblocks=4))
+    mlp = GatedMlp(32, 96, lambda hidden: nn.Dense(hidden, hidden // 2),
+                   linear_layer=linear_layer("monarch", nblocks=4))
     assert (mlp.fc1.in_features, mlp.fc1.out_features, mlp.fc2.in_features) == (32, 96, 48)
     with pytest.raises(ValueError, match="hidden_features must be even, got 95"):
         GatedMlp(32, 95, lambda hidden: nn.Identity())
@@ -45,7 +46,8 @@ def test_gelu_is_exact(graph_mode, net_path):
 
 @pytest.mark.parametrize("mlp_layer,settings,cls", [
     ("ssl", dict(redn_factor=4), "SketchStructuredLinear"), ("lowrank", dict(redn_factor=8), "LowRankLinear"),
-    ("bdiagbfly", dict(b1=8), "BlockdiagButterflyLinear"), ("fbbfly", dict(butterfly_size=4), "FlatBlockButterflyLinear"),
+    ("bdiagbfly", dict(b1=8), "BlockdiagButterflyLinear"),
+    ("fbbfly", dict(butterfly_size=4), "FlatBlockButterflyLinear"),
 ])
 def test_mlp_builds_each_structured_layer(mlp_layer, settings, cls):
     mlp = create_mlp(128, 512, linear_layer=linear_layer(mlp_layer, **settings))

@@ -219,7 +219,8 @@ def test_monarch_mlp_trains_under_amp_o2_in_graph_mode(graph_mode, rng):
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     # CPU supports only a fixed loss scale without overflow skipping in build_train_network.
     train_step = amp.build_train_network(net, optimizer, loss_fn, level="O2",
-                                         loss_scale_manager=amp.FixedLossScaleManager(128.0, drop_overflow_update=False))
+                                         loss_scale_manager=amp.FixedLossScaleManager(
+                                             128.0, drop_overflow_update=False))
     losses = [float(train_step(inputs, labels).asnumpy()) for _ in range(6)]
     assert all(np.isfinite(losses))
     assert all(b < a for a, b in zip(losses, losses[1:])), losses

@@ -6,7 +6,8 @@ import pytest
 
 import mindspore as ms
 
-from mindcv_ext.layers.pixelfly import (BlockSparseLinear, PixelflyMlp, SparseLRLinear, _diagonal_groups, butterfly_base_mask,
+from mindcv_ext.layers.pixelfly import (BlockSparseLinear, PixelflyMlp, SparseLRLinear, _diagonal_groups,
+                                        butterfly_base_mask,
                                         flat_block_butterfly_layout, leading_svd)
 from tests.utils import SensGrads, on_path, shared_fixture_dir
 
@@ -216,4 +217,5 @@ def test_pixelfly_mlp_hands_the_hidden_activation_over_as_tiles(ms_mode):
     got, want = SensGrads(mlp)(x, sens), SensGrads(in_order)(x, sens)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4)
-    assert not PixelflyMlp(100, 300, linear_layer="pixelfly").hidden_as_tiles  # padded: the densified product, token order
+    # padded: the densified product, token order
+    assert not PixelflyMlp(100, 300, linear_layer="pixelfly").hidden_as_tiles

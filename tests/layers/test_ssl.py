@@ -82,7 +82,8 @@ def test_no_dense_weight_is_ever_formed():
 
 @pytest.mark.parametrize("kwargs,culprit", [
     (dict(in_features=100, out_features=256), "in_features (100) must be a multiple of 32 * redn_factor (64)"),
-    (dict(in_features=64, out_features=256, redn_factor=4), "in_features (64) must be a multiple of 32 * redn_factor (128)"),
+    (dict(in_features=64, out_features=256, redn_factor=4),
+     "in_features (64) must be a multiple of 32 * redn_factor (128)"),
     (dict(in_features=64, out_features=300), "out_features (300) must be a multiple of 64"),
     (dict(in_features=64, out_features=256, redn_factor=3), "redn_factor must be a power of two, got 3"),
     (dict(in_features=64, out_features=0), "out_features must be a positive integer, got 0"),

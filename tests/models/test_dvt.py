@@ -1,4 +1,5 @@
-"""DVT: the shared fixture on all three exits, the reuse paths, both checkpoint layouts, early exit, threshold search."""
+"""DVT: the shared fixture on all three exits, the reuse paths, both checkpoint layouts, early exit, threshold
+search."""
 import json
 
 import numpy as np

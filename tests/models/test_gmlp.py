@@ -1,6 +1,5 @@
 """models/gmlp.py: gMLP is MlpMixer's skeleton with spatial gating blocks, and its gating unit is timm's formula."""
 import numpy as np
-import pytest
 
 import mindspore as ms
 

@@ -90,7 +90,8 @@ def test_bad_settings_name_the_culprit():
         create_model("gpt2", n_embd=100)
     with pytest.raises(ValueError, match="a language model takes vocab_size, not num_classes"):
         create_model("gpt2", num_classes=10, n_layer=1)
-    with pytest.raises(ValueError, match="mlp_layer='dense' has no setting 'redn_factor' \\(a setting of ssl, lowrank\\)"):
+    message = "mlp_layer='dense' has no setting 'redn_factor' \\(a setting of ssl, lowrank\\)"
+    with pytest.raises(ValueError, match=message):
         create_model("gpt2", n_layer=1, redn_factor=4)
     net = create_model("gpt2", vocab_size=16, n_positions=4, n_embd=8, n_layer=1, n_head=2)
     with pytest.raises(ValueError, match="the sequence has 5 tokens; the model takes at most n_positions=4"):

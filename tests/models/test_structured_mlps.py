@@ -1,4 +1,5 @@
-"""mlp_layer ssl, lowrank and bdiagbfly in every vision family whose MLP is fc1 -> act -> fc2: built, counted, trained."""
+"""mlp_layer ssl, lowrank and bdiagbfly in every vision family whose MLP is fc1 -> act -> fc2: built, counted,
+trained."""
 import numpy as np
 import pytest
 
