@@ -65,11 +65,21 @@ class StructuredLinear(nn.Cell):
         self.bias: Optional[ms.Parameter] = None
 
     def init_bias(self, bound: Optional[float], name: str = "bias") -> None:
-        """The bias, U(-bound, bound), or zeros when ``bound`` is None; nothing without ``has_bias``. ``name`` is
-        the reference's parameter name, so its checkpoints map one to one."""
-        if self.has_bias:
-            law = "zeros" if bound is None else Uniform(bound)
-            self.bias = ms.Parameter(initializer(law, (self.out_features,), ms.float32), name=name)
+        """The bias, U(-bound, bound), or zeros when ``bound`` is None; nothing without ``has_bias``.
+
+        ``name`` is the reference's parameter name, so its checkpoints map one to one. A Cell keys a parameter by
+        the attribute it is assigned to, and names it after that key once the cell is nested (``fc1.bias``); so
+        the bias is registered under ``name``, and ``self.bias`` is the same Parameter as a plain attribute."""
+        if not self.has_bias:
+            return
+        law = "zeros" if bound is None else Uniform(bound)
+        bias = ms.Parameter(initializer(law, (self.out_features,), ms.float32), name=name)
+        if name == "bias":
+            self.bias = bias
+            return
+        del self.bias  # the None placeholder
+        setattr(self, name, bias)
+        object.__setattr__(self, "bias", bias)
 
     @classmethod
     def check_settings(cls, **settings: Any) -> None:
