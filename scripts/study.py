@@ -38,13 +38,30 @@ from mindcv_ext.benchmark.study import (EFFICIENCY_FIELDS, EPOCH_FIELDS, FINE_TU
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO_ROOT, "configs", "fashion_mnist")
+# The twins studied by default; --variants takes any registered linear layer too (mindcv_ext.layers).
 VARIANTS = {"gmlp": ("dense", "monarch", FINE_TUNED), "mixer": ("dense", "monarch", "pixelfly", FINE_TUNED)}
-ALL_VARIANTS = ("dense", "monarch", "pixelfly", FINE_TUNED)
 
 
 def config_path(family: str, variant: str) -> str:
-    """The recipe a variant trains with: the fine-tuned variant uses the Monarch twin's."""
-    return os.path.join(CONFIGS, f"{family}_{'monarch' if variant == FINE_TUNED else variant}.yaml")
+    """The recipe a variant trains with: its own, or, for a layer without one, the dense twin's; the fine-tuned
+    variant uses the Monarch twin's."""
+    own = os.path.join(CONFIGS, f"{family}_{'monarch' if variant == FINE_TUNED else variant}.yaml")
+    return own if os.path.isfile(own) else os.path.join(CONFIGS, f"{family}_dense.yaml")
+
+
+def recipe_argv(family: str, variant: str) -> List[str]:
+    """train.py's arguments for a variant's recipe: a layer without a recipe of its own trains the dense twin's with
+    its ``mlp_layer`` (the twins share the recipe, only ``mlp_layer`` differs)."""
+    path = config_path(family, variant)
+    own = variant == FINE_TUNED or os.path.basename(path) == f"{family}_{variant}.yaml"
+    return ["-c", path] + ([] if own else ["--mlp_layer", variant])
+
+
+def known_variants() -> Tuple[str, ...]:
+    """Every variant --variants takes: each registered linear layer, and the fine-tuned one."""
+    from mindcv_ext.layers import registered_linears
+
+    return (*registered_linears(), FINE_TUNED)
 
 
 def latest_checkpoint(run_dir: str, model: str) -> Optional[str]:
@@ -95,8 +112,8 @@ def train_arguments(family: str, variant: str, seed: int, args, run_dir: str, ex
     warm-up."""
     from config import parse_args
 
-    argv = ["-c", config_path(family, variant), "--seed", str(seed), "--ckpt_save_dir", run_dir]
-    recipe = parse_args(["-c", config_path(family, variant)])
+    argv = [*recipe_argv(family, variant), "--seed", str(seed), "--ckpt_save_dir", run_dir]
+    recipe = parse_args(recipe_argv(family, variant))
     if variant == FINE_TUNED:
         lr = args.finetune_lr if args.finetune_lr else recipe.lr / 4.0
         argv += ["--ckpt_path", finished_dense_run(args, family, seed, extra)[0], "--to_monarch", "True",
@@ -184,7 +201,7 @@ def recipe_model(family: str, variant: str, extra: List[str]):
     from config import parse_args
     from mindcv_ext.models import create_model
 
-    settings = parse_args(["-c", config_path(family, variant), *extra])
+    settings = parse_args([*recipe_argv(family, variant), *extra])
     return create_model(settings.model, **recipe_options(settings)), settings
 
 
@@ -208,7 +225,7 @@ def step_alone(family: str, variant: str, extra: List[str], steps: int, warmup: 
     from config import input_resolution, parse_args
     from mindcv_ext.benchmark import run_worker
 
-    settings = parse_args(["-c", config_path(family, variant), *extra])
+    settings = parse_args([*recipe_argv(family, variant), *extra])
     kwargs = dict(model=settings.model, create_kwargs=recipe_options(settings), batch_size=settings.batch_size,
                   image_size=input_resolution(settings) or 28, in_channels=settings.in_channels, num_classes=10,
                   lr=settings.lr, steps=steps, warmup=warmup, cpu_kernels=settings.cpu_kernels, mode=settings.mode,
@@ -237,9 +254,8 @@ def step_alone_record(family: str, variant: str, args, extra: List[str]) -> dict
 
 def _variant_seeds(text: str):
     variant, _, seeds = text.partition("=")
-    if variant not in ALL_VARIANTS or not seeds:
-        raise argparse.ArgumentTypeError(f"expected VARIANT=SEED[,SEED...] with VARIANT one of "
-                                         f"{', '.join(ALL_VARIANTS)}, got {text!r}")
+    if not variant or not seeds:
+        raise argparse.ArgumentTypeError(f"expected VARIANT=SEED[,SEED...], got {text!r}")
     try:
         return variant, [int(seed) for seed in seeds.split(",")]
     except ValueError:
@@ -263,8 +279,10 @@ def parse(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[st
                                      epilog="Arguments after -- are passed to every train.py run.")
     parser.add_argument("--family", nargs="+", default=["gmlp", "mixer"], choices=sorted(VARIANTS),
                         help="model families to study")
-    parser.add_argument("--variants", nargs="+", default=None, choices=ALL_VARIANTS,
-                        help="variants to train (default: every twin of the family, and dense_to_monarch)")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                        help="variants to train: any registered mlp_layer (one without a recipe of its own trains "
+                             "the dense twin's) or dense_to_monarch (default: the family's twins, and "
+                             "dense_to_monarch)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (>= 2 for a spread)")
     parser.add_argument("--variant_seeds", type=_variant_seeds, nargs="+", default=[], metavar="VARIANT=SEEDS",
                         help="other seeds for some variants, e.g. pixelfly=0 dense_to_monarch=0")
@@ -285,15 +303,29 @@ def parse(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[st
             parser.error(f"--{name} must be >= 1")
     if args.finetune_lr is not None and args.finetune_lr <= 0:
         parser.error("--finetune_lr must be positive")
+    named = [*(args.variants or []), *(variant for variant, _ in args.variant_seeds)]
+    if named:
+        known = known_variants()
+        unknown = [variant for variant in named if variant not in known]
+        if unknown:
+            parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(known)}")
     return args, extra
+
+
+def _variants(args, family: str) -> List[str]:
+    """The family's variants to train: its twins in their order (dense before the fine-tuned one), then any other
+    layer named."""
+    if not args.variants:
+        return list(VARIANTS[family])
+    return [v for v in VARIANTS[family] if v in args.variants] + [v for v in args.variants if v not in VARIANTS[family]]
 
 
 def study_plan(args) -> List[tuple]:
     """(family, variant, seed) in training order: seeds outermost within a family, so that an interrupted study
     has every variant of its first seeds; the fine-tuned variant after the dense run it starts from."""
     seeds = dict(args.variant_seeds)
-    plan = [(family, variant, seed) for family in args.family for variant in VARIANTS[family]
-            if not args.variants or variant in args.variants for seed in seeds.get(variant, args.seeds)]
+    plan = [(family, variant, seed) for family in args.family for variant in _variants(args, family)
+            for seed in seeds.get(variant, args.seeds)]
     order = sorted({seed for _, _, seed in plan}, key=lambda seed: (seed not in args.seeds, seed))
     plan.sort(key=lambda item: (args.family.index(item[0]), order.index(item[2])))
     return plan

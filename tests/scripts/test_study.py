@@ -140,7 +140,15 @@ def test_fine_tuning_waits_for_its_dense_run_and_seeds_are_per_variant(tmp_path,
     assert code == 2 and "train the dense twin of seed 0 first (--variants dense)" in err
     with pytest.raises(SystemExit):
         study.parse(["--variant_seeds", "sparse=0"])
-    assert "expected VARIANT=SEED[,SEED...]" in capsys.readouterr().err
+    assert "unknown variant 'sparse'; choose from dense, monarch, pixelfly" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.parse(["--variant_seeds", "monarch"])
+    assert "expected VARIANT=SEED[,SEED...], got 'monarch'" in capsys.readouterr().err
+    # A registered layer without a recipe of its own trains the dense twin's, with its mlp_layer.
+    assert study.recipe_argv("gmlp", "ssl") == ["-c", study.config_path("gmlp", "dense"), "--mlp_layer", "ssl"]
+    assert study.recipe_argv("gmlp", "monarch") == ["-c", study.config_path("gmlp", "monarch")]
+    args, _ = study.parse(["--family", "mixer", "--variants", "ssl", "dense_to_monarch", "dense", "--seeds", "0"])
+    assert [variant for _, variant, _ in study.study_plan(args)] == ["dense", "dense_to_monarch", "ssl"]
 
 
 def test_a_failed_run_says_how_to_continue(tmp_path, capsys):
