@@ -28,6 +28,7 @@ from .pixelfly import (BlockSparseLinear, FlatBlockButterflyLinear, LowRank, Pix
 from .ssl import SketchStructuredLinear, ssl_index_map, ssl_shift_table
 from .lowrank import LowRankLinear, lowrank_rank
 from .bdiag_butterfly import BlockdiagButterflyLinear
+from .btt import BlockTTLinear  # noqa: F401  (registers mlp_layer: btt)
 from .monarchize import LayerSwap, MonarchizeReport, monarchize
 from .patch_embed import PatchEmbed
 
