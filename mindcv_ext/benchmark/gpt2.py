@@ -14,6 +14,7 @@ import numpy as np
 
 from .harness import alternating_samples, run_worker, sync
 from .macs import linear_macs_per_token
+from .report import save_figure
 
 __all__ = ["GPT2_VARIANTS", "MODEL_FIELDS", "LAYER_FIELDS", "FORK_FIELDS", "variant_kwargs", "gpt2_macs",
            "build_gpt2", "measure_gpt2", "gpt2_layer_rows", "run_gpt2", "plot_gpt2"]
@@ -206,7 +207,4 @@ def plot_gpt2(rows: List[dict], path: str) -> Optional[str]:
                                           f"{rows[0]['precision']}, {first_path}")
     axis.legend()
     axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

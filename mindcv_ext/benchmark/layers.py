@@ -16,6 +16,7 @@ from mindspore import nn
 from ..layers import create_mlp, layer_settings, linear_class, linear_layer, registered_linears
 from .harness import sync, time_alternating
 from .macs import linear_macs_per_token
+from .report import save_figure
 
 __all__ = ["LAYER_FIELDS", "has_nblocks", "layer_grid", "layer_cells", "compare", "run_layers", "run_mlp",
            "monarch_versus_torch", "plot_layers"]
@@ -246,7 +247,4 @@ def plot_layers(rows: List[dict], path: str) -> Optional[str]:
         axis.grid(alpha=0.3)
         if series:
             axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .harness import memory_slope, peak_rss_mb, run_worker, sync, time_samples
 from .macs import count_macs
+from .report import save_figure
 
 __all__ = ["MODEL_FIELDS", "PIXELFLY_MODELS", "measure_model", "measure_train_step", "summarize_model",
            "model_variants", "run_models", "plot_models"]
@@ -201,7 +202,4 @@ def plot_models(rows: List[dict], path: str) -> Optional[str]:
              title=f"training step, batch {rows[0]['batch_size']}, {rows[0]['img_size']} px")
     axis.legend()
     axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

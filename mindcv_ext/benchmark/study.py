@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .report import save_figure
+
 __all__ = ["FINE_TUNED", "STUDY_FIELDS", "RUN_FIELDS", "EPOCH_FIELDS", "EFFICIENCY_FIELDS", "MARKDOWN_FIELDS",
            "read_results", "schedule", "training_time", "last_json_line", "run_record", "summarize",
            "add_total_times", "efficiency", "plot", "plot_curves"]
@@ -150,14 +152,6 @@ def _pyplot():
     return plt
 
 
-def _save(figure, plt, path: str) -> str:
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
 def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
     """Test top-1 against training wall time: every run as a dot, each variant's mean as a marker. The fine-tuned
     variant stands at its total cost, the dense run's time included."""
@@ -175,7 +169,7 @@ def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
              title="Fashion-MNIST: accuracy against training time")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _save(figure, plt, path)
+    return save_figure(figure, path)
 
 
 def plot_curves(runs: List[dict], path: str) -> Optional[str]:
@@ -198,4 +192,4 @@ def plot_curves(runs: List[dict], path: str) -> Optional[str]:
              title="Fashion-MNIST: epoch by epoch")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _save(figure, plt, path)
+    return save_figure(figure, path)

@@ -31,7 +31,7 @@ from mindcv.models.registry import register_model
 from ..layers import DropPath, LinearFactory, Mlp, create_mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention
 from .helpers import instantiate, make_cfg
-from .t2t_vit import T2TModule, init_vit_weights, sinusoid_table
+from .t2t_vit import T2TModule, class_token_and_positions, init_vit_weights
 
 __all__ = ["DVT", "resample_matrix", "exit_grids"]
 
@@ -154,9 +154,7 @@ class DVTExit(nn.Cell):
                                          first_split=first_split)
         self.grid = self.tokens_to_token.grid
         num_patches = self.tokens_to_token.num_patches
-        self.cls_token = ms.Parameter(ms.Tensor(np.zeros((1, 1, embed_dim), np.float32)), name="cls_token")
-        self.pos_embed = ms.Parameter(ms.Tensor(sinusoid_table(num_patches + 1, embed_dim)), name="pos_embed",
-                                      requires_grad=False)
+        self.cls_token, self.pos_embed = class_token_and_positions(num_patches, embed_dim)
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList([

@@ -87,6 +87,15 @@ def sinusoid_table(positions: int, dim: int) -> np.ndarray:
     return table[None].astype(np.float32)
 
 
+def class_token_and_positions(num_patches: int, embed_dim: int) -> Tuple[ms.Parameter, ms.Parameter]:
+    """T2T-ViT's class token (zeros, then ``init_vit_weights``) and its fixed sinusoid table over the class token and
+    the patches, a parameter so that checkpoints carry it (named as the reference names them)."""
+    cls_token = ms.Parameter(ms.Tensor(np.zeros((1, 1, embed_dim), np.float32)), name="cls_token")
+    pos_embed = ms.Parameter(ms.Tensor(sinusoid_table(num_patches + 1, embed_dim)), name="pos_embed",
+                             requires_grad=False)
+    return cls_token, pos_embed
+
+
 def init_vit_weights(net: nn.Cell) -> None:
     """The reference's init: class token and every Dense weight truncated normal (0.02), Dense biases zero."""
     trunc_normal_(net.cls_token, std=0.02)
@@ -238,9 +247,7 @@ class T2T_ViT(nn.Cell):
         self.tokens_to_token = T2TModule(img_size, tokens_type, in_channels, embed_dim, token_dim, t2t_attn,
                                          feature_seed=feature_seed, **attention)
         num_patches = self.tokens_to_token.num_patches
-        self.cls_token = ms.Parameter(ms.Tensor(np.zeros((1, 1, embed_dim), np.float32)), name="cls_token")
-        self.pos_embed = ms.Parameter(ms.Tensor(sinusoid_table(num_patches + 1, embed_dim)), name="pos_embed",
-                                      requires_grad=False)
+        self.cls_token, self.pos_embed = class_token_and_positions(num_patches, embed_dim)
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList([
