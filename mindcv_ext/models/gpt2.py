@@ -5,7 +5,7 @@ Refer to "Language Models are Unsupervised Multitask Learners" (Radford et al., 
 and "Monarch" (Dao et al., ICML 2022).
 
 The model of kimiasa/Experiments' ``ssl_bench_mlp`` benchmark (``src/models/gpt2.py``, branch ``inference``): HF
-GPT-2 with the MLP replaced by ``fc1 -> GELU (exact) -> fc2``, fc1/fc2 any of ``MLP_LAYERS``. The state-dict
+GPT-2 with the MLP replaced by ``fc1 -> GELU (exact) -> fc2``, fc1/fc2 any registered linear layer. The state-dict
 layout is the fork's, so its checkpoints convert one to one: ``transformer.h.N.attn.c_attn`` and ``c_proj`` are HF
 ``Conv1D`` weights stored (in, out), ``mlp.fc1``/``mlp.fc2`` the swapped layers, and ``lm_head.weight`` tied to
 ``transformer.wte.weight``.

@@ -128,14 +128,13 @@ def register_layer_aliases(module_name: str, bases: Iterable[str],
     ``entrypoint(name, pretrained, **kwargs)``, and put each in ``module_name``'s namespace."""
     namespace = vars(sys.modules[module_name])
 
-    def make(name: str, base: str, layer: str, settings: Dict[str, Any]) -> Callable[..., nn.Cell]:
+    def make(name: str, doc: str) -> Callable[..., nn.Cell]:
         def create(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
             return entrypoint(name, pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
         create.__name__ = create.__qualname__ = name
         create.__module__ = module_name
-        described = ", ".join(f"{key} {value}" for key, value in settings.items())
-        create.__doc__ = f"{base} with {layer} {describe} ({described})."
+        create.__doc__ = doc
         return create
 
     for base in bases:
@@ -143,7 +142,8 @@ def register_layer_aliases(module_name: str, bases: Iterable[str],
             name = base + suffix
             if "default_cfgs" in namespace:  # mindcv's registry reads an entrypoint's configuration from there
                 namespace["default_cfgs"][name] = namespace["default_cfgs"][base]
-            namespace[name] = register_model(make(name, base, layer, settings))
+            described = ", ".join(f"{key} {value}" for key, value in settings.items())
+            namespace[name] = register_model(make(name, f"{base} with {layer} {describe} ({described})."))
 
 
 def init_mixer_weights(net: nn.Cell) -> None:
