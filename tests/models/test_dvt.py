@@ -1,5 +1,5 @@
-"""DVT: the shared fixture on all three exits, the reuse paths, both checkpoint layouts, early exit, threshold
-search."""
+"""models/dvt.py: the shared fixture on all three exits and its early-exit examples, the reuse paths, both checkpoint
+layouts, the exits' losses and costs. (The threshold search itself: tests/engine/test_early_exit.py.)"""
 import json
 
 import numpy as np
@@ -12,8 +12,7 @@ import mindcv_ext
 from mindcv_ext.convert import convert_state_dict, read_checkpoint
 from mindcv_ext.convert.converter import extract_state_dict
 from mindcv_ext.engine import NetWithLoss
-from mindcv_ext.engine.early_exit import (dynamic_evaluate, early_exit, exit_proportions, multi_exit_model, softmax,
-                                          threshold_table, thresholds_for_budget, use_all_exits)
+from mindcv_ext.engine.early_exit import early_exit, softmax
 from mindcv_ext.models import count_params, resolve_model_name
 from mindcv_ext.models.dvt import resample_matrix
 from scripts.convert_checkpoint import main as convert_main
@@ -146,43 +145,7 @@ def test_release_metadata_is_reported_not_loaded():
     assert any("dynamic_threshold" in note and "flops" in note for note in notes)
 
 
-def test_threshold_search_reproduces_the_calibration_file():
-    directory, _ = _meta()
-    calibration = np.load(directory / "early_exit_calibration.npz")
-    table = threshold_table(calibration["probs"])
-    np.testing.assert_array_equal(table, calibration["dynamic_threshold"])
-    for row, thresholds in enumerate(table):
-        result = dynamic_evaluate(calibration["probs"], calibration["targets"], calibration["flops"], thresholds)
-        assert result["accuracy"] == pytest.approx(calibration["budgeted_acc"][row], abs=1e-6)
-        assert result["expected_macs"] == pytest.approx(calibration["budgeted_flops"][row], rel=1e-6)
-
-
-def test_budget_picks_the_most_accurate_setting_that_fits():
-    directory, _ = _meta()
-    calibration = np.load(directory / "early_exit_calibration.npz")
-    probs, targets, flops = calibration["probs"], calibration["targets"], calibration["flops"]
-    budget = float(np.median(calibration["budgeted_flops"]))
-    found = thresholds_for_budget(probs, targets, flops, budget)
-    fitting = [p for p in found["curve"] if p["expected_macs"] <= budget]
-    assert found["best"]["expected_macs"] <= budget
-    assert found["best"]["accuracy"] == max(p["accuracy"] for p in fitting)
-    assert len(found["curve"]) == 59
-    with pytest.raises(ValueError, match="no threshold setting fits a budget of 0.1 GMACs"):
-        thresholds_for_budget(probs, targets, flops, 0.1)
-
-
-def test_exit_proportions_follow_the_reference():
-    np.testing.assert_allclose(exit_proportions(20), [1 / 3] * 3, rtol=1e-6)
-    q = 0.5
-    np.testing.assert_allclose(exit_proportions(10), np.array([q, q * q, q ** 3]) / (q + q * q + q ** 3), rtol=1e-6)
-    with pytest.raises(ValueError, match="setting must be in 1..59"):
-        exit_proportions(60)
-
-
-def test_bad_thresholds_and_sizes_name_the_culprit():
-    probs = softmax(np.random.default_rng(0).standard_normal((3, 4, 5)))
-    with pytest.raises(ValueError, match="one threshold per exit"):
-        early_exit(probs, [0.5, 0.5])
+def test_too_small_an_image_names_the_culprit():
     with pytest.raises(ValueError, match="img_size 6 is too small"):
         mindcv_ext.create_model("dvt_t2t_vit_12", img_size=6)
 
@@ -194,31 +157,6 @@ def test_construct_returns_the_last_exit_as_mindcv_expects_and_all_exits_on_requ
     logits = net(images)
     assert isinstance(logits, ms.Tensor) and logits.shape == (2, 5)
     np.testing.assert_array_equal(logits.asnumpy(), net.forward_exits(images)[-1].asnumpy())
-
-
-@pytest.mark.parametrize("amp_level", ["O0", "O2", "O3", "auto"])
-def test_train_and_eval_ask_the_model_for_its_exits_through_amp(amp_level):
-    """use_all_exits (train.py, eval.py) finds DVT's multi_exit() inside AMP's wrapper, and DVT then returns its
-    three exits, whose cumulative costs it reports."""
-    net = mindcv_ext.create_model("dvt_t2t_vit_12", img_size=64, num_classes=5, depth=1, embed_dim=32, num_heads=2)
-    expected = net.exit_macs()
-    wrapped = ms.amp.auto_mixed_precision(net, amp_level)
-    assert multi_exit_model(wrapped) is net
-    macs = use_all_exits(wrapped)
-    assert macs == expected and len(macs) == 3 and 0 < macs[0] < macs[1] < macs[2]
-    wrapped.set_train(False)
-    exits = wrapped(ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)))
-    assert len(exits) == 3 and all(e.shape == (2, 5) for e in exits)
-
-
-def test_a_single_exit_model_is_left_as_it_is():
-    net = mindcv_ext.create_model("gmlp_s16_224", img_size=32, patch_size=8, num_blocks=1, embed_dim=32,
-                                  num_classes=4)
-    wrapped = ms.amp.auto_mixed_precision(net, "O2")
-    assert multi_exit_model(wrapped) is None and use_all_exits(wrapped) is None
-    wrapped.set_train(False)
-    logits = wrapped(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32)))
-    assert isinstance(logits, ms.Tensor) and logits.shape == (2, 4)
 
 
 def test_training_loss_is_the_sum_of_the_exit_losses():
@@ -236,12 +174,21 @@ def test_training_loss_is_the_sum_of_the_exit_losses():
 
 @pytest.mark.parametrize("name,count", [("dvt_t2t_vit_12", 22_461_516), ("dvt_t2t_vit_14", 67_881_836)])
 def test_full_size_counts_and_forward(name, count):
-    net = mindcv_ext.create_model(name, all_exits=True)
-    assert count_params(net) == count
+    """mindcv's registry contract: ``create_model(name, num_classes=10)`` maps an image batch of the model's
+    ``input_size`` to (batch, 10), the last exit's logits; the count is the reference's (1000 classes) less 990 rows
+    of each exit's head."""
+    net = mindcv_ext.create_model(name, num_classes=10)
+    heads = [getattr(net, exit_name).head for exit_name in net.exit_names]
+    assert count_params(net) == count - sum(990 * (head.in_channels + 1) for head in heads)
     assert resolve_model_name(name.replace("dvt_t2t", "DVT_T2t")) == name
+    net.set_train(False)
+    size = net.default_cfg["input_size"]
+    images = ms.Tensor(np.random.default_rng(0).standard_normal((2, *size)).astype(np.float32))
+    logits = net(images)
+    assert logits.shape == (2, 10) and np.isfinite(logits.asnumpy()).all()
     if name == "dvt_t2t_vit_12":
-        net.set_train(False)
-        exits = net(ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)))
-        assert [e.shape for e in exits] == [(1, 1000)] * 3
-        assert all(np.isfinite(e.asnumpy()).all() for e in exits)
+        net.return_all_exits()
+        exits = net(images)
+        assert [e.shape for e in exits] == [(2, 10)] * 3
+        np.testing.assert_array_equal(exits[-1].asnumpy(), logits.asnumpy())
         assert net.grids == (7, 10, 14)
