@@ -133,10 +133,10 @@ def pytest_sessionfinish(session, exitstatus):
 
 # The slowest files first: pytest-xdist's loadfile hands files to idle workers in collection order, so starting
 # the long ones early lets both workers finish together (the longest-first rule) instead of one waiting at the end.
-SLOWEST_FIRST = ("tests/test_train.py", "tests/scripts/test_benchmark.py", "tests/test_train_crash.py",
-                 "tests/test_configs.py", "tests/accel/test_accelerate.py", "tests/models/test_t2t_vit.py",
-                 "tests/test_port_commands.py", "tests/models/test_amp_o2.py", "tests/test_train_dvt.py",
-                 "tests/models/test_dvt.py", "tests/test_openi.py", "tests/test_distributed.py")
+SLOWEST_FIRST = ("tests/e2e/test_train.py", "tests/e2e/test_benchmark.py", "tests/e2e/test_train_crash.py",
+                 "tests/e2e/test_configs.py", "tests/accel/test_accelerate.py", "tests/models/test_t2t_vit.py",
+                 "tests/e2e/test_port_commands.py", "tests/models/test_amp_o2.py", "tests/e2e/test_train_dvt.py",
+                 "tests/models/test_dvt.py", "tests/e2e/test_train_openi.py", "tests/e2e/test_distributed.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

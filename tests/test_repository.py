@@ -1,9 +1,12 @@
-"""The repository's own promises: CI runs the README's test command, dependencies are pinned."""
+"""The repository's own promises: CI runs the README's test command, dependencies are pinned, the small fixtures in
+tests/data are current copies of ../shared's."""
+import filecmp
 import re
 from pathlib import Path
 
 from tests.checkout_guard import checkout_entries, new_entries_message
-from tests.utils import REPO_ROOT
+from tests.utils import (LOCAL_MODEL_FIXTURES, REPO_ROOT, SHARED_ONLY_MODEL_FIXTURES, TEST_DATA,
+                         shared_fixture_dir)
 
 
 def _readme_test_command() -> str:
@@ -82,3 +85,25 @@ def test_ci_also_runs_the_suite_on_the_lowest_mindspore_the_readme_names():
     dev = (REPO_ROOT / "requirements-dev.txt").read_text().split()
     assert dev == ["-r", "requirements.txt", "-r", "requirements-test.txt"]
     assert "mindspore" not in (REPO_ROOT / "requirements-test.txt").read_text()
+
+
+def test_local_model_fixtures_are_current_copies():
+    """Each family's fixture logits: tests/models/test_<family module>.py."""
+    shared = shared_fixture_dir("models")
+    assert sorted(p.name for p in shared.iterdir() if p.is_dir()) == sorted(
+        LOCAL_MODEL_FIXTURES + SHARED_ONLY_MODEL_FIXTURES), \
+        "a new fixture appeared in ../shared/fixtures/models: copy it or list it as shared-only"
+    for name in LOCAL_MODEL_FIXTURES:
+        comparison = filecmp.dircmp(shared / name, TEST_DATA / "models" / name)
+        assert not comparison.left_only and not comparison.diff_files, name
+        _, mismatch, errors = filecmp.cmpfiles(shared / name, TEST_DATA / "models" / name,
+                                               comparison.common_files, shallow=False)
+        assert not mismatch and not errors, name
+
+
+def test_the_slowest_first_order_names_test_files_that_exist():
+    """conftest's scheduling order: a file moved or renamed without it would silently start late."""
+    from tests.conftest import SLOWEST_FIRST
+
+    assert len(set(SLOWEST_FIRST)) == len(SLOWEST_FIRST)
+    assert [path for path in SLOWEST_FIRST if not (REPO_ROOT / path).is_file()] == []

@@ -1,9 +1,11 @@
 """Helpers shared by the tests."""
+import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -31,6 +33,77 @@ def write_jpeg_folder(root: Path, counts: Dict[str, int], classes: Sequence[str]
                 Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
                     root / split / cls / f"{i:03d}.JPEG", quality=90)
     return root
+
+
+def cifar_arrays(count: int, num_classes: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``count`` random 32x32 RGB images (uint8, HWC) and their labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, count).astype(np.int64)
+    return images, labels
+
+
+def _cifar_planes(images):
+    """CIFAR stores each image as 1024 red, 1024 green, then 1024 blue bytes."""
+    return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+
+
+def write_cifar(root: Path, name: str, kind: str, train, test) -> Path:
+    """``train`` and ``test`` (``cifar_arrays``) in the official layout of ``name`` (cifar10 or cifar100), ``kind``
+    binary or python, under ``root``; returns the dataset's folder."""
+    if name == "cifar10" and kind == "binary":
+        folder = root / "cifar-10-batches-bin"
+        folder.mkdir()
+        chunks = np.array_split(np.arange(len(train[0])), 5)
+        for i, chunk in enumerate(chunks, 1):
+            records = np.concatenate([train[1][chunk, None].astype(np.uint8), _cifar_planes(train[0][chunk])], axis=1)
+            (folder / f"data_batch_{i}.bin").write_bytes(records.tobytes())
+        records = np.concatenate([test[1][:, None].astype(np.uint8), _cifar_planes(test[0])], axis=1)
+        (folder / "test_batch.bin").write_bytes(records.tobytes())
+    elif name == "cifar100" and kind == "binary":
+        folder = root / "cifar-100-binary"
+        folder.mkdir()
+        for split, (images, labels) in (("train", train), ("test", test)):
+            coarse = (labels // 5).astype(np.uint8)[:, None]
+            records = np.concatenate([coarse, labels.astype(np.uint8)[:, None], _cifar_planes(images)], axis=1)
+            (folder / f"{split}.bin").write_bytes(records.tobytes())
+    elif name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        chunks = np.array_split(np.arange(len(train[0])), 5)
+        for i, chunk in enumerate(chunks, 1):
+            batch = {b"data": _cifar_planes(train[0][chunk]), b"labels": train[1][chunk].tolist()}
+            (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / "test_batch").write_bytes(pickle.dumps({b"data": _cifar_planes(test[0]), b"labels": test[1].tolist()},
+                                                         protocol=2))
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir()
+        for split, (images, labels) in (("train", train), ("test", test)):
+            batch = {b"data": _cifar_planes(images), b"fine_labels": labels.tolist(),
+                     b"coarse_labels": (labels // 5).tolist()}
+            (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+class RunsACommand:
+    """Pickled, it asks the unpickler to run ``touch marker``: what a hostile checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def hostile_torch_zip(path, marker) -> None:
+    """A checkpoint in torch.save's zip format whose state_dict runs ``touch marker`` when unpickled."""
+    import zipfile
+
+    payload = pickle.dumps({"state_dict": {"w": RunsACommand(marker)}}, protocol=2)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+        archive.writestr("archive/version", "3\n")
 
 
 def on_path(net: nn.Cell, path: str, has_twins: bool = True) -> nn.Cell:
@@ -74,6 +147,45 @@ def shared_fixture_dir(*parts) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# The model fixtures (a PyTorch checkpoint, an input and the reference's logits): the small ones are copied into
+# tests/data/models, the others read from ../shared/fixtures/models.
+LOCAL_MODEL_FIXTURES = sorted(p.name for p in (TEST_DATA / "models").iterdir() if p.is_dir())
+SHARED_ONLY_MODEL_FIXTURES = ["vitae_tiny", "vitae_tiny_monarch"]  # 14-19 MB each: read from ../shared
+
+
+def model_fixtures(family: str) -> List[str]:
+    """The model fixtures of one family (``gmlp``, ``mixer``, ``vitae``), by name."""
+    return [name for name in LOCAL_MODEL_FIXTURES + SHARED_ONLY_MODEL_FIXTURES if name.startswith(family + "_")]
+
+
+def model_fixture_dir(name: str) -> Path:
+    if name in LOCAL_MODEL_FIXTURES:
+        return TEST_DATA / "models" / name
+    return shared_fixture_dir("models", name)
+
+
+def assert_model_fixture_matches_reference(name: str, checkpoint: Path, path: str) -> None:
+    """Model fixture ``name``, its ``checkpoint`` converted (tests/models/conftest.py's ``converted``), loaded through
+    mindcv's create_model: its parameter count and, on ``path`` (the ``net_path`` fixture), the reference's
+    logits within the fixture's tolerances."""
+    from mindcv.models import create_model
+
+    import mindcv_ext  # noqa: F401  (registers the models)
+    from mindcv_ext.models import count_params
+
+    directory = model_fixture_dir(name)
+    meta = json.loads((directory / "meta.json").read_text())
+    net = create_model(meta["model"], checkpoint_path=str(checkpoint), **meta["kwargs"])
+    net.set_train(False)
+    assert count_params(net) == meta["num_params"]
+    net = on_path(net, path)
+    logits = net(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
+    expected = np.load(directory / meta["expected_logits"])
+    assert logits.shape == expected.shape
+    excess = np.abs(logits - expected) - (meta["atol"] + meta["rtol"] * np.abs(expected))
+    assert excess.max() <= 0, f"max |diff| {np.abs(logits - expected).max():.3g}"
 
 
 class SensGrads(nn.Cell):

@@ -3,7 +3,7 @@
 Real data with no download (1,797 8x8 grey images of 10 digits, from the UCI optical-recognition set
 that scikit-learn ships). They are upscaled, made RGB and written once as PNG files under
 ``<cache>/digits_<size>px/{train,val}/<digit>/``, so the standard image-folder pipeline reads them.
-Every fifth image of each class goes to ``val`` (359 images), the rest to ``train`` (1,438).
+Every fifth image of each class goes to ``val`` (355 images), the rest to ``train`` (1,442).
 """
 import os
 import shutil

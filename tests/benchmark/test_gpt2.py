@@ -1,10 +1,15 @@
 """mindcv_ext.benchmark.gpt2: fly's variants, their MACs by hand, the layer rows (a one-block GPT-2)."""
+import numpy as np
 import pytest
+
+import mindspore as ms
 
 from mindcv_ext.benchmark import gpt2
 from mindcv_ext.models import create_model
 
 TINY = {"n_layer": 1, "n_embd": 128, "n_head": 2, "vocab_size": 32}
+# The one-block GPT-2 of the gpt2 suite's end-to-end test (tests/e2e/test_benchmark_gpt2.py).
+SUITE_TINY = {"n_layer": 1, "n_embd": 512, "n_head": 8, "vocab_size": 64}
 
 
 def test_variants_name_registered_layers():
@@ -32,3 +37,15 @@ def test_layer_rows():
         ("lowrank8r", "fc2", 512, 128)]
     assert rows[0]["params"] == 128 * 512 + 512 and rows[0]["speedup_vs_nnlinear"] == 1.0
     assert all(r["fwd_ms"] > 0 and r["tokens"] == 4 for r in rows)
+
+
+def test_every_gpt2_variant_builds_and_runs():
+    """fly's eight variants as the suite builds them, one forward each (PyNative, no timing)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ids = ms.Tensor(np.arange(8, dtype=np.int32).reshape(1, 8))
+    macs = {}
+    for variant in gpt2.GPT2_VARIANTS:
+        net = create_model("gpt2", n_positions=8, **SUITE_TINY, **gpt2.variant_kwargs(variant))
+        assert net(ids).shape == (1, 8, 64)
+        macs[variant] = gpt2.gpt2_macs(net, 1, 8)
+    assert min(macs, key=macs.get) in ("ssl8x", "lowrank8r", "monarch8b") and max(macs, key=macs.get) == "nnlinear"

@@ -54,3 +54,8 @@ def test_run_worker_returns_the_workers_json_and_reports_its_failure(tmp_path):
 def test_describe_machine():
     info = harness.describe_machine("CPU")
     assert info["logical_cpus"] >= 1 and info["device_target"] == "CPU" and "mindspore" in info
+
+
+def test_memory_slope_is_the_least_squares_line():
+    assert harness.memory_slope({2: 1000.0, 4: 1400.0, 8: 2200.0}) == pytest.approx(200.0)
+    assert harness.memory_slope({2: 1000.0, 4: 1500.0, 8: 2200.0}) == pytest.approx(3666.67 / 18.667, rel=1e-4)

@@ -72,3 +72,18 @@ def test_monarch_versus_torch_and_the_plot(tmp_path):
     assert layers.monarch_versus_torch(rows) == {"fwd": [("768->3072 nb4 t1568", 2.0)]}
     assert layers.plot_layers(rows, str(tmp_path / "layers.png")) == str(tmp_path / "layers.png")
     assert (tmp_path / "layers.png").stat().st_size > 0
+
+
+def test_monarch_versus_torch_pairs_the_same_case():
+    """The plot's last panel: PyTorch Monarch ms over MindSpore Monarch ms, per pass, only for cases timed in both."""
+    def row(framework, impl, tokens, pass_name, ms):
+        return dict(kind="layer", framework=framework, impl=impl, in_features=64, out_features=256, nblocks=4,
+                    tokens=tokens, ms=ms, **{"pass": pass_name})
+
+    rows = [row("mindspore", "monarch", 32, "fwd", 2.0), row("torch", "monarch", 32, "fwd", 3.0),
+            row("mindspore", "monarch", 32, "fwd+bwd", 4.0), row("torch", "monarch", 32, "fwd+bwd", 2.0),
+            row("mindspore", "dense", 32, "fwd", 1.0), row("torch", "dense", 32, "fwd", 9.0),
+            row("mindspore", "monarch", 64, "fwd", 5.0)]  # no PyTorch twin
+    assert layers.monarch_versus_torch(rows) == {"fwd": [("64->256 nb4 t32", 1.5)],
+                                                 "fwd+bwd": [("64->256 nb4 t32", 0.5)]}
+    assert layers.monarch_versus_torch(rows[:1] + rows[4:]) == {}

@@ -3,7 +3,7 @@ import pytest
 
 import mindspore as ms
 
-from mindcv_ext.benchmark import models
+from mindcv_ext.benchmark import cli, models
 
 
 def test_variants_and_rounds():
@@ -42,3 +42,30 @@ def test_plot_models(tmp_path):
             dict(model="m_monarch", variant="monarch", path="accel", batch_size=2, img_size=32, train_step_ms=5.0),
             dict(model="m", variant="dense", path="plain", batch_size=2, img_size=32, train_step_ms=20.0)]
     assert models.plot_models(rows, str(tmp_path / "models.png")) and (tmp_path / "models.png").is_file()
+
+
+def test_pixelfly_model_variants_and_selection():
+    registered = {"mixer_b16_224", "mixer_b16_224_monarch", "mixer_s32_224", "mixer_s32_224_monarch",
+                  "dvt_t2t_vit_12"}
+    assert cli.parse_args([]).pixelfly_models == ["mixer_b16_224"]  # fly's Pixelfly Mixer-B by default
+    assert models.model_variants("mixer_b16_224", registered, models.PIXELFLY_MODELS) == [
+        ("dense", "mixer_b16_224", "mixer_b16_224", None),
+        ("monarch", "mixer_b16_224_monarch", "mixer_b16_224_monarch", None),
+        ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
+    assert [v[0] for v in models.model_variants("mixer_s32_224", registered, ["mixer_b16*"])] == ["dense",
+                                                                                                "monarch"]
+    # a model without a Monarch twin is measured dense only, not as a missing '<name>_monarch'
+    assert models.model_variants("dvt_t2t_vit_12", registered, []) == [
+        ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
+
+
+def test_summarize_model_pools_rounds():
+    """Rounds pool their steps into one median; the peak is the largest of the workers'."""
+    rounds = [dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[100.0, 300.0],
+                   infer_samples_ms=[40.0, 40.0], peak_rss_mb=500),
+              dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[200.0, 900.0],
+                   infer_samples_ms=[10.0, 20.0], peak_rss_mb=700)]
+    row = models.summarize_model(rounds)
+    assert row["train_step_ms"] == 250.0 and row["train_img_s"] == 32.0
+    assert row["infer_ms"] == 30.0 and row["peak_rss_mb"] == 700 and row["params"] == 10
+    assert not any(key.endswith("_samples_ms") for key in row)

@@ -14,8 +14,7 @@ from mindcv_ext.convert import convert_checkpoint, extract_state_dict, read_chec
 from mindcv_ext.layers import MonarchLinear
 from mindcv_ext.models import create_model
 from scripts.convert_checkpoint import main as convert_main
-from tests.convert.test_reader import _hostile_zip
-from tests.utils import TEST_DATA, rel_err, run_script
+from tests.utils import TEST_DATA, hostile_torch_zip, rel_err, run_script
 
 GMLP = TEST_DATA / "models" / "gmlp_tiny"
 GMLP_KWARGS = {"img_size": 32, "patch_size": 4, "num_blocks": 2, "embed_dim": 64, "num_classes": 10}
@@ -133,7 +132,7 @@ def test_unreadable_or_hostile_sources_leave_nothing(tmp_path, capsys):
     truncated = tmp_path / "truncated.pth.tar"
     truncated.write_bytes(source[: len(source) // 3])
     hostile, marker = tmp_path / "hostile.pth", tmp_path / "ran"
-    _hostile_zip(hostile, marker)
+    hostile_torch_zip(hostile, marker)
     for src, expected in ((truncated, "truncated or corrupt"), (hostile, "posix.system"),
                           (tmp_path / "missing.pth", "does not exist")):
         dst = tmp_path / f"{src.stem}.ckpt"

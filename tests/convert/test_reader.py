@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from mindcv_ext.convert import CheckpointError, UnsafeCheckpointError, read_checkpoint
-from tests.utils import TEST_DATA
+from tests.utils import TEST_DATA, RunsACommand, hostile_torch_zip
 
 DATA = TEST_DATA / "convert"
 
@@ -42,29 +42,14 @@ def test_reads_safetensors(tmp_path):
         np.testing.assert_array_equal(loaded[key], value)
 
 
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _hostile_zip(path, marker):
-    payload = pickle.dumps({"state_dict": {"w": _RunsACommand(marker)}}, protocol=2)
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", payload)
-        archive.writestr("archive/version", "3\n")
-
-
 def _hostile_legacy(path, marker):
     with open(path, "wb") as stream:
         for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
             pickle.dump(header, stream, protocol=2)
-        pickle.dump({"w": _RunsACommand(marker)}, stream, protocol=2)
+        pickle.dump({"w": RunsACommand(marker)}, stream, protocol=2)
 
 
-@pytest.mark.parametrize("writer", [_hostile_zip, _hostile_legacy])
+@pytest.mark.parametrize("writer", [hostile_torch_zip, _hostile_legacy])
 def test_pickled_os_system_is_refused_and_never_runs(writer, tmp_path):
     marker = tmp_path / "the_command_ran"
     path = tmp_path / "model.pth"

@@ -1,6 +1,5 @@
-"""Built-in digits, CIFAR in its official layouts, image folders and their errors."""
+"""data/builder.py: resolving datasets, the split loaders and their transforms, image folders and their errors."""
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -9,116 +8,8 @@ import pytest
 from PIL import Image
 
 from mindcv_ext.data import (FOLDER_EXTENSIONS, ImageFolderError, check_image_headers, create_split_loader,
-                             find_unreadable_images, list_image_folder, prepare_digits, resolve_dataset,
-                             transform_settings)
-from mindcv_ext.data.cifar import create_cifar_dataset, find_cifar
-
-
-def test_digits_is_written_once_as_an_image_folder(tmp_path):
-    root = prepare_digits(str(tmp_path), image_size=24)
-    counts = {split: sum(len(os.listdir(root / split / str(d))) for d in range(10)) for split in ("train", "val")}
-    assert counts["train"] + counts["val"] == 1797  # scikit-learn's bundled digits
-    assert 350 <= counts["val"] <= 360
-    assert sorted(os.listdir(root / "train")) == [str(d) for d in range(10)]
-    sample = next((root / "val" / "7").iterdir())
-    with Image.open(sample) as image:
-        assert image.size == (24, 24) and image.mode == "RGB"
-        assert np.asarray(image).std() > 20  # a real digit, not a blank
-    stamp = sample.stat().st_mtime_ns
-    assert prepare_digits(str(tmp_path), image_size=24) == root
-    assert sample.stat().st_mtime_ns == stamp  # not rewritten
-    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no staging leftovers
-    info = resolve_dataset("digits", "unused", cache_dir=str(tmp_path), image_size=24)
-    assert info.num_classes == 10 and info.class_names == [str(d) for d in range(10)]
-
-
-def _cifar_arrays(count, num_classes, seed):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, num_classes, count).astype(np.int64)
-    return images, labels
-
-
-def _planes(images):
-    """CIFAR stores each image as 1024 red, 1024 green, then 1024 blue bytes."""
-    return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-
-
-def _write_cifar(root, name, kind, train, test):
-    if name == "cifar10" and kind == "binary":
-        folder = root / "cifar-10-batches-bin"
-        folder.mkdir()
-        chunks = np.array_split(np.arange(len(train[0])), 5)
-        for i, chunk in enumerate(chunks, 1):
-            records = np.concatenate([train[1][chunk, None].astype(np.uint8), _planes(train[0][chunk])], axis=1)
-            (folder / f"data_batch_{i}.bin").write_bytes(records.tobytes())
-        records = np.concatenate([test[1][:, None].astype(np.uint8), _planes(test[0])], axis=1)
-        (folder / "test_batch.bin").write_bytes(records.tobytes())
-    elif name == "cifar100" and kind == "binary":
-        folder = root / "cifar-100-binary"
-        folder.mkdir()
-        for split, (images, labels) in (("train", train), ("test", test)):
-            coarse = (labels // 5).astype(np.uint8)[:, None]
-            records = np.concatenate([coarse, labels.astype(np.uint8)[:, None], _planes(images)], axis=1)
-            (folder / f"{split}.bin").write_bytes(records.tobytes())
-    elif name == "cifar10":
-        folder = root / "cifar-10-batches-py"
-        folder.mkdir()
-        chunks = np.array_split(np.arange(len(train[0])), 5)
-        for i, chunk in enumerate(chunks, 1):
-            batch = {b"data": _planes(train[0][chunk]), b"labels": train[1][chunk].tolist()}
-            (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
-        (folder / "test_batch").write_bytes(pickle.dumps({b"data": _planes(test[0]), b"labels": test[1].tolist()},
-                                                         protocol=2))
-    else:
-        folder = root / "cifar-100-python"
-        folder.mkdir()
-        for split, (images, labels) in (("train", train), ("test", test)):
-            batch = {b"data": _planes(images), b"fine_labels": labels.tolist(),
-                     b"coarse_labels": (labels // 5).tolist()}
-            (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
-    return folder
-
-
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-@pytest.mark.parametrize("kind", ["binary", "python"])
-def test_cifar_official_layouts(name, kind, tmp_path):
-    classes = 10 if name == "cifar10" else 100
-    train, test = _cifar_arrays(20, classes, 0), _cifar_arrays(6, classes, 1)
-    folder = _write_cifar(tmp_path, name, kind, train, test)
-    assert find_cifar(name, str(tmp_path)) == (folder, kind)
-    for training, (images, labels) in ((True, train), (False, test)):
-        rows = list(create_cifar_dataset(name, str(tmp_path), training, shuffle=False).create_dict_iterator(
-            output_numpy=True))
-        got_images = np.stack([r["image"] for r in rows])
-        got_labels = np.array([r["label"] for r in rows])
-        # Order may differ between readers; compare as sets of (label, image) pairs.
-        expected = sorted((int(l), img.tobytes()) for img, l in zip(images, labels))
-        assert sorted((int(l), img.tobytes()) for img, l in zip(got_images, got_labels)) == expected
-    shards = [sorted(r["image"].tobytes() for r in create_cifar_dataset(
-        name, str(tmp_path), True, shuffle=False, num_shards=2, shard_id=i).create_dict_iterator(output_numpy=True))
-        for i in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 10 and not set(shards[0]) & set(shards[1])
-    info = resolve_dataset(name, str(tmp_path))
-    loader, size = create_split_loader(info, "train", True, 4, transform_settings({}, image_resize=32),
-                                       shuffle=False, drop_remainder=True)
-    images, labels = next(loader.create_tuple_iterator(num_epochs=1))
-    assert size == 20 and images.shape == (4, 3, 32, 32) and labels.shape == (4,)
-
-
-def test_cifar_pickles_are_unpickled_safely(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-
-    class Hostile:
-        def __reduce__(self):
-            return os.system, (f"touch {tmp_path / 'ran'}",)
-
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps({b"data": Hostile(), b"labels": []}, protocol=2))
-    with pytest.raises(ValueError, match="refusing to unpickle 'posix.system'"):
-        create_cifar_dataset("cifar10", str(tmp_path), True, shuffle=False)
-    assert not (tmp_path / "ran").exists()
+                             find_unreadable_images, list_image_folder, resolve_dataset, transform_settings)
+from tests.utils import cifar_arrays, write_cifar
 
 
 def test_missing_data_is_named(tmp_path):
@@ -190,7 +81,7 @@ def test_the_cifar_pipeline_applies_every_augmentation_setting(tmp_path):
                                                                                  {**augment, "auto_augment": None})]
     assert [type(op).__name__ for op in array_transforms(False, settings)] == ["Resize", "CenterCrop", "Normalize",
                                                                               "HWC2CHW"]
-    _write_cifar(tmp_path, "cifar10", "binary", _cifar_arrays(16, 10, 0), _cifar_arrays(4, 10, 1))
+    write_cifar(tmp_path, "cifar10", "binary", cifar_arrays(16, 10, 0), cifar_arrays(4, 10, 1))
     info = DatasetInfo("cifar10", str(tmp_path), 10, None)
     loader, size = create_split_loader(info, "train", True, 8, settings, augment, num_parallel_workers=1)
     images, labels = next(loader.create_tuple_iterator(num_epochs=1, output_numpy=True))

@@ -9,9 +9,8 @@ import pytest
 
 import mindspore as ms
 
-from mindcv_ext.benchmark import cli, harness
+from mindcv_ext.benchmark import cli
 from mindcv_ext.benchmark import layers as layer_suite
-from mindcv_ext.benchmark import models as model_suite
 from mindcv_ext.layers import linear_layer
 from scripts import benchmark
 
@@ -101,11 +100,6 @@ def test_mlp_and_layer_suites_write_results(tmp_path, capsys, monkeypatch):
         float(pixelfly["rss_mb_per_image"]) / float(dense["rss_mb_per_image"]), abs=0.01)
 
 
-def test_memory_slope_is_the_least_squares_line():
-    assert harness.memory_slope({2: 1000.0, 4: 1400.0, 8: 2200.0}) == pytest.approx(200.0)
-    assert harness.memory_slope({2: 1000.0, 4: 1500.0, 8: 2200.0}) == pytest.approx(3666.67 / 18.667, rel=1e-4)
-
-
 def test_compare_torch(tmp_path, capsys):
     argv = ["--suite", "mlp", *THREE, "--compare_torch", "--repeats", "1", "--warmup", "0", "--mlp_dim", "32",
             "--mlp_hidden", "64", "--mlp_tokens", "8"]
@@ -119,21 +113,6 @@ def test_compare_torch(tmp_path, capsys):
     assert {r["framework"] for r in rows} == {"mindspore", "torch"}
     assert {(r["framework"], r["impl"]) for r in rows if r["pass"] == "fwd"} == {
         (fw, impl) for fw in ("mindspore", "torch") for impl in ("dense", "monarch", "pixelfly")}
-
-
-def test_monarch_versus_torch_pairs_the_same_case():
-    """The plot's last panel: PyTorch Monarch ms over MindSpore Monarch ms, per pass, only for cases timed in both."""
-    def row(framework, impl, tokens, pass_name, ms):
-        return dict(kind="layer", framework=framework, impl=impl, in_features=64, out_features=256, nblocks=4,
-                    tokens=tokens, ms=ms, **{"pass": pass_name})
-
-    rows = [row("mindspore", "monarch", 32, "fwd", 2.0), row("torch", "monarch", 32, "fwd", 3.0),
-            row("mindspore", "monarch", 32, "fwd+bwd", 4.0), row("torch", "monarch", 32, "fwd+bwd", 2.0),
-            row("mindspore", "dense", 32, "fwd", 1.0), row("torch", "dense", 32, "fwd", 9.0),
-            row("mindspore", "monarch", 64, "fwd", 5.0)]  # no PyTorch twin
-    assert layer_suite.monarch_versus_torch(rows) == {"fwd": [("64->256 nb4 t32", 1.5)],
-                                                 "fwd+bwd": [("64->256 nb4 t32", 0.5)]}
-    assert layer_suite.monarch_versus_torch(rows[:1] + rows[4:]) == {}
 
 
 def test_torch_pixelfly_computes_what_sparse_lr_linear_computes():
@@ -161,33 +140,6 @@ def test_torch_pixelfly_computes_what_sparse_lr_linear_computes():
         np.testing.assert_allclose(ours(ms.Tensor(x)).asnumpy(), expected, rtol=1e-4, atol=1e-5)
         assert pixelfly_macs(in_f, out_f) == ours.macs_per_token() == ours.sparse.weight.size + \
             ours.low_rank.lr_weight1.size + ours.low_rank.lr_weight2.size + ours.gate.weight.size
-
-
-def test_pixelfly_model_variants_and_selection():
-    registered = {"mixer_b16_224", "mixer_b16_224_monarch", "mixer_s32_224", "mixer_s32_224_monarch",
-                  "dvt_t2t_vit_12"}
-    assert cli.parse_args([]).pixelfly_models == ["mixer_b16_224"]  # fly's Pixelfly Mixer-B by default
-    assert model_suite.model_variants("mixer_b16_224", registered, model_suite.PIXELFLY_MODELS) == [
-        ("dense", "mixer_b16_224", "mixer_b16_224", None),
-        ("monarch", "mixer_b16_224_monarch", "mixer_b16_224_monarch", None),
-        ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
-    assert [v[0] for v in model_suite.model_variants("mixer_s32_224", registered, ["mixer_b16*"])] == ["dense",
-                                                                                                "monarch"]
-    # a model without a Monarch twin is measured dense only, not as a missing '<name>_monarch'
-    assert model_suite.model_variants("dvt_t2t_vit_12", registered, []) == [
-        ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
-
-
-def test_summarize_model_pools_rounds():
-    """Rounds pool their steps into one median; the peak is the largest of the workers'."""
-    rounds = [dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[100.0, 300.0],
-                   infer_samples_ms=[40.0, 40.0], peak_rss_mb=500),
-              dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[200.0, 900.0],
-                   infer_samples_ms=[10.0, 20.0], peak_rss_mb=700)]
-    row = model_suite.summarize_model(rounds)
-    assert row["train_step_ms"] == 250.0 and row["train_img_s"] == 32.0
-    assert row["infer_ms"] == 30.0 and row["peak_rss_mb"] == 700 and row["params"] == 10
-    assert not any(key.endswith("_samples_ms") for key in row)
 
 
 def test_bad_arguments(capsys):

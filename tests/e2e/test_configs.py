@@ -9,7 +9,6 @@ import re
 import pytest
 
 import train
-from tests.test_train import imagenet_folder  # noqa: F401 (the fixture: JPEG folder, CIFAR and IDX files)
 from tests.utils import REPO_ROOT
 
 
@@ -19,6 +18,6 @@ from tests.utils import REPO_ROOT
 @pytest.mark.parametrize("config", sorted(p for p in glob.glob(str(REPO_ROOT / "configs" / "*" / "*.yaml"))
                                           if not re.search(r"gmlp_(Ti|S|B)\.yaml$", p)),
                          ids=lambda p: os.path.basename(p))
-def test_every_config_builds_in_a_dry_run(config, imagenet_folder, caplog):  # noqa: F811 (the fixture)
+def test_every_config_builds_in_a_dry_run(config, imagenet_folder, caplog):
     code = train.main(["-c", config, "--data_dir", str(imagenet_folder), "--distribute", "False", "--dry_run", "True"])
     assert code == 0

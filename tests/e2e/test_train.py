@@ -11,11 +11,9 @@ from PIL import Image
 import mindspore as ms
 
 import train
-from mindcv_ext.data.idx import write_idx
 from mindcv_ext.engine.runtime import set_seed
 from mindcv_ext.models import create_model
-from tests.data.test_datasets import _cifar_arrays, _write_cifar
-from tests.utils import REPO_ROOT, run_script, write_jpeg_folder
+from tests.utils import REPO_ROOT, run_script
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "gmlp_monarch_digits.yaml"
 TINY = ["-c", str(QUICKSTART), "--model_kwargs", "{patch_size: 4, num_blocks: 2, embed_dim: 32}", "--log_interval", "1"]
@@ -196,22 +194,6 @@ def test_a_setting_without_effect_on_the_dataset_is_named(imagenet_folder, capsy
     out = capsys.readouterr().out
     assert "WARNING aug_repeats (repeated augmentation samples image folders only, not cifar10) has no effect" in out
     assert "WARNING val_split (cifar10 takes its splits from its own files) has no effect here" in out
-
-
-@pytest.fixture(scope="module")
-def imagenet_folder(tmp_path_factory):
-    """An ImageNet-style folder of real JPEG files, big enough for one batch of every config."""
-    root = write_jpeg_folder(tmp_path_factory.mktemp("imagenet"), {"train": 64, "val": 4},
-                             ("n01440764", "n01443537"), (40, 48), seed=0)
-    # The CIFAR recipes read the official archives from the same data_dir.
-    for name, classes in (("cifar10", 10), ("cifar100", 100)):
-        _write_cifar(root, name, "binary", _cifar_arrays(128, classes, 0), _cifar_arrays(8, classes, 1))
-    # ... and the Fashion-MNIST recipes its IDX files.
-    rng = np.random.default_rng(0)
-    for prefix, count in (("train", 128), ("t10k", 8)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)).astype(np.uint8))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, count).astype(np.uint8))
-    return root
 
 
 def test_bad_inputs_name_the_culprit(tmp_path, imagenet_folder, capsys):

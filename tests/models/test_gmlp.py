@@ -1,12 +1,14 @@
-"""models/gmlp.py: gMLP is MlpMixer's skeleton with spatial gating blocks, and its gating unit is timm's formula."""
+"""models/gmlp.py: gMLP is MlpMixer's skeleton with spatial gating blocks, its gating unit is timm's formula, and
+timm's checkpoints give timm's logits."""
 import numpy as np
+import pytest
 
 import mindspore as ms
 
 from mindcv_ext.layers import GatedMlp
 from mindcv_ext.models import GMLP, MlpMixer, create_model
 from mindcv_ext.models.gmlp import SpatialGatingBlock, SpatialGatingUnit
-from tests.utils import rel_err
+from tests.utils import assert_model_fixture_matches_reference, model_fixtures, rel_err
 
 TINY = dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=32)
 
@@ -44,3 +46,10 @@ def test_the_ports_names_are_aliases():
 
     assert [resolve_model_name(n) for n in ("gmlp_Ti", "gmlp_S", "gmlp_B", "gmlp_Ti_monarch")] == [
         "gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224", "gmlp_ti16_224_monarch"]
+
+
+@pytest.mark.parametrize("name", model_fixtures("gmlp"))
+def test_fixture_logits_match_reference(name, converted, graph_mode, net_path):
+    """The fixture's PyTorch checkpoint converted with the user's command, loaded through mindcv's create_model:
+    graph-mode logits within the fixture's tolerances of the reference's."""
+    assert_model_fixture_matches_reference(name, converted(name), net_path)

@@ -1,12 +1,13 @@
 """mlp_layer ssl, lowrank and bdiagbfly in every vision family whose MLP is fc1 -> act -> fc2: built, counted,
-trained."""
+trained; and Pixelfly built in the other families (Mixer's Pixelfly: tests/models/test_mlp_mixer.py)."""
 import numpy as np
 import pytest
 
 import mindspore as ms
 from mindspore import nn
+from mindcv.models import create_model as mindcv_create_model
 
-from mindcv_ext.layers import BlockdiagButterflyLinear, LowRankLinear, SketchStructuredLinear
+from mindcv_ext.layers import BlockdiagButterflyLinear, LowRankLinear, SketchStructuredLinear, SparseLRLinear
 from mindcv_ext.models import count_params, create_model
 
 # Tiny configurations (32 px, two blocks; ViTAE 16 px, one token after its x16 reduction) whose MLP widths every
@@ -79,3 +80,16 @@ def test_a_setting_of_another_layer_is_an_error(family):
         create_model(family, mlp_layer="ssl", rank=8, **FAMILIES[family])
     with pytest.raises(ValueError, match=r"in_features \(\d+\) must be a multiple of 32 \* redn_factor \(256\)"):
         create_model(family, mlp_layer="ssl", redn_factor=8, **FAMILIES[family])
+
+
+@pytest.mark.parametrize("name", ["gmlp_s16_224", "vitae_basic_tiny", "t2t_vit_12"])
+def test_pixelfly_builds_in_every_family(name):
+    """A registered layer serves every family whose MLP is fc1 -> act -> fc2, Pixelfly included."""
+    tiny = {"gmlp_s16_224": dict(img_size=32, patch_size=8, num_blocks=1, embed_dim=64),
+            "vitae_basic_tiny": dict(img_size=32, nc_depth=1),
+            "t2t_vit_12": dict(img_size=32, depth=1, embed_dim=64, num_heads=2)}[name]
+    net = mindcv_create_model(name, num_classes=3, mlp_layer="pixelfly", block=16, rank=4, **tiny)
+    layers = [cell for _, cell in net.cells_and_names() if isinstance(cell, SparseLRLinear)]
+    assert len(layers) == 2 and layers[0].rank == 4 and layers[0].sparse.block == 16
+    net.set_train(False)
+    assert net(ms.Tensor(np.ones((1, 3, 32, 32), np.float32))).shape == (1, 3)

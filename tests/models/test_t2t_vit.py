@@ -190,7 +190,7 @@ def _direct_loss(model_kwargs, ckpt, folder):
 
 def test_eval_runs_a_converted_t2t_vit_t_14_with_each_attention(tmp_path, image_folder, capsys):
     """The user's path: convert the released layout once, then eval.py with the full, local and sblocal YAMLs
-    (performer's builds in tests/test_configs.py, and every attention converts and runs in
+    (performer's builds in tests/e2e/test_configs.py, and every attention converts and runs in
     test_official_checkpoint_evaluates_with_every_attention)."""
     import eval as evaluation
     import yaml
