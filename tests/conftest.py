@@ -85,6 +85,15 @@ def graph_mode():
     ms.set_context(mode=previous)
 
 
+@pytest.fixture
+def pynative_mode():
+    """PyNative mode for the test (forward hooks run there only), whatever mode an earlier test left."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
 @pytest.fixture(scope="session")
 def kernel_library(dataset_cache):
     """The CPU kernels, built once per test session into its cache (not at collection); a skip only when
@@ -136,7 +145,9 @@ def pytest_sessionfinish(session, exitstatus):
 SLOWEST_FIRST = ("tests/e2e/test_train.py", "tests/e2e/test_benchmark.py", "tests/e2e/test_train_crash.py",
                  "tests/e2e/test_configs.py", "tests/accel/test_accelerate.py", "tests/models/test_t2t_vit.py",
                  "tests/e2e/test_port_commands.py", "tests/models/test_amp_o2.py", "tests/e2e/test_train_dvt.py",
-                 "tests/models/test_dvt.py", "tests/e2e/test_train_openi.py", "tests/e2e/test_distributed.py")
+                 "tests/models/test_dvt.py", "tests/e2e/test_train_openi.py", "tests/e2e/test_distributed.py",
+                 "tests/models/test_zoo.py", "tests/e2e/test_study.py", "tests/layers/test_btt.py",
+                 "tests/models/test_vitae.py", "tests/models/test_mlp_mixer.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

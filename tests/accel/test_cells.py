@@ -119,7 +119,7 @@ def test_twin_takes_over_every_attribute_of_its_plain_cell(twin_cls):
 
 @pytest.mark.usefixtures("kernel_library")
 @pytest.mark.parametrize("twin_cls", FAST_CELLS, ids=[cls.__name__ for cls in FAST_CELLS])
-def test_twin_computes_what_its_plain_cell_computes(twin_cls):
+def test_twin_computes_what_its_plain_cell_computes(twin_cls, pynative_mode):
     """Forward, in PyNative mode (``test_accelerate`` checks gradients and graph mode network by network)."""
     skip_unless_twin_serves(twin_cls)
     plain = _randomise(_plain(twin_cls), 3)
@@ -146,7 +146,7 @@ def test_twin_has_its_own_cell_bookkeeping():
 
 
 @pytest.mark.usefixtures("kernel_library")
-def test_forward_hooks_of_the_plain_cell_serve_the_twin():
+def test_forward_hooks_of_the_plain_cell_serve_the_twin(pynative_mode):
     calls = []
     plain = gelu()
     handle = plain.register_forward_hook(lambda cell, inputs, output: calls.append(type(cell).__name__))

@@ -9,6 +9,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from mindcv_ext.accel import accelerate, accelerated_cells
+from mindcv_ext.engine.early_exit import use_all_exits
 from mindcv_ext.layers import DenseLinear, create_mlp, layer_settings, linear_layer, registered_linears
 from mindcv_ext.layers.btt import BlockTTLinear, btt_core_shapes, btt_factorize
 from mindcv_ext.models import create_model
@@ -96,8 +97,26 @@ def test_structure_follows_the_fixture(case):
             int(data[f"core_d_in_{core}"]), int(data[f"core_d_out_{core}"]))
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_matches_upstream_forward_and_backward(case, ms_mode, net_path):
+# Every fixture in PyNative mode; in graph mode one of each kind (btt, btt_norm, no bias, odd widths), which compile
+# the same two BatchMatMuls.
+GRAPH_CASES = ("btt_768x3072_r4", "btt_64x96_r2_nobias", "bttnorm_40x90_r3", "bttnorm_3072x768_r4")
+
+
+@pytest.fixture
+def case_mode(request):
+    """The (fixture, mode) pair of a parametrized case, with MindSpore's mode set for the test."""
+    case, mode = request.param
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    yield case
+    ms.set_context(mode=previous)
+
+
+@pytest.mark.parametrize("case_mode", [(case, "pynative") for case in CASES] +
+                         [(case, "graph") for case in GRAPH_CASES], indirect=True,
+                         ids=lambda pair: "-".join(reversed(pair)))
+def test_matches_upstream_forward_and_backward(case_mode, net_path):
+    case = case_mode
     data = _load(case)
     layer = _layer_for(data)
     names = [p.name for p in layer.trainable_params()]  # before wrapping, which prefixes them
@@ -327,10 +346,16 @@ def test_accelerate_leaves_btt_cells_alone(build, graph_mode, kernel_library, rn
 MODELS = {
     "mixer_s32_224": dict(num_classes=10, img_size=32, patch_size=4, num_blocks=2, embed_dim=64),
     "gmlp_ti16_224": dict(num_classes=10, img_size=32, patch_size=4, num_blocks=2, embed_dim=64),
-    "vitae_basic_tiny": dict(num_classes=10, img_size=32, nc_depth=2),
+    # 16 px: one token after ViTAE's x16 reduction, the normal cells' MLPs as wide as at 32 px.
+    "vitae_basic_tiny": dict(num_classes=10, img_size=16, nc_depth=2, token_dims=(64, 64, 128),
+                             embed_dims=(32, 32, 64)),
     "t2t_vit_12": dict(num_classes=10, img_size=32, depth=2, embed_dim=64),
+    # Three exits of one block each; the later two widen fc1's input by the reused features (32 + 48).
+    "dvt_t2t_vit_12": dict(num_classes=10, img_size=64, depth=1, embed_dim=32, num_heads=2),
     "gpt2": dict(n_layer=2, n_embd=64, n_head=2, vocab_size=100, n_positions=16),
 }
+# fc1 and fc2 of every MLP the families build with the layer: two blocks', or DVT's three exits' one block each.
+BTT_LAYERS = {"dvt_t2t_vit_12": 6}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -341,7 +366,7 @@ def test_every_mlp_family_builds_counts_and_trains_with_btt(name, rng):
     btt = {cell_name: cell for cell_name, cell in net.cells_and_names() if isinstance(cell, BlockTTLinear)}
     # The two blocks' MLPs hold them, fc1 and fc2 each, where the dense model holds DenseLinear.
     dense_cells = dict(dense.cells_and_names())
-    assert len(btt) == 4
+    assert len(btt) == BTT_LAYERS.get(name, 4)
     assert all(n.endswith((".fc1", ".fc2")) and isinstance(dense_cells[n], DenseLinear) for n in btt), sorted(btt)
     assert {n[:-4] for n in btt if n.endswith(".fc1")} == {n[:-4] for n in btt if n.endswith(".fc2")}
     assert all(cell.tt_rank == 2 for cell in btt.values())
@@ -357,11 +382,16 @@ def test_every_mlp_family_builds_counts_and_trains_with_btt(name, rng):
         def loss_fn(inputs, targets):
             return ops.cross_entropy(net(inputs).reshape(-1, 100), targets.reshape(-1))
     else:
-        x = ms.Tensor(rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
+        size = MODELS[name]["img_size"]
+        x = ms.Tensor(rng.standard_normal((4, 3, size, size)).astype(np.float32))
         labels = ms.Tensor(rng.integers(0, 10, (4,)).astype(np.int32))
 
+        use_all_exits(net)  # a multi-exit model (DVT) trains every exit, as train.py does
+
         def loss_fn(inputs, targets):
-            return ops.cross_entropy(net(inputs), targets)
+            logits = net(inputs)
+            return sum(ops.cross_entropy(exit_logits, targets)
+                       for exit_logits in (logits if isinstance(logits, tuple) else (logits,)))
 
     net.set_train(True)
     optimizer = nn.SGD(net.trainable_params(), learning_rate=0.05)
