@@ -1,3 +1,4 @@
+import contextlib
 import gc
 import logging
 import os
@@ -68,30 +69,35 @@ def mindcv_ext_logger():
     _reset_mindcv_ext_logger(logger)
 
 
+@contextlib.contextmanager
+def _in_mode(mode: int):
+    """MindSpore's execution mode set for the test, and the earlier one restored after it."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
 @pytest.fixture(params=sorted(MODES))
 def ms_mode(request):
     """Run the test once in graph mode and once in PyNative mode."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=previous)
+    with _in_mode(MODES[request.param]):
+        yield request.param
 
 
 @pytest.fixture
 def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
+    with _in_mode(ms.GRAPH_MODE):
+        yield
 
 
 @pytest.fixture
 def pynative_mode():
     """PyNative mode for the test (forward hooks run there only), whatever mode an earlier test left."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
+    with _in_mode(ms.PYNATIVE_MODE):
+        yield
 
 
 @pytest.fixture(scope="session")

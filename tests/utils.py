@@ -204,6 +204,17 @@ class SensGrads(nn.Cell):
         return self.grad(self.net, self.weights)(x, sens)
 
 
+def assert_layer_matches_fixture(layer: nn.Cell, data, names: Sequence[str], tol: float = 1e-5) -> None:
+    """A layer's output, input gradient and the gradient of each parameter in ``names`` against a fixture's ``y``,
+    ``grad_x`` and ``grad_<name>`` (the loss ``sum(y * grad_out)``), at atol = rtol = ``tol``."""
+    x, grad_out = ms.Tensor(data["x"]), ms.Tensor(data["grad_out"])
+    np.testing.assert_allclose(layer(x).asnumpy(), data["y"], atol=tol, rtol=tol)
+    (grad_x,), grads = SensGrads(layer)(x, grad_out)
+    np.testing.assert_allclose(grad_x.asnumpy(), data["grad_x"], atol=tol, rtol=tol)
+    for name, grad in zip(names, grads):
+        np.testing.assert_allclose(grad.asnumpy(), data["grad_" + name], atol=tol, rtol=tol, err_msg=name)
+
+
 def run_script(args: Sequence, cwd=None, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run one of the project's scripts as a user would: ``args[0]`` is its path in the checkout (``train.py``,
     ``scripts/export.py``, ``tests/kill_at.py``), run by this interpreter from ``cwd``, by default the test's own

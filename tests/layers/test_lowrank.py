@@ -7,7 +7,7 @@ import pytest
 import mindspore as ms
 
 from mindcv_ext.layers import LowRankLinear, lowrank_rank
-from tests.utils import SensGrads, on_path, shared_fixture_dir
+from tests.utils import assert_layer_matches_fixture, on_path, shared_fixture_dir
 
 
 def _fixture():
@@ -32,12 +32,7 @@ def test_output_and_gradients_match_the_reference(ms_mode, net_path):
     for name in names:
         getattr(layer, name).set_data(ms.Tensor(data["param_" + name]))
     layer = on_path(layer, net_path, has_twins=False)  # plain matmuls on both paths
-    x, grad_out = ms.Tensor(data["x"]), ms.Tensor(data["grad_out"])
-    np.testing.assert_allclose(layer(x).asnumpy(), data["y"], atol=1e-5, rtol=1e-5)
-    (grad_x,), grads = SensGrads(layer)(x, grad_out)
-    np.testing.assert_allclose(grad_x.asnumpy(), data["grad_x"], atol=1e-5, rtol=1e-5)
-    for name, grad in zip(names, grads):
-        np.testing.assert_allclose(grad.asnumpy(), data["grad_" + name], atol=1e-5, rtol=1e-5, err_msg=name)
+    assert_layer_matches_fixture(layer, data, names)
     dense = layer.to_dense().asnumpy()
     np.testing.assert_allclose(data["x"] @ dense.T + data["param_bias"], data["y"], atol=1e-5, rtol=1e-5)
 
