@@ -44,7 +44,7 @@ class LowRankLinear(StructuredLinear):
     Xavier-uniform dense draw, which only changes where training starts.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: Optional[int] = None, redn_factor: float = 2,
+    def __init__(self, in_features: int, out_features: int, rank: Optional[int] = None, *, redn_factor: float = 2,
                  has_bias: bool = True) -> None:
         super().__init__(in_features, out_features, has_bias)
         owner = "LowRankLinear"
@@ -60,10 +60,10 @@ class LowRankLinear(StructuredLinear):
 
     @classmethod
     def check_settings(cls, rank: Optional[int] = None, redn_factor: float = 2) -> None:
-        if rank is None:
-            lowrank_rank(1 << 20, 1 << 20, redn_factor)  # validates redn_factor itself
-        else:
+        if rank is not None:
             check_positive_int("LowRankLinear", "rank", rank)
+        elif isinstance(redn_factor, bool) or not isinstance(redn_factor, numbers.Real) or redn_factor <= 0:
+            raise ValueError(f"LowRankLinear: redn_factor must be a positive number, got {redn_factor!r}")
 
     def macs_per_token(self) -> int:
         return self.w1.size + self.w2.size

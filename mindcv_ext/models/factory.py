@@ -174,8 +174,8 @@ def _merge_model_kwargs(model_kwargs: Dict[str, Any], arguments: Dict[str, Any])
     return merged
 
 
-def create_model(model_name: str, *, num_classes: Optional[int] = 1000, pretrained: bool = False,
-                 in_channels: Optional[int] = 3, checkpoint_path: Optional[str] = None, strict: bool = True,
+def create_model(model_name: str, *, num_classes: Optional[int] = None, pretrained: bool = False,
+                 in_channels: Optional[int] = None, checkpoint_path: Optional[str] = None, strict: bool = True,
                  mlp_layer: Optional[str] = None, model_kwargs: Optional[Dict[str, Any]] = None,
                  **kwargs: Any) -> nn.Cell:
     """The one model builder: mindcv's ``create_model`` with aliases, clear errors, the linear layer chosen by
@@ -183,7 +183,8 @@ def create_model(model_name: str, *, num_classes: Optional[int] = 1000, pretrain
 
     Args:
         model_name: a registered name or a reference alias (``gmlp_S``, ``ViTAE_basic_Tiny``...).
-        num_classes, in_channels, pretrained: as mindcv's.
+        num_classes, in_channels, pretrained: as mindcv's (unset: 1000 classes, 3 channels). They may come in
+            ``model_kwargs`` instead; given in both with different values, they are an error.
         checkpoint_path, strict: a MindSpore checkpoint to load, every parameter required when ``strict``.
         mlp_layer: the registered linear layer of the models' MLPs (``layers.registered_linears()``); its
             settings (``nblocks``, ``redn_factor``...) come from ``kwargs`` or ``model_kwargs``. A model name with a
@@ -197,21 +198,23 @@ def create_model(model_name: str, *, num_classes: Optional[int] = 1000, pretrain
     if checkpoint_path and not os.path.isfile(checkpoint_path):
         raise FileNotFoundError(f"checkpoint {checkpoint_path!r} does not exist")
     model_kwargs = dict(model_kwargs or {})
-    if "mlp_layer" in model_kwargs:  # the older spelling
-        _logger.info("model_kwargs.mlp_layer is read as the mlp_layer key; write it at the top level")
+    if "mlp_layer" in model_kwargs:  # the older spelling (and the converter's only one: --model_kwargs)
+        _logger.info("model_kwargs.mlp_layer is read as mlp_layer")
         older = model_kwargs.pop("mlp_layer")
         if mlp_layer is not None and older != mlp_layer:
             raise ValueError(f"mlp_layer is set twice with different values: {mlp_layer!r} and {older!r} in "
                              f"model_kwargs. Keep one of them")
         mlp_layer = older
+    # mindcv's own arguments may come in model_kwargs too (the converter's --model_kwargs, say), but a value there
+    # never silently replaces the caller's (train.py's num_classes from the data, say).
+    arguments = dict(kwargs, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained or None)
     kwargs = _merge_model_kwargs({k: v for k, v in model_kwargs.items() if v is not None},
-                                 {k: v for k, v in kwargs.items() if v is not None})
+                                 {k: v for k, v in arguments.items() if v is not None})
     if mlp_layer is not None:
         kwargs["mlp_layer"] = mlp_layer  # resolved, with its settings, by the entrypoint (helpers.instantiate)
-    # mindcv's own arguments may come in model_kwargs too (the converter's --model_kwargs, say).
-    num_classes = kwargs.pop("num_classes", num_classes)
-    in_channels = kwargs.pop("in_channels", in_channels)
-    pretrained = kwargs.pop("pretrained", pretrained)
+    num_classes = kwargs.pop("num_classes", 1000)
+    in_channels = kwargs.pop("in_channels", 3)
+    pretrained = bool(kwargs.pop("pretrained", False))
     try:
         if name in TEXT_MODELS:
             net = TEXT_MODELS[name](pretrained=pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
@@ -219,6 +222,8 @@ def create_model(model_name: str, *, num_classes: Optional[int] = 1000, pretrain
             net = mindcv_create_model(name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
                                       **kwargs)
     except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc) and "multiple values" not in str(exc):
+            raise  # not the arguments: a bug, reported as what it is
         raise ValueError(f"model {name!r} does not accept these arguments ({exc}); check img_size, mlp_layer, "
                          f"its settings and model_kwargs") from exc
     if checkpoint_path:

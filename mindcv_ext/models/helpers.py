@@ -1,4 +1,5 @@
 """What every model file shares: default configurations, the entrypoints and their layer aliases."""
+import inspect
 import logging
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Type
@@ -8,7 +9,6 @@ from mindspore import nn
 from mindcv.models.registry import register_model
 
 from ..layers.mlp import as_linear_factory
-from ..layers.pixelfly import SparseLRLinear
 from ..layers.structured import layer_class, layer_settings, linear_class, linear_layer, registered_linears
 from ..layers.weight_init import constant_, lecun_normal_, normal_, xavier_uniform_
 
@@ -63,9 +63,10 @@ def split_layer_alias(name: str) -> Tuple[str, Optional[str], Dict[str, Any]]:
     return name, None, {}
 
 
-def resolve_linear_layer(variant: str, kwargs: Dict[str, Any]) -> None:
+def resolve_linear_layer(variant: str, kwargs: Dict[str, Any], model_cls: Optional[type] = None) -> None:
     """Turn ``mlp_layer`` (a registered name, or the one ``variant``'s alias suffix means) and the layer settings
-    among ``kwargs`` into the ``linear_layer`` factory the model takes, in place.
+    among ``kwargs`` into the ``linear_layer`` factory the model takes, in place. A keyword ``model_cls`` takes
+    itself stays the model's, whatever layer has a setting of that name.
 
     A setting of another layer is an error that names its layers; so is a layer that contradicts the model name (a
     dense model under a Monarch name would mislabel every result).
@@ -76,6 +77,8 @@ def resolve_linear_layer(variant: str, kwargs: Dict[str, Any]) -> None:
         raise ValueError(f"{variant}: mlp_layer={mlp_layer!r} conflicts with the model name, whose suffix means "
                          f"mlp_layer={alias_layer!r}. Drop mlp_layer, or use {base!r} with mlp_layer={mlp_layer!r}.")
     any_setting = {key for name in registered_linears() for key in layer_settings(linear_class(name))}
+    if model_cls is not None:
+        any_setting -= set(inspect.signature(model_cls.__init__).parameters)
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in any_setting and kwargs[key] is not None}
     given = kwargs.get("linear_layer")
     if given is not None:
@@ -106,7 +109,7 @@ def instantiate(model_cls: Type[nn.Cell], variant: str, pretrained: bool, defaul
             f"{variant}: no MindSpore weights are published. Convert a PyTorch checkpoint with "
             f"`python scripts/convert_checkpoint.py --model {variant} --src FILE --dst OUT.ckpt` and pass "
             f"checkpoint_path=OUT.ckpt instead of pretrained=True.")
-    resolve_linear_layer(variant, kwargs)
+    resolve_linear_layer(variant, kwargs, model_cls)
     model = model_cls(**kwargs)
     # mindcv reads pretrained_cfg (layer decay, fine-tuning), timm-style code reads default_cfg.
     model.default_cfg = dict(default_cfg)
@@ -147,11 +150,12 @@ def register_layer_aliases(module_name: str, bases: Iterable[str],
 
 
 def init_mixer_weights(net: nn.Cell) -> None:
-    """timm's MLP-Mixer/gMLP initialisation; Monarch layers keep their own, as in fly.
+    """timm's MLP-Mixer/gMLP initialisation; structured layers keep their own, as in fly.
 
     Dense: xavier-uniform weights, N(0, 1e-6) biases inside MLPs and zero elsewhere; the head is
-    zero; convolutions are lecun-normal. Pixelfly layers start from projections of xavier-uniform dense
-    matrices (fly's ``set_weights_from_dense_init``). Cells with an ``init_weights`` method then apply their own.
+    zero; convolutions are lecun-normal. A layer with a ``set_weights_from_dense_init`` method (Pixelfly's) starts
+    from its projection of xavier-uniform dense matrices, as fly's Mixer does. Cells with an ``init_weights`` method
+    then apply their own.
     """
     for name, cell in net.cells_and_names():
         if isinstance(cell, nn.Dense):
@@ -167,7 +171,7 @@ def init_mixer_weights(net: nn.Cell) -> None:
         elif isinstance(cell, nn.Conv2d):
             lecun_normal_(cell.weight)
             constant_(cell.bias, 0.0)
-        elif isinstance(cell, SparseLRLinear):
+        elif hasattr(cell, "set_weights_from_dense_init"):
             cell.set_weights_from_dense_init()
     for _, cell in net.cells_and_names():
         if cell is not net and hasattr(cell, "init_weights"):

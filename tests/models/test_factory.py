@@ -60,7 +60,7 @@ def test_the_older_spelling_is_read_with_a_note(caplog):
     caplog.set_level(logging.INFO, logger="mindcv_ext")
     net = create_model("gmlp_s16_224", model_kwargs={"mlp_layer": "monarch", "nblocks": 2}, **TINY_GMLP)
     assert isinstance(_fc1(net), MonarchLinear) and _fc1(net).nblocks == 2
-    assert "model_kwargs.mlp_layer is read as the mlp_layer key; write it at the top level" in caplog.text
+    assert "model_kwargs.mlp_layer is read as mlp_layer" in caplog.text
     with pytest.raises(ValueError, match="mlp_layer is set twice with different values: 'dense' and 'monarch'"):
         create_model("gmlp_s16_224", mlp_layer="dense", model_kwargs={"mlp_layer": "monarch"}, **TINY_GMLP)
 
@@ -73,15 +73,29 @@ def test_a_dense_twin_of_a_monarch_recipe_leaves_nblocks_unused(caplog):
     assert "nblocks=4 is left unused: mlp_layer 'dense' has no Monarch blocks" in caplog.text
 
 
-def test_mindcvs_own_arguments_may_come_in_model_kwargs():
+def test_mindcvs_own_arguments_may_come_in_model_kwargs_but_never_override():
     net = create_model("gmlp_s16_224", model_kwargs={"num_classes": 7, "in_channels": 1}, **TINY_GMLP)
     net.set_train(False)
     assert net(ms.Tensor(np.ones((1, 1, 32, 32), np.float32))).shape == (1, 7)
+    # train.py passes the data's classes: a configuration's model_kwargs saying otherwise is an error, not a head
+    # of another width.
+    with pytest.raises(ValueError, match="num_classes is set twice with different values: 10 as a model argument "
+                                         "and 5 in model_kwargs"):
+        create_model("gmlp_s16_224", num_classes=10, model_kwargs={"num_classes": 5}, **TINY_GMLP)
+    with pytest.raises(ValueError, match="in_channels is set twice"):
+        create_model("gmlp_s16_224", in_channels=3, model_kwargs={"in_channels": 1}, **TINY_GMLP)
+    assert create_model("gmlp_s16_224", num_classes=7, model_kwargs={"num_classes": 7}, **TINY_GMLP).num_classes == 7
+    assert create_model("gmlp_s16_224", **TINY_GMLP).num_classes == 1000  # mindcv's default
 
 
 def test_an_unknown_argument_names_the_model():
     with pytest.raises(ValueError, match="model 'gmlp_s16_224' does not accept these arguments .*depth"):
         create_model("gmlp_s16_224", depth=3, **TINY_GMLP)
+    def broken_layer(in_features, out_features):
+        raise TypeError("a bug inside the layer")
+
+    with pytest.raises(TypeError, match="a bug inside the layer"):  # reported as what it is, not as bad arguments
+        create_model("gmlp_s16_224", linear_layer=broken_layer, **TINY_GMLP)
 
 
 def _tiny_gmlp(mlp_layer: str):
