@@ -415,6 +415,30 @@ def _family_table(path: str, source: str) -> Optional[tuple]:
 
 
 @functools.lru_cache(maxsize=None)
+def _package_folder(name: str) -> str:
+    """The folder of the mindcv_ext subpackage ``name``, found without importing the package."""
+    spec = importlib.util.find_spec("mindcv_ext")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("config.py cannot find the mindcv_ext package (run from the repository, or install it)")
+    return os.path.join(list(spec.submodule_search_locations)[0], name)
+
+
+@functools.lru_cache(maxsize=None)
+def registered_layer_names() -> Tuple[str, ...]:
+    """The names ``@register_linear`` gives in mindcv_ext/layers, in the order the package imports their modules
+    (its registry's order), read from the sources: reading a configuration must not import MindSpore."""
+    directory = _package_folder("layers")
+    with open(os.path.join(directory, "__init__.py"), encoding="utf-8") as stream:
+        modules = re.findall(r"^from \.(\w+) import", stream.read(), re.M)
+    names: List[str] = []
+    for module in dict.fromkeys(modules):
+        path = os.path.join(directory, module + ".py")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as stream:
+                names += re.findall(r"^@register_linear\(\"([^\"]+)\"\)", stream.read(), re.M)
+    return tuple(dict.fromkeys(names))
+
+
 def family_options() -> Tuple[Dict[str, Any], ...]:
     """The options that model families declare, each ``{name, type, help[, choices]}`` plus the ``module`` that
     declares it, in module order then table order (do not modify them: they are shared).
@@ -422,10 +446,7 @@ def family_options() -> Tuple[Dict[str, Any], ...]:
     Each table is read from its module's source, not imported: importing a model imports MindSpore, and reading a
     configuration must not. An option two families declare alike is listed once.
     """
-    spec = importlib.util.find_spec("mindcv_ext")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("config.py cannot find the mindcv_ext package (run from the repository, or install it)")
-    directory = os.path.join(list(spec.submodule_search_locations)[0], "models")
+    directory = _package_folder("models")
     options: Dict[str, Dict[str, Any]] = {}
     for file in sorted(os.listdir(directory)):
         if not file.endswith(".py"):
@@ -553,15 +574,11 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument("--drop_rate", type=optional_float, default=None, help="dropout before the head")
     group.add_argument("--drop_path_rate", type=optional_float, default=None, help="stochastic depth")
     group.add_argument("--img_size", type=optional_int, default=None, help="model input resolution")
-    # Not checked against the registry here: that would import MindSpore to parse a file. The model builder
-    # checks the name and its settings, naming the registered layers.
-    group.add_argument("--mlp_layer", type=optional_str, default=None,
-                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's): dense, monarch, "
-                            "pixelfly, ssl, lowrank, bdiagbfly, fbbfly or any registered layer "
-                            "(mindcv_ext.layers.registered_linears()). Their settings go in model_kwargs, e.g. "
-                            "pixelfly '{butterfly_size: 8, n_factors: 2, block: 32, rank: 32}', ssl '{redn_factor: 4, "
-                            "seed: 1024}', lowrank '{rank: 64}' or '{redn_factor: 8}', bdiagbfly '{nblocks1: 4, "
-                            "nblocks2: 4, b1: 48, b2: 1}'")
+    group.add_argument("--mlp_layer", type=optional_str, default=None, choices=[None, *registered_layer_names()],
+                       help="MLP linear layers of mindcv_ext models (default: the entrypoint's), a registered layer. "
+                            "Their settings, named as the layer's constructor names them, go in model_kwargs, e.g. "
+                            "ssl '{redn_factor: 4}', lowrank '{rank: 64}', btt '{tt_rank: 2}' (README: the table of "
+                            "layers)")
     group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
     group.add_argument("--model_kwargs", type=_mapping, default={},
                        help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")

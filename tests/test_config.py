@@ -69,6 +69,7 @@ def test_defaults_work_on_a_cpu_machine():
     ("lr_rate: 0.1\n", "unknown key 'lr_rate' in .*run.yaml; did you mean 'lr'\\?"),
     ("warmup_epoch: 3\n", "unknown key 'warmup_epoch' .*did you mean 'warmup_epochs'\\?"),
     ("amp_level: O4\n", "key 'amp_level' is 'O4'; choose one of 'O0', 'O1', 'O2', 'O3', 'auto'"),
+    ("mlp_layer: butterfly\n", "key 'mlp_layer' is 'butterfly'; choose one of None, 'dense', 'monarch', 'pixelfly'"),
     ("ema: maybe\n", "key 'ema': expected a boolean"),
     ("batch_size: many\n", "key 'batch_size': invalid literal"),
     ("t2t_attn: linformer\n", "key 't2t_attn' is 'linformer'; choose one of None, 'full', 'local'"),
@@ -396,3 +397,11 @@ def test_load_yaml_reads_what_safe_load_reads(text):
     assert config.load_yaml(io.StringIO(text)) == yaml.safe_load(text)
     with pytest.raises(yaml.YAMLError):  # invalid YAML is still yaml's error, for the caller to word
         config.load_yaml(text + "\n: [unclosed\n")
+
+
+def test_the_layer_names_read_from_the_sources_are_the_registry():
+    """config.py reads @register_linear's names without importing MindSpore; they are the registry's, in order."""
+    from mindcv_ext.layers import registered_linears
+
+    assert config.registered_layer_names() == registered_linears()
+    assert "btt" in config.registered_layer_names()
