@@ -32,8 +32,13 @@ def test_requirements_pin_what_mindspore_needs():
     assert '"numpy>=1.25,<2"' in pyproject and '"mindspore>=2.7.1,<2.11"' in pyproject  # the tested range
     platform = (REPO_ROOT / "requirements-platform.txt").read_text()
     assert not re.search(r"^mindspore", platform, re.M) and re.search(r"^mindcv==0\.3\.0$", platform, re.M)
+    # The platform file lacks MindSpore and the editable checkout, whose dependencies would bring PyPI's MindSpore:
+    # its users install the checkout with --no-deps (README), as .ci/run does.
     assert {line for line in requirements.splitlines() if line and not line.startswith("#")} - {
-        line for line in platform.splitlines() if line and not line.startswith("#")} == {"mindspore==2.10.0"}
+        line for line in platform.splitlines() if line and not line.startswith("#")} == {"mindspore==2.10.0", "-e ."}
+    assert "pip install -r requirements-platform.txt && pip install --no-deps -e ." in \
+        (REPO_ROOT / "README.md").read_text()
+    assert '"$venv/bin/pip" install -q --no-deps -e .' in (REPO_ROOT / ".ci" / "run").read_text()
 
 
 def test_run_outputs_are_git_ignored():
