@@ -99,7 +99,7 @@ def _parser(default_suites: Sequence[str]) -> argparse.ArgumentParser:
     group.add_argument("--models", nargs="*", default=[],
                        help="fnmatch patterns of models, e.g. 'mixer_b16_224*' (default: all)")
     group.add_argument("--pixelfly_models", nargs="*", default=PIXELFLY_MODELS,
-                       help="models also measured with Pixelfly channel MLPs, as <model>_pixelfly (MLP-Mixer only)")
+                       help="models also measured with Pixelfly channel MLPs, as <model>_pixelfly")
     group.add_argument("--batch_size", type=int, default=8, help="model batch size")
     group.add_argument("--img_size", type=int, default=224, help="model input size")
     group.add_argument("--memory_batch_sizes", type=int, nargs="*", default=[],

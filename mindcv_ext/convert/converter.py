@@ -50,7 +50,7 @@ class ConversionReport:
         if self.renamed:
             lines.append(f"renamed {self.renamed} key(s) from the model's alternative layout")
         for name in self.reinitialised:
-            lines.append(f"kept the model's initialisation for {name} (--drop-head)")
+            lines.append(f"kept the model's initialisation for {name} (--drop_head)")
         for name in self.kept:
             lines.append(f"kept the model's own {name} (the checkpoint has none; it is fixed and seeded)")
         skipped_reasons: Dict[str, int] = {}
@@ -250,9 +250,9 @@ def convert_state_dict(net: nn.Cell, state_dict: Dict[str, np.ndarray], drop_hea
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
         if any(m.startswith(head) for m in mismatched) and not drop_head:
-            problems.append("the classifier differs: pass --drop-head to fine-tune with a new head")
+            problems.append("the classifier differs: pass --drop_head to fine-tune with a new head")
     if unexpected:
-        hint = " (dense weights for Monarch layers: pass --to-monarch)" if any(
+        hint = " (dense weights for Monarch layers: pass --to_monarch)" if any(
             k.rsplit(".", 1)[0] in monarch_layers for k in state_dict if k not in used) else ""
         problems.append(f"{len(unexpected)} checkpoint tensor(s) the model has no place for{hint}: "
                         + "; ".join(unexpected))

@@ -10,8 +10,8 @@ variants, and loads both checkpoint layouts: the official one (``tokens_to_token
 random features). The details that decide parity: soft splits are ``ops.unfold`` (PyTorch's channel order); the
 T2T attention's temperature is ``dim**-0.5`` of its *input* width (147 and 576) while the backbone uses
 ``head_dim**-0.5``; the T2T blocks' skip comes from ``v``; LayerNorm epsilon is 1e-5; the sinusoid position table
-is a fixed parameter loaded from the checkpoint. With ``mlp_layer="monarch"`` the backbone blocks' fc1/fc2 are
-Monarch.
+is a fixed parameter loaded from the checkpoint. With a Monarch ``linear_layer`` (``mlp_layer="monarch"`` through
+the entrypoints) the backbone blocks' fc1/fc2 are Monarch.
 """
 from typing import Optional, Sequence, Tuple, Union
 

@@ -9,8 +9,9 @@ every checkpoint key maps to one parameter. The details that decide parity: redu
 concatenate their dilated convolutions dilation-major; their Performer uses a fixed random-feature
 matrix ``w`` (a non-trainable parameter the checkpoint carries) computed in fp32, with LayerNorm
 epsilon 1e-5; the third reduction cell ('performer_less') has neither attention nor PCM; normal
-cells use LayerNorm epsilon 1e-6; features are mean-pooled with no final norm. With
-``mlp_layer="monarch"`` the normal cells' MLP fc1/fc2 become Monarch; reduction cells stay dense.
+cells use LayerNorm epsilon 1e-6; features are mean-pooled with no final norm. With a Monarch ``linear_layer``
+(``mlp_layer="monarch"`` through the entrypoints) the normal cells' MLP fc1/fc2 become Monarch; reduction cells stay
+dense.
 """
 import math
 from typing import List, Optional, Sequence

@@ -71,7 +71,7 @@ def test_shape_mismatch_names_both_shapes_and_drop_head_fixes_it(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and not dst.exists()
     assert "head.weight (checkpoint 'head.weight'): model (100, 64) vs checkpoint (10, 64)" in err
-    assert "--drop-head" in err
+    assert "--drop_head" in err
 
     code = _convert("--model", "gmlp_s16_224", "--model-kwargs", json.dumps(kwargs),
                     "--src", GMLP / "model_best.pth.tar", "--dst", dst, "--drop-head")
@@ -174,7 +174,7 @@ def test_to_monarch_projects_dense_mlps(tmp_path, capsys, graph_mode):
 
     code = _convert("--model", "gmlp_s16_224_monarch", "--model-kwargs", json.dumps(GMLP_KWARGS),
                     "--src", src, "--dst", dst)
-    assert code == 2 and "--to-monarch" in capsys.readouterr().err and not dst.exists()
+    assert code == 2 and "--to_monarch" in capsys.readouterr().err and not dst.exists()
 
     code = _convert("--model", "gmlp_s16_224_monarch", "--model-kwargs", json.dumps(GMLP_KWARGS),
                     "--src", src, "--dst", dst, "--to-monarch")
