@@ -29,16 +29,20 @@ __all__ = ["FastGELU", "FastLayerNorm", "FastMonarchLinear", "FastSketchStructur
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
-# What ``nn.Cell.__init__`` keeps about the cell object itself, rather than about the computation: its compile
-# caches (registered under ``id(cell)``, dropped by ``Cell.__del__``), creation time (part of its graphs' keys),
-# compile state, the signature of its class's ``construct`` and whether that class has a ``bprop``. A twin keeps
-# its own, as made for it by ``nn.Cell.__init__``; everything else in the plain cell's ``__dict__`` it takes over.
-CELL_OWN_STATE = frozenset({
-    "_create_time", "_compile_cache", "_phase_cache", "_compile_phase", "_compiled", "arguments_key",
-    "_jit_graph_name", "_lazy_construct_sig", "has_bprop", "is_top_cell", "_init_flag", "_is_check_and_refresh"})
+# What a twin carries over of the state ``nn.Cell.__init__`` makes: the cell's configuration (training mode, phase,
+# requires_grad, parameter-name prefix, mixed precision, forward hooks). Every other name that constructor makes is
+# MindSpore's record of the object itself (compile caches registered under ``id(cell)`` and dropped by
+# ``Cell.__del__``, creation time, compile state, parallel layouts, recompute and hook bookkeeping): a twin keeps
+# its own, as made for it. Everything the plain class itself set (its layers, settings and kernels' inputs) the twin
+# takes over.
+CELL_CARRIED = frozenset({
+    "training", "requires_grad", "_phase", "_param_prefix", "_auto_prefix", "mixed_precision_type", "_amp_level",
+    "_lazy_forward_pre_hook", "_lazy_forward_hook", "_lazy_forward_pre_hook_with_kwargs",
+    "_lazy_forward_hook_with_kwargs", "_lazy_forward_hook_always_called"})
 # The registries ``Cell.__setattr__`` files parameters, sub-cells, buffers and primitives in: a twin takes over
 # copies with the same entries, so adding its kernels and swapping in twins of sub-cells leaves the plain cell whole.
 CELL_REGISTRIES = ("_params", "_cells", "_buffers", "_params_list", "_primitives")
+CELL_OWN_STATE = frozenset(vars(nn.Cell())) - CELL_CARRIED - frozenset(CELL_REGISTRIES)
 # State MindSpore builds around the cell object itself (it would run the plain cell, not its twin): PyNative
 # backward hooks, the recompute wrapper and the shard wrapper. A cell that has any is left plain (``bound_state``).
 _BOUND_TO_CELL = ("_cell_backward_pre_hook", "_cell_backward_hook", "_recompute_cell", "_shard_fn")

@@ -63,10 +63,14 @@ def test_every_twin_has_a_plain_cell_here():
 
 
 def test_the_cell_internals_named_are_mindspores():
-    """The names the take-over treats apart are attributes ``nn.Cell.__init__`` makes: a MindSpore that renamed one
-    would have the twins share bookkeeping of the plain cell, or registries with it."""
+    """The names the take-over carries or copies are attributes ``nn.Cell.__init__`` makes: a MindSpore that renamed
+    one would leave a twin without the plain cell's configuration, or sharing its registries. The rest of what that
+    constructor makes is the twin's own, among it the compile caches ``Cell.__del__`` frees."""
     fresh = set(vars(nn.Cell()))
-    assert CELL_OWN_STATE <= fresh and set(CELL_REGISTRIES) <= fresh and set(cells._BOUND_TO_CELL) <= fresh
+    assert cells.CELL_CARRIED - {"_amp_level"} <= fresh and set(CELL_REGISTRIES) <= fresh
+    assert set(cells._BOUND_TO_CELL) <= fresh
+    assert {"_compile_cache", "_phase_cache", "_create_time", "_id", "_exist_objs", "_parameter_layout_dict"} <= \
+        CELL_OWN_STATE
 
 
 @pytest.fixture
