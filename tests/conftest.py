@@ -69,6 +69,27 @@ def mindcv_ext_logger():
     _reset_mindcv_ext_logger(logger)
 
 
+_frozen = []
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_between_tests():
+    """Python's cyclic collector runs ``Cell.__del__``, which frees a compiled cell's graph; run in the middle of
+    another graph's compilation, that crashed the executor (a segfault in ``del_net_res`` during test_accelerate,
+    twice in fresh-clone runs). So the collector is off while a test runs, and collects between tests; the objects
+    that exist once the tests are imported are frozen out of its scans, which keeps each collection short."""
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen.append(True)
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.enable()
+
+
 @contextlib.contextmanager
 def _in_mode(mode: int):
     """MindSpore's execution mode set for the test, and the earlier one restored after it."""
