@@ -69,25 +69,23 @@ def mindcv_ext_logger():
     _reset_mindcv_ext_logger(logger)
 
 
-_frozen = []
+_collections = []
 
 
 @pytest.fixture(autouse=True)
 def collect_garbage_between_tests():
     """Python's cyclic collector runs ``Cell.__del__``, which frees a compiled cell's graph; run in the middle of
     another graph's compilation, that crashed the executor (a segfault in ``del_net_res`` during test_accelerate,
-    twice in fresh-clone runs). So the collector is off while a test runs, and collects between tests; the objects
-    that exist once the tests are imported are frozen out of its scans, which keeps each collection short."""
-    if not _frozen:
+    twice in fresh-clone runs). So the automatic collector is off for the session (fixtures compile graphs too), and
+    it collects between tests: the young generation, where everything the test made still is, after each test, and
+    everything every 50 tests."""
+    if not _collections:
         gc.collect()
-        gc.freeze()
-        _frozen.append(True)
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.collect()
-        gc.enable()
+        gc.freeze()  # what exists once the tests are imported: out of every later scan
+        gc.disable()
+    yield
+    _collections.append(True)
+    gc.collect(2 if len(_collections) % 50 == 0 else 0)
 
 
 @contextlib.contextmanager
