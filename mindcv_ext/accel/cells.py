@@ -35,14 +35,15 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 # ``Cell.__del__``, creation time, compile state, parallel layouts, recompute and hook bookkeeping): a twin keeps
 # its own, as made for it. Everything the plain class itself set (its layers, settings and kernels' inputs) the twin
 # takes over.
+_CELL_INIT_STATE = frozenset(vars(nn.Cell()))
 CELL_CARRIED = frozenset({
     "training", "requires_grad", "_phase", "_param_prefix", "_auto_prefix", "mixed_precision_type", "_amp_level",
     "_lazy_forward_pre_hook", "_lazy_forward_hook", "_lazy_forward_pre_hook_with_kwargs",
-    "_lazy_forward_hook_with_kwargs", "_lazy_forward_hook_always_called"})
+    "_lazy_forward_hook_with_kwargs", "_lazy_forward_hook_always_called"}) & (_CELL_INIT_STATE | {"_amp_level"})
 # The registries ``Cell.__setattr__`` files parameters, sub-cells, buffers and primitives in: a twin takes over
 # copies with the same entries, so adding its kernels and swapping in twins of sub-cells leaves the plain cell whole.
 CELL_REGISTRIES = ("_params", "_cells", "_buffers", "_params_list", "_primitives")
-CELL_OWN_STATE = frozenset(vars(nn.Cell())) - CELL_CARRIED - frozenset(CELL_REGISTRIES)
+CELL_OWN_STATE = _CELL_INIT_STATE - CELL_CARRIED - frozenset(CELL_REGISTRIES)
 # State MindSpore builds around the cell object itself (it would run the plain cell, not its twin): PyNative
 # backward hooks, the recompute wrapper and the shard wrapper. A cell that has any is left plain (``bound_state``).
 _BOUND_TO_CELL = ("_cell_backward_pre_hook", "_cell_backward_hook", "_recompute_cell", "_shard_fn")
