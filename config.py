@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 __all__ = ["create_parser", "parse_args", "save_args", "model_arguments", "model_options", "input_resolution",
-           "ConfigError",
+           "mapping_value", "ConfigError",
            "load_yaml", "check_value", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_VALUES", "MAX_TEXT_CHARS",
            "MAX_SCALAR_CHARS"]
 
@@ -358,7 +358,8 @@ def auto_augment_policy(value) -> Optional[str]:
     return text
 
 
-def _mapping(value) -> Dict[str, Any]:
+def mapping_value(value) -> Dict[str, Any]:
+    """A mapping option's value (``--model_kwargs``), YAML or JSON, bounded as a config file's values are."""
     if isinstance(value, dict):
         return _bounded(value)
     if isinstance(value, (list, tuple)):
@@ -580,7 +581,7 @@ def create_parser() -> argparse.ArgumentParser:
                             "ssl '{redn_factor: 4}', lowrank '{rank: 64}', btt '{tt_rank: 2}' (README: the table of "
                             "layers)")
     group.add_argument("--nblocks", type=optional_int, default=None, help="Monarch blocks per factor")
-    group.add_argument("--model_kwargs", type=_mapping, default={},
+    group.add_argument("--model_kwargs", type=mapping_value, default={},
                        help="other entrypoint arguments as a mapping, e.g. '{patch_size: 4, num_blocks: 4}'")
     for option in family_options():  # the options of one model family, declared in its module
         choices = option.get("choices")

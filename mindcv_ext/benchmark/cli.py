@@ -17,44 +17,20 @@ them; ``--with_plain`` also times the plain network (the operators GPU and Ascen
 import argparse
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-__all__ = ["parse_args", "main", "mapping_argument"]
+__all__ = ["parse_args", "main"]
 
 DESCRIPTION = ("Do Monarch, Pixelfly and the other registered linear layers pay off on this machine? Each suite times "
                "them against dense: mlp, layers, models, attention and gpt2 (all: every suite but gpt2).")
 SUITES = ["mlp", "layers", "models", "attention", "gpt2", "all"]
-MAX_MAPPING_CHARS = 10_000
 LAYER_SHOWN = ["framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms", "gflops_per_s",
                "speedup_vs_dense"]
 
 
-def mapping_argument(value: Any) -> Dict[str, Any]:
-    """A mapping option's value: a YAML or JSON mapping, e.g. ``'{num_blocks: 4}'`` (mindcv's ``--model_kwargs``)."""
-    import yaml
-
-    if isinstance(value, dict):
-        return value
-    text = str(value)
-    if len(text) > MAX_MAPPING_CHARS:
-        raise argparse.ArgumentTypeError(f"a mapping of {len(text):,} characters (at most {MAX_MAPPING_CHARS:,})")
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read a mapping from {text[:60]!r}: {exc}") from exc
-    if parsed is None:
-        return {}
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError(f"expected a mapping like '{{num_blocks: 4}}', got {text[:60]!r}")
-    # YAML reads '{num_blocks:4}' as the key 'num_blocks:4' without a value, which would be dropped silently.
-    unvalued = [str(key) for key, item in parsed.items() if item is None and ":" in str(key)]
-    if unvalued:
-        raise argparse.ArgumentTypeError(f"{', '.join(unvalued)} has no value; put a space after each colon, e.g. "
-                                         f"'{{num_blocks: 4}}'")
-    return parsed
-
-
 def _parser(default_suites: Sequence[str]) -> argparse.ArgumentParser:
+    from config import mapping_value
+
     from ..layers import registered_linears
     from .attention import ATTENTION_SETTINGS
     from .gpt2 import GPT2_VARIANTS
@@ -77,7 +53,7 @@ def _parser(default_suites: Sequence[str]) -> argparse.ArgumentParser:
                              "off to time the plain network only")
     parser.add_argument("--with_plain", action="store_true",
                         help="also time the plain network (the operators GPU and Ascend run) in the same run")
-    parser.add_argument("--model_kwargs", type=mapping_argument, default={},
+    parser.add_argument("--model_kwargs", type=mapping_value, default={},
                         help="extra entrypoint arguments for every model, e.g. '{num_blocks: 4}' for shallower Mixers "
                              "and gMLPs, or '{n_layer: 2}' for GPT-2")
     parser.add_argument("--out", type=str, default="", help="directory for CSV, JSON and PNG results")

@@ -1,5 +1,4 @@
 """mindcv_ext.benchmark.cli: one option style (mindcv's underscores, the old hyphens accepted), and a tiny run."""
-import argparse
 import csv
 
 import pytest
@@ -8,13 +7,16 @@ from mindcv_ext.benchmark import cli
 from mindcv_ext.layers import registered_linears
 
 
-def test_mapping_argument():
-    assert cli.mapping_argument("{num_blocks: 2, img_size: 32}") == {"num_blocks": 2, "img_size": 32}
-    assert cli.mapping_argument('{"n_layer": 1}') == {"n_layer": 1} and cli.mapping_argument("") == {}
+def test_model_kwargs_is_read_as_train_py_reads_it(capsys):
+    """--model_kwargs goes through config's parser, so it has the same bounds as a config file's values."""
+    args = cli.parse_args(["--model_kwargs", '{"n_layer": 1, img_size: 32}'])
+    assert args.model_kwargs == {"n_layer": 1, "img_size": 32}
+    assert cli.parse_args(["--model_kwargs", ""]).model_kwargs == {}
     for bad, message in (("[1, 2]", "expected a mapping"), ("{num_blocks:2}", "put a space after each colon"),
-                         ("{" + "a" * 10_001 + "}", "at most 10,000")):
-        with pytest.raises(argparse.ArgumentTypeError, match=message):
-            cli.mapping_argument(bad)
+                         ("{" + "a" * 10_001 + "}", "10,000"), ("&k {inner: *k}", "contains itself")):
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--model_kwargs", bad])
+        assert message in capsys.readouterr().err
 
 
 def test_options():
