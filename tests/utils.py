@@ -166,6 +166,26 @@ def model_fixture_dir(name: str) -> Path:
     return shared_fixture_dir("models", name)
 
 
+def fixture_meta(directory: Path) -> dict:
+    """A fixture folder's ``meta.json``: the model, its settings, the files and the tolerances."""
+    return json.loads((directory / "meta.json").read_text())
+
+
+def convert_fixture(directory: Path, meta: dict, dst: Path, model_kwargs=None) -> int:
+    """The user's command (scripts/convert_checkpoint.py) on a fixture's PyTorch checkpoint: its exit code."""
+    from scripts.convert_checkpoint import main as convert_main
+
+    return convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(model_kwargs or meta["kwargs"]),
+                         "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)])
+
+
+def assert_within_tolerance(actual, expected, atol: float, rtol: float) -> None:
+    """``|actual - expected| <= atol + rtol * |expected|`` everywhere, as the fixtures' READMEs state it."""
+    assert actual.shape == expected.shape
+    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
+    assert excess.max() <= 0, f"max |diff| {np.abs(actual - expected).max():.3g}"
+
+
 def assert_model_fixture_matches_reference(name: str, checkpoint: Path, path: str) -> None:
     """Model fixture ``name``, its ``checkpoint`` converted (tests/models/conftest.py's ``converted``), loaded through
     mindcv's create_model: its parameter count and, on ``path`` (the ``net_path`` fixture), the reference's
@@ -176,16 +196,13 @@ def assert_model_fixture_matches_reference(name: str, checkpoint: Path, path: st
     from mindcv_ext.models import count_params
 
     directory = model_fixture_dir(name)
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = fixture_meta(directory)
     net = create_model(meta["model"], checkpoint_path=str(checkpoint), **meta["kwargs"])
     net.set_train(False)
     assert count_params(net) == meta["num_params"]
     net = on_path(net, path)
     logits = net(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
-    expected = np.load(directory / meta["expected_logits"])
-    assert logits.shape == expected.shape
-    excess = np.abs(logits - expected) - (meta["atol"] + meta["rtol"] * np.abs(expected))
-    assert excess.max() <= 0, f"max |diff| {np.abs(logits - expected).max():.3g}"
+    assert_within_tolerance(logits, np.load(directory / meta["expected_logits"]), meta["atol"], meta["rtol"])
 
 
 class SensGrads(nn.Cell):

@@ -15,8 +15,8 @@ from mindcv_ext.engine import NetWithLoss
 from mindcv_ext.engine.early_exit import early_exit, softmax
 from mindcv_ext.models import count_params, resolve_model_name
 from mindcv_ext.models.dvt import resample_matrix
-from scripts.convert_checkpoint import main as convert_main
-from tests.utils import SHARED_FIXTURES, on_path, shared_fixture_dir
+from tests.utils import (SHARED_FIXTURES, assert_within_tolerance, convert_fixture, fixture_meta, on_path,
+                         shared_fixture_dir)
 
 FIXTURE = "dvt_t2t_vit_12_depth2"
 # The reference's names; feature_reuse/relation_reuse are what DVT_T2t_vit_12 fixes, qk_scale None is the default.
@@ -25,7 +25,7 @@ REFERENCE_ONLY = ("qk_scale",)
 
 def _meta():
     directory = shared_fixture_dir("dvt", FIXTURE)
-    return directory, json.loads((directory / "meta.json").read_text())
+    return directory, fixture_meta(directory)
 
 
 def _kwargs(meta):
@@ -38,11 +38,6 @@ def _load(net, state_dict):
     ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in arrays.items()}, strict_load=True)
     net.set_train(False)
     return net
-
-
-def _assert_close(actual, expected, atol, rtol):
-    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
-    assert excess.max() <= 0, f"max |diff| {np.abs(actual - expected).max():.3g}"
 
 
 def test_every_shared_fixture_is_tested():
@@ -62,8 +57,7 @@ def fixture_logits(request, tmp_path_factory):
     ms.set_context(mode=ms.GRAPH_MODE)
     directory, meta = _meta()
     dst = tmp_path_factory.mktemp("dvt") / "dvt.ckpt"
-    assert convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(_kwargs(meta)),
-                         "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)]) == 0
+    assert convert_fixture(directory, meta, dst, _kwargs(meta)) == 0
     net = mindcv_ext.create_model(meta["model"], checkpoint_path=str(dst), **_kwargs(meta))
     net.set_train(False)
     outputs = on_path(net, request.param)(ms.Tensor(np.load(directory / meta["input"])))
@@ -76,9 +70,7 @@ def test_fixture_matches_reference_on_every_exit(fixture_logits):
     assert fixture_logits["params"] == meta["num_params"]
     assert len(fixture_logits["logits"]) == 3
     for logits, name in zip(fixture_logits["logits"], meta["expected_logits_per_exit"]):
-        expected = np.load(directory / name)
-        assert logits.shape == expected.shape
-        _assert_close(logits, expected, meta["atol"], meta["rtol"])
+        assert_within_tolerance(logits, np.load(directory / name), meta["atol"], meta["rtol"])
 
 
 def test_exit_compute_matches_the_reference_count(fixture_logits):
@@ -108,11 +100,11 @@ def test_reuse_paths_match_the_reference_intermediates():
     relations = ms.Tensor(upstream.transpose(1, 0, 2, 3, 4).reshape(batch, depth * heads, n, n))
     reused = net.less_token.reuse_relations(relations).asnumpy()
     expected = debug["exit1_reused_relations"].transpose(1, 0, 2, 3, 4).reshape(reused.shape)
-    _assert_close(reused, expected, 1e-5, 1e-5)
+    assert_within_tolerance(reused, expected, 1e-5, 1e-5)
     features = ms.Tensor(debug["exit0_final_features_prenorm"])
     for index, block in enumerate(net.less_token.blocks):
-        _assert_close(block.feature_resuse_mlp(features).asnumpy(), debug["exit1_feature_reuse_mlp_out"][index],
-                      1e-5, 1e-5)
+        assert_within_tolerance(block.feature_resuse_mlp(features).asnumpy(),
+                                debug["exit1_feature_reuse_mlp_out"][index], 1e-5, 1e-5)
 
 
 def test_resampling_is_nearest_x2_then_adaptive_average_pooling():
@@ -135,7 +127,7 @@ def test_training_checkpoint_layout_loads_its_ema_weights():
     net = _load(mindcv_ext.create_model("DVT_T2t_vit_12", **_kwargs(meta)), state)
     ms.set_context(mode=ms.PYNATIVE_MODE)
     last = net(ms.Tensor(np.load(directory / meta["input"])))[2].asnumpy()
-    _assert_close(last, np.load(directory / "logits_exit2.npy"), meta["atol"], meta["rtol"])
+    assert_within_tolerance(last, np.load(directory / "logits_exit2.npy"), meta["atol"], meta["rtol"])
 
 
 def test_release_metadata_is_reported_not_loaded():

@@ -1,7 +1,6 @@
 """models/mlp_mixer.py: the block is timm's formula; a tiny Mixer's names, shapes, count and options; timm's and fly's
 checkpoints (dense, Monarch, Pixelfly channel MLPs) through the user's commands give the references' logits; the
 full-size Pixelfly count."""
-import json
 import math
 
 import numpy as np
@@ -14,9 +13,8 @@ import mindcv_ext  # noqa: F401  (registers the models)
 from mindcv_ext.layers import DenseLinear, DropPath, MonarchLinear, SparseLRLinear
 from mindcv_ext.models import MlpMixer, count_params
 from mindcv_ext.models.mlp_mixer import MixerBlock
-from scripts.convert_checkpoint import main as convert_main
-from tests.utils import (SHARED_FIXTURES, assert_model_fixture_matches_reference, model_fixtures, on_path, rel_err,
-                         shared_fixture_dir)
+from tests.utils import (SHARED_FIXTURES, assert_model_fixture_matches_reference, assert_within_tolerance,
+                         convert_fixture, fixture_meta, model_fixtures, on_path, rel_err, shared_fixture_dir)
 
 FIXTURES = ["mixer_b16_224_pixelfly_e128", "mixer_b16_224_pixelfly_e256"]
 # 32 px, patch 8 (16 tokens), two blocks, width 64.
@@ -105,11 +103,6 @@ def test_fixture_logits_match_reference(name, converted, graph_mode, net_path):
     assert_model_fixture_matches_reference(name, converted(name), net_path)
 
 
-def _convert(directory, meta, dst, kwargs=None):
-    return convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(kwargs or meta["kwargs"]),
-                         "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)])
-
-
 def test_every_shared_pixelfly_fixture_is_tested():
     if not SHARED_FIXTURES.joinpath("pixelfly").is_dir():
         pytest.skip("../shared/fixtures/pixelfly is not present")
@@ -120,9 +113,9 @@ def test_every_shared_pixelfly_fixture_is_tested():
 @pytest.mark.parametrize("name", FIXTURES)
 def test_pixelfly_fixture_logits_match_reference(name, tmp_path, graph_mode, net_path):
     directory = shared_fixture_dir("pixelfly", name)
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = fixture_meta(directory)
     dst = tmp_path / f"{name}.ckpt"
-    assert _convert(directory, meta, dst) == 0
+    assert convert_fixture(directory, meta, dst) == 0
     net = create_model(meta["model"], checkpoint_path=str(dst), **meta["kwargs"])
     net.set_train(False)
     assert count_params(net) == meta["num_params"]  # the int32 layouts are buffers, as in PyTorch
@@ -132,17 +125,15 @@ def test_pixelfly_fixture_logits_match_reference(name, tmp_path, graph_mode, net
         np.testing.assert_array_equal(layouts["blocks.0.mlp_channels.fc1.sparse.layout"],
                                       meta["channel_mlp_layouts"]["fc1"])
     logits = on_path(net, net_path)(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
-    expected = np.load(directory / meta["expected_logits"])
-    excess = np.abs(logits - expected) - (meta["atol"] + meta["rtol"] * np.abs(expected))
-    assert excess.max() <= 0, f"max |diff| {np.abs(logits - expected).max():.3g}"
+    assert_within_tolerance(logits, np.load(directory / meta["expected_logits"]), meta["atol"], meta["rtol"])
 
 
 def test_checkpoint_for_other_pixelfly_settings_is_refused(tmp_path, capsys):
     directory = shared_fixture_dir("pixelfly", "mixer_b16_224_pixelfly_e256")
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = fixture_meta(directory)
     dst = tmp_path / "other.ckpt"
     # n_factors 1 keeps every shape (the weight's block count aside) but not the layout
-    assert _convert(directory, meta, dst, dict(meta["kwargs"], n_factors=1)) == 2
+    assert convert_fixture(directory, meta, dst, dict(meta["kwargs"], n_factors=1)) == 2
     err = capsys.readouterr().err
     assert "blocks.0.mlp_channels.fc1.sparse" in err and not dst.exists()
 

@@ -11,8 +11,8 @@ import mindcv_ext  # noqa: F401  (registers the models)
 from mindcv_ext.convert import ConversionError, ConversionReport, convert_state_dict, read_checkpoint
 from mindcv_ext.convert.converter import extract_state_dict, torch_names
 from mindcv_ext.models import count_params
-from scripts.convert_checkpoint import main as convert_main
-from tests.utils import SHARED_FIXTURES, on_path, shared_fixture_dir, write_jpeg_folder
+from tests.utils import (SHARED_FIXTURES, assert_within_tolerance, convert_fixture, fixture_meta, on_path,
+                         shared_fixture_dir, write_jpeg_folder)
 
 FIXTURES = ["t2t_vit_14", "t2t_vit_t_14_full", "t2t_vit_t_14_local", "t2t_vit_t_14_performer",
             "t2t_vit_t_14_sblocal"]
@@ -21,12 +21,7 @@ TINY = dict(img_size=64, num_classes=10, depth=1)
 
 def _meta(name):
     directory = shared_fixture_dir("t2t", name)
-    return directory, json.loads((directory / "meta.json").read_text())
-
-
-def _convert(directory, meta, dst, kwargs=None):
-    return convert_main(["--model", meta["model"], "--model-kwargs", json.dumps(kwargs or meta["kwargs"]),
-                         "--src", str(directory / meta["checkpoint"]), "--dst", str(dst)])
+    return directory, fixture_meta(directory)
 
 
 def test_every_shared_fixture_is_tested():
@@ -39,7 +34,7 @@ def test_every_shared_fixture_is_tested():
 def test_fixture_logits_match_reference(name, tmp_path, graph_mode, capsys, net_path):
     directory, meta = _meta(name)
     dst = tmp_path / f"{name}.ckpt"
-    assert _convert(directory, meta, dst) == 0
+    assert convert_fixture(directory, meta, dst) == 0
     summary = capsys.readouterr().out
     if meta["key_names"] == "fly":
         assert "renamed" in summary  # patch_embed.* / pos_embed.pe back to the official names
@@ -48,10 +43,7 @@ def test_fixture_logits_match_reference(name, tmp_path, graph_mode, capsys, net_
     net.set_train(False)
     assert count_params(net) == meta["num_params"]
     logits = on_path(net, net_path)(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
-    expected = np.load(directory / meta["expected_logits"])
-    assert logits.shape == expected.shape
-    excess = np.abs(logits - expected) - (meta["atol"] + meta["rtol"] * np.abs(expected))
-    assert excess.max() <= 0, f"max |diff| {np.abs(logits - expected).max():.3g}"
+    assert_within_tolerance(logits, np.load(directory / meta["expected_logits"]), meta["atol"], meta["rtol"])
 
     # The random features come from the checkpoint, not from the model's own seeded draw.
     state, _ = extract_state_dict(read_checkpoint(str(directory / meta["checkpoint"])))
@@ -74,7 +66,7 @@ def test_official_checkpoint_evaluates_with_every_attention(tmp_path, graph_mode
             kwargs.update(dict(local=dict(local_context=[98, 24]), performer=dict(nb_features=[49, 12]),
                                sblocal=dict(local_context=[49, 12], nb_features=[24, 6]))[attention])
         dst = tmp_path / f"{attention}.ckpt"
-        assert _convert(directory, meta, dst, kwargs) == 0
+        assert convert_fixture(directory, meta, dst, kwargs) == 0
         summary = capsys.readouterr().out
         assert ("kept the model's own" in summary) == (attention in ("performer", "sblocal"))
         net = create_model("t2t_vit_t_14", checkpoint_path=str(dst), **kwargs)
@@ -90,7 +82,7 @@ def test_fly_checkpoint_with_features_of_another_attention(tmp_path, capsys):
     """fly's sblocal checkpoint evaluated with full attention: its random features are skipped, by name."""
     directory, meta = _meta("t2t_vit_t_14_sblocal")
     dst = tmp_path / "full.ckpt"
-    assert _convert(directory, meta, dst, dict(TINY, t2t_attn="full")) == 0
+    assert convert_fixture(directory, meta, dst, dict(TINY, t2t_attn="full")) == 0
     assert "random features of an attention the model does not use" in capsys.readouterr().out
 
 
@@ -98,7 +90,7 @@ def test_feature_count_mismatch_names_the_parameter(tmp_path, capsys):
     directory, meta = _meta("t2t_vit_t_14_performer")
     dst = tmp_path / "bad.ckpt"
     kwargs = dict(meta["kwargs"], nb_features=[32, 12])
-    assert _convert(directory, meta, dst, kwargs) == 2
+    assert convert_fixture(directory, meta, dst, kwargs) == 2
     err = capsys.readouterr().err
     assert "tokens_to_token.attention1.attn.attention_layer.projection_matrix" in err and "(32, 64)" in err
     assert not dst.exists()
@@ -199,7 +191,7 @@ def test_eval_runs_a_converted_t2t_vit_t_14_with_each_attention(tmp_path, image_
 
     directory, meta = _meta("t2t_vit_t_14_full")
     ckpt = tmp_path / "t2t_vit_t_14.ckpt"
-    assert _convert(directory, meta, ckpt) == 0
+    assert convert_fixture(directory, meta, ckpt) == 0
     common = ["--dataset", "folder", "--data_dir", str(image_folder), "--img_size", "64", "--num_classes", "10",
               "--model_kwargs", "{depth: 1}", "--ckpt_path", str(ckpt), "--batch_size", "4",
               "--num_parallel_workers", "1"]
