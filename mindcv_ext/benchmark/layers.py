@@ -69,13 +69,13 @@ def layer_cells(layers: Sequence[str], in_features: int, out_features: int, nblo
 
 
 def _accelerated(cells: Dict[str, nn.Cell], kernels: str) -> Dict[str, nn.Cell]:
-    """The accelerated twins of plain cells (new cells holding the same parameters; the plain ones stay plain)."""
+    """``cells`` as train.py runs them on this machine: accelerated (in place, or their twins) unless ``kernels``
+    is off."""
     if kernels == "off":
         return cells
     from ..accel import accelerate
 
-    # accelerate swaps in place: a fresh container per cell keeps the plain cell itself untouched.
-    return {name: accelerate(nn.SequentialCell([cell]), kernels)[0] for name, cell in cells.items()}
+    return {name: accelerate(cell, kernels) for name, cell in cells.items()}
 
 
 def _mindspore_calls(cells: Dict[str, nn.Cell], tokens: int, in_features: int) -> Dict[str, Dict[str, Callable]]:
@@ -126,17 +126,19 @@ def compare(kind: str, in_features: int, out_features: Optional[int], nblocks: i
     """One case's rows: dense and ``layers`` (``kind`` ``layer``: in -> out; ``mlp``: in -> hidden -> in) on
     ``tokens`` rows, forward and forward+backward, every framework and layer timed in alternation."""
     names = ["dense"] + [name for name in layers if name != "dense"]
-    cells, settings = layer_cells(names, in_features, out_features or in_features, nblocks,
-                                  hidden if kind == "mlp" else None)
+    hidden = hidden if kind == "mlp" else None
+    cells, settings = layer_cells(names, in_features, out_features or in_features, nblocks, hidden)
+    macs = {name: linear_macs_per_token(cell) for name, cell in cells.items()}
     frameworks = {"mindspore": _mindspore_calls(_accelerated(cells, cpu_kernels), tokens, in_features)}
     if with_plain:
-        frameworks["mindspore-plain"] = _mindspore_calls(cells, tokens, in_features)
+        # accelerate swaps sub-cells in place (an MLP's GELU): the plain rows time cells of their own.
+        plain, _ = layer_cells(list(cells), in_features, out_features or in_features, nblocks, hidden)
+        frameworks["mindspore-plain"] = _mindspore_calls(plain, tokens, in_features)
     if compare_torch:
         from .torch_layers import torch_modules
 
-        modules = torch_modules(settings, in_features, out_features or in_features, hidden if kind == "mlp" else None)
+        modules = torch_modules(settings, in_features, out_features or in_features, hidden)
         frameworks["torch"] = _torch_calls(modules, tokens, in_features)
-    macs = {name: linear_macs_per_token(cell) for name, cell in cells.items()}
     rows = []
     for pass_name in ("fwd", "fwd+bwd"):
         calls = {f"{fw}/{impl}": call for fw, by_pass in frameworks.items()

@@ -87,3 +87,22 @@ def test_monarch_versus_torch_pairs_the_same_case():
     assert layers.monarch_versus_torch(rows) == {"fwd": [("64->256 nb4 t32", 1.5)],
                                                  "fwd+bwd": [("64->256 nb4 t32", 0.5)]}
     assert layers.monarch_versus_torch(rows[:1] + rows[4:]) == {}
+
+
+def test_the_plain_rows_time_cells_the_accelerator_left_alone(monkeypatch, kernel_library):
+    """accelerate swaps an MLP's GELU in place: the plain rows must not time the cells it swapped into."""
+    from mindcv_ext.accel.cells import _Twin
+
+    timed = {}
+    calls = layers._mindspore_calls
+    monkeypatch.setattr(layers, "_mindspore_calls",
+                        lambda cells, *a: timed.setdefault(len(timed), cells) and calls(cells, *a))
+    layers.compare("mlp", 32, None, 2, 4, layers=["dense", "monarch"], hidden=64, repeats=1, warmup=0,
+                   cpu_kernels="on", with_plain=True)
+    accelerated, plain = timed[0], timed[1]
+
+    def twins(cell):
+        return [type(c).__name__ for _, c in cell.cells_and_names() if isinstance(c, _Twin)]
+
+    assert twins(accelerated["dense"]) == ["FastGELU"] and twins(accelerated["monarch"])
+    assert twins(plain["dense"]) == [] and twins(plain["monarch"]) == []
