@@ -201,10 +201,10 @@ def create_model(model_name: str, *, num_classes: Optional[int] = None, pretrain
     if "mlp_layer" in model_kwargs:  # the older spelling (and the converter's only one: --model_kwargs)
         _logger.info("model_kwargs.mlp_layer is read as mlp_layer")
         older = model_kwargs.pop("mlp_layer")
-        if mlp_layer is not None and older != mlp_layer:
+        if mlp_layer is not None and older is not None and older != mlp_layer:
             raise ValueError(f"mlp_layer is set twice with different values: {mlp_layer!r} and {older!r} in "
                              f"model_kwargs. Keep one of them")
-        mlp_layer = older
+        mlp_layer = mlp_layer if older is None else older
     # mindcv's own arguments may come in model_kwargs too (the converter's --model_kwargs, say), but a value there
     # never silently replaces the caller's (train.py's num_classes from the data, say).
     arguments = dict(kwargs, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained or None)

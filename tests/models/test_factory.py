@@ -63,6 +63,9 @@ def test_the_older_spelling_is_read_with_a_note(caplog):
     assert "model_kwargs.mlp_layer is read as mlp_layer" in caplog.text
     with pytest.raises(ValueError, match="mlp_layer is set twice with different values: 'dense' and 'monarch'"):
         create_model("gmlp_s16_224", mlp_layer="dense", model_kwargs={"mlp_layer": "monarch"}, **TINY_GMLP)
+    # An unset value (YAML's null) in model_kwargs sets nothing, as everywhere else.
+    net = create_model("gmlp_s16_224", mlp_layer="monarch", model_kwargs={"mlp_layer": None}, **TINY_GMLP)
+    assert isinstance(_fc1(net), MonarchLinear)
 
 
 def test_a_dense_twin_of_a_monarch_recipe_leaves_nblocks_unused(caplog):
