@@ -30,7 +30,7 @@ from mindcv.models.registry import register_model
 
 from ..layers import DropPath, LinearFactory, Mlp, create_mlp, gelu, layer_norm
 from ..layers.attention import MultiHeadAttention
-from .helpers import instantiate, make_cfg
+from .helpers import build_variant, make_cfg
 from .t2t_vit import T2TModule, class_token_and_positions, init_vit_weights
 
 __all__ = ["DVT", "resample_matrix", "exit_grids"]
@@ -328,9 +328,7 @@ def _exit_macs(stage: DVTExit) -> float:
 
 
 def _dvt(variant: str, pretrained: bool, **kwargs) -> DVT:
-    args = dict(_ARCHS[variant])
-    args.update(kwargs)
-    return instantiate(DVT, variant, pretrained, default_cfgs[variant], **args)
+    return build_variant(DVT, variant, _ARCHS, pretrained, default_cfgs, **kwargs)
 
 
 @register_model

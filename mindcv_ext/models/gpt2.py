@@ -23,9 +23,9 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import initializer
 
-from ..layers import LinearFactory, create_mlp, gelu, layer_norm
+from ..layers import LinearFactory, check_positive_int, create_mlp, gelu, layer_norm
 from ..layers.weight_init import normal_
-from .helpers import instantiate, register_text_model
+from .helpers import build_variant, register_text_model
 
 __all__ = ["GPT2LMHeadModel", "GPT2Block", "GPT2Attention", "Conv1D", "GPT2_SIZES"]
 
@@ -173,8 +173,7 @@ class GPT2LMHeadModel(nn.Cell):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("n_positions", n_positions), ("n_embd", n_embd),
                             ("n_layer", n_layer), ("n_head", n_head)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPT2LMHeadModel: {name} must be a positive integer, got {value!r}")
+            check_positive_int("GPT2LMHeadModel", name, value)
         if n_embd % n_head:
             raise ValueError(f"GPT2LMHeadModel: n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
         self.vocab_size, self.n_positions, self.n_embd = vocab_size, n_positions, n_embd
@@ -220,8 +219,7 @@ def _gpt2(variant: str, pretrained: bool, num_classes: int, in_channels: int, **
     if num_classes not in (None, 1000) or in_channels not in (None, 3):
         raise ValueError(f"{variant}: a language model takes vocab_size, not num_classes or in_channels "
                          f"(got num_classes={num_classes}, in_channels={in_channels})")
-    args = dict(GPT2_SIZES[variant], **kwargs)
-    return instantiate(GPT2LMHeadModel, variant, pretrained, default_cfgs[variant], **args)
+    return build_variant(GPT2LMHeadModel, variant, GPT2_SIZES, pretrained, default_cfgs, **kwargs)
 
 
 @register_text_model
