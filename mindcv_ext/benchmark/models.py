@@ -49,7 +49,7 @@ def measure_model(*, model: str, mlp_layer: Optional[str] = None, path: str = "a
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((batch_size, 3, img_size, img_size)).astype(np.float32))
-    labels = ms.Tensor(np.arange(batch_size) % 1000, ms.int32)
+    labels = ms.Tensor(np.arange(batch_size) % net.num_classes, ms.int32)  # every vision family sets num_classes
     step = TrainStep(NetWithLoss(net, nn.CrossEntropyLoss()), nn.AdamWeightDecay(net.trainable_params(), 1e-4))
     step.set_train()
     train = time_samples(lambda: sync(step(images, labels)[0]), repeats, warmup)
@@ -107,11 +107,14 @@ def summarize_model(worker_results: List[dict]) -> dict:
 
 
 def model_variants(base: str, registered, pixelfly_models: Sequence[str]) -> List[tuple]:
-    """(variant, label, registered name, mlp_layer) of a model: dense, its ``_monarch`` twin when registered, and
-    Pixelfly channel MLPs (label ``<base>_pixelfly``) when it matches ``pixelfly_models``."""
+    """(variant, label, registered name, mlp_layer) of a model: dense, its alias twins when registered (e.g.
+    ``_monarch``: ``LAYER_ALIASES``), and Pixelfly channel MLPs (label ``<base>_pixelfly``) when it matches
+    ``pixelfly_models``."""
+    from ..models.helpers import LAYER_ALIASES
+
     variants = [("dense", base, base, None)]
-    if base + "_monarch" in registered:
-        variants.append(("monarch", base + "_monarch", base + "_monarch", None))
+    variants += [(layer, base + suffix, base + suffix, None) for suffix, (layer, _) in LAYER_ALIASES.items()
+                 if base + suffix in registered]
     if any(fnmatch.fnmatch(base, pattern) for pattern in pixelfly_models):
         variants.append(("pixelfly", base + "_pixelfly", base, "pixelfly"))
     return variants
@@ -126,10 +129,10 @@ def run_models(*, models: Sequence[str] = (), pixelfly_models: Sequence[str] = P
     variants, on the accelerated path (and the plain one, ``with_plain``). ``memory_batch_sizes`` adds a few
     steps at other batch sizes, each in a worker of its own: peak memory per image is the slope over them."""
     from ..models import list_ext_models
-    from ..models.helpers import TEXT_MODELS
+    from ..models.helpers import TEXT_MODELS, split_layer_alias
 
     registered = set(list_ext_models()) - set(TEXT_MODELS)  # language models have their own suite (gpt2)
-    bases = sorted(n for n in registered if not n.endswith("_monarch"))
+    bases = sorted(n for n in registered if split_layer_alias(n)[1] is None)
     if models:
         bases = [b for b in bases if any(fnmatch.fnmatch(label, pattern) for pattern in models
                                          for _, label, _, _ in model_variants(b, registered, pixelfly_models))]
