@@ -1,11 +1,12 @@
 """The attention suite: T2T attention cores' forward time and working memory against the sequence length, each
 case in a worker process of its own (peak memory is per process)."""
 import json
-from typing import Any, Callable, Dict, Iterable, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from .harness import current_rss_mb, peak_rss_mb, reset_peak_rss, run_worker, sync, time_alternating
+from .harness import (Progress, current_rss_mb, no_progress, peak_rss_mb, reset_peak_rss, run_worker, sync,
+                      time_alternating)
 
 __all__ = ["ATTENTION_FIELDS", "ATTENTION_SETTINGS", "measure_attention", "run_attention"]
 
@@ -16,11 +17,6 @@ ATTENTION_SETTINGS: Dict[str, Dict[str, Any]] = {"full": {}, "local": {"local_co
                                                  "performer": {"nb_features": 49},
                                                  "sblocal": {"local_context": 49, "nb_features": 24}}
 HEAD_DIM = 64
-Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(items: Iterable, desc: str) -> Iterable:
-    return items
 
 
 def measure_attention(*, kind: str, tokens: int, batch_heads: int = 16, repeats: int = 30) -> Dict[str, Any]:
@@ -45,7 +41,7 @@ def measure_attention(*, kind: str, tokens: int, batch_heads: int = 16, repeats:
 
 def run_attention(*, attentions: Sequence[str] = tuple(ATTENTION_SETTINGS), lengths: Sequence[int] = (1568, 3136, 6272),
                   batch_heads: int = 16, baseline_tokens: int = 64, full_max_tokens: int = 3136, repeats: int = 30,
-                  device_target: str = "auto", progress: Progress = _no_progress) -> List[dict]:
+                  device_target: str = "auto", progress: Progress = no_progress) -> List[dict]:
     """Each attention core at each length, every case in a fresh process so that its peak memory is its own.
 
     ``working_mb`` is the peak above the same core's at ``baseline_tokens`` (compilation and runtime buffers, the

@@ -8,11 +8,11 @@ the accelerator's kernels unless ``cpu_kernels`` is ``off`` (``with_plain`` adds
 Also times each variant's two MLP layers alone (n_embd -> 4 n_embd and back) on ``batch x seq_len`` tokens of the
 smallest batch, the variants alternating call by call in one process.
 """
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .harness import alternating_samples, run_worker, sync
+from .harness import Progress, alternating_samples, no_progress, run_worker, sync
 from .macs import linear_macs_per_token
 from .report import save_figure
 
@@ -37,11 +37,6 @@ MODEL_FIELDS = FORK_FIELDS + ["variant", "gpt2_size", "batch_size", "seq_len", "
                               "macs_g", "median_ms", "speedup_vs_nnlinear"]
 LAYER_FIELDS = ["variant", "layer", "in_features", "out_features", "tokens", "path", "params", "fwd_ms",
                 "speedup_vs_nnlinear"]
-Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(items: Iterable, desc: str) -> Iterable:
-    return items
 
 
 def variant_kwargs(variant: str) -> Dict[str, Any]:
@@ -133,7 +128,7 @@ def run_gpt2(*, size: str = "gpt2", variants: Sequence[str] = tuple(GPT2_VARIANT
              batch_sizes: Sequence[int] = (8, 16, 32), seq_len: int = 1024, iterations: int = 25, warmup: int = 5,
              rounds: int = 1, model_kwargs: Optional[Dict[str, Any]] = None, with_plain: bool = False,
              cpu_kernels: str = "auto", device_target: str = "auto",
-             progress: Progress = _no_progress) -> Tuple[List[dict], List[dict]]:
+             progress: Progress = no_progress) -> Tuple[List[dict], List[dict]]:
     """(layer rows, model rows) for every variant, batch size and path.
 
     Each model runs in a worker process of its own: eight GPT-2s compiled in one process do not fit in memory at

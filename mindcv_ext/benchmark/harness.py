@@ -12,12 +12,21 @@ import site
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
-__all__ = ["sync", "time_samples", "alternating_samples", "time_alternating", "current_rss_mb", "reset_peak_rss",
-           "peak_rss_mb", "memory_slope", "worker_environment", "run_worker", "describe_machine"]
+__all__ = ["Progress", "no_progress", "sync", "time_samples", "alternating_samples", "time_alternating",
+           "current_rss_mb", "reset_peak_rss", "peak_rss_mb", "memory_slope", "worker_environment", "run_worker",
+           "describe_machine"]
+
+
+# A suite's progress display: ``progress(items, description)`` yields the items (the command line's is tqdm).
+Progress = Callable[[Iterable, str], Iterable]
+
+
+def no_progress(items: Iterable, desc: str) -> Iterable:
+    return items
 
 
 def sync(output: Any) -> None:

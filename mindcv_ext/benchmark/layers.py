@@ -7,14 +7,14 @@ Frameworks: ``mindspore`` (the accelerator's cells, ``mindcv_ext.accel``), ``min
 and Ascend run) and ``torch`` (the PyTorch twins of ``torch_layers``).
 """
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mindspore import nn
 
 from ..layers import create_mlp, layer_settings, linear_class, linear_layer, registered_linears
-from .harness import sync, time_alternating
+from .harness import Progress, no_progress, sync, time_alternating
 from .macs import linear_macs_per_token
 from .report import save_figure
 
@@ -23,11 +23,6 @@ __all__ = ["LAYER_FIELDS", "has_nblocks", "layer_grid", "layer_cells", "compare"
 
 LAYER_FIELDS = ["kind", "framework", "impl", "in_features", "out_features", "nblocks", "tokens", "pass", "ms",
                 "gflop", "gflops_per_s", "speedup_vs_dense"]
-Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(items: Iterable, desc: str) -> Iterable:
-    return items
 
 
 def has_nblocks(layer: str) -> bool:
@@ -156,7 +151,7 @@ def compare(kind: str, in_features: int, out_features: Optional[int], nblocks: i
     return rows
 
 
-def run_layers(*, grid: str = "sweep", layers: Optional[Sequence[str]] = None, progress: Progress = _no_progress,
+def run_layers(*, grid: str = "sweep", layers: Optional[Sequence[str]] = None, progress: Progress = no_progress,
                **timing: Any) -> List[dict]:
     """Every case of ``layer_grid(grid)``, ``layers`` (default: every registered one) against dense. ``timing``:
     ``compare``'s repeats, warmup, cpu_kernels, with_plain and compare_torch."""

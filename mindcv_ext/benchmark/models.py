@@ -5,11 +5,11 @@ variant, every measurement in a worker process of its own (peak memory is per pr
 alternating the variants, so that a machine that drifts over the minutes a model takes affects them alike.
 """
 import fnmatch
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .harness import memory_slope, peak_rss_mb, run_worker, sync, time_samples
+from .harness import Progress, memory_slope, no_progress, peak_rss_mb, run_worker, sync, time_samples
 from .macs import count_macs
 from .report import save_figure
 
@@ -21,11 +21,6 @@ MODEL_FIELDS = ["model", "variant", "path", "params", "macs_g", "batch_size", "i
                 "infer_speedup_vs_dense", "rss_mb_per_image", "rss_per_image_vs_dense"]
 # Models also measured with Pixelfly channel MLPs (mlp_layer "pixelfly", its default settings): fly's Pixelfly Mixer.
 PIXELFLY_MODELS = ["mixer_b16_224"]
-Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(items: Iterable, desc: str) -> Iterable:
-    return items
 
 
 def measure_model(*, model: str, mlp_layer: Optional[str] = None, path: str = "accel", batch_size: int = 8,
@@ -124,7 +119,7 @@ def run_models(*, models: Sequence[str] = (), pixelfly_models: Sequence[str] = P
                batch_size: int = 8, img_size: int = 224, repeats: int = 10, warmup: int = 5, rounds: int = 1,
                model_kwargs: Optional[Dict[str, Any]] = None, memory_batch_sizes: Sequence[int] = (),
                with_plain: bool = False, cpu_kernels: str = "auto", device_target: str = "auto",
-               progress: Progress = _no_progress) -> List[dict]:
+               progress: Progress = no_progress) -> List[dict]:
     """Rows for every registered model matching the fnmatch patterns ``models`` (all when empty) and its
     variants, on the accelerated path (and the plain one, ``with_plain``). ``memory_batch_sizes`` adds a few
     steps at other batch sizes, each in a worker of its own: peak memory per image is the slope over them."""
