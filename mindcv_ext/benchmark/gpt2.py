@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.results import pyplot, save_figure
 from .harness import Progress, alternating_samples, no_progress, run_worker, sync
 from .macs import linear_macs_per_token
-from .report import save_figure
 
 __all__ = ["GPT2_VARIANTS", "MODEL_FIELDS", "LAYER_FIELDS", "FORK_FIELDS", "variant_kwargs", "gpt2_macs",
            "build_gpt2", "measure_gpt2", "gpt2_layer_rows", "run_gpt2", "plot_gpt2"]
@@ -179,12 +179,8 @@ def run_gpt2(*, size: str = "gpt2", variants: Sequence[str] = tuple(GPT2_VARIANT
 def plot_gpt2(rows: List[dict], path: str) -> Optional[str]:
     """Average forward time per variant, one group of bars per batch size (fly's figure), for the first path;
     None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     first_path = rows[0]["path"]
     rows = [r for r in rows if r["path"] == first_path]

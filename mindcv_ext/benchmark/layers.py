@@ -14,9 +14,9 @@ import numpy as np
 from mindspore import nn
 
 from ..layers import create_mlp, layer_settings, linear_class, linear_layer, registered_linears
+from ..engine.results import pyplot, save_figure
 from .harness import Progress, no_progress, sync, time_alternating
 from .macs import linear_macs_per_token
-from .report import save_figure
 
 __all__ = ["LAYER_FIELDS", "has_nblocks", "layer_grid", "layer_cells", "compare", "run_layers", "run_mlp",
            "monarch_versus_torch", "plot_layers"]
@@ -204,12 +204,8 @@ def _plot_versus_torch(axis, ratios: Dict[str, List[Tuple[str, float]]]) -> None
 def plot_layers(rows: List[dict], path: str) -> Optional[str]:
     """Speed-up over dense along the three sweeps (size, nblocks, tokens), and MindSpore's Monarch against
     PyTorch's when both were timed; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     structured = [r for r in rows if r["impl"] != "dense" and r["kind"] == "layer"]
     sweeps = [("size (in->out), nblocks 4, 1568 tokens", lambda r: r["nblocks"] == 4 and r["tokens"] == 1568,

@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..engine.results import pyplot, save_figure
 from .harness import Progress, memory_slope, no_progress, peak_rss_mb, run_worker, sync, time_samples
 from .macs import count_macs
-from .report import save_figure
 
 __all__ = ["MODEL_FIELDS", "PIXELFLY_MODELS", "measure_model", "measure_train_step", "summarize_model",
            "model_variants", "run_models", "plot_models"]
@@ -173,12 +173,8 @@ def run_models(*, models: Sequence[str] = (), pixelfly_models: Sequence[str] = P
 
 def plot_models(rows: List[dict], path: str) -> Optional[str]:
     """Training step per model and variant (the accelerated path); None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = [r for r in rows if r.get("path", "accel") == "accel"]  # the plain path's steps are in the table
 

@@ -1,12 +1,11 @@
 """What a benchmark writes: CSV files, markdown tables and JSON records."""
 import csv
 import json
-import os
 from typing import Any, Dict, List, Sequence
 
 from ..engine.files import atomic_write
 
-__all__ = ["write_csv", "markdown_table", "write_json", "save_figure"]
+__all__ = ["write_csv", "markdown_table", "write_json"]
 
 
 def write_csv(path: str, fields: Sequence[str], rows: List[Dict[str, Any]]) -> None:
@@ -29,18 +28,3 @@ def write_json(path: str, record: Any) -> None:
     """``record`` as indented JSON, written to a temporary file and renamed onto ``path``."""
     with atomic_write(path, "w") as stream:
         json.dump(record, stream, indent=1)
-
-
-def save_figure(figure: Any, path: str) -> str:
-    """Lay out a matplotlib ``figure``, write it as PNG through a temporary file renamed onto ``path`` (its folder
-    made), and close it; returns ``path``."""
-    import matplotlib.pyplot as plt
-
-    try:
-        figure.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with atomic_write(path, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .report import save_figure
+from ..engine.results import pyplot, save_figure
 
 __all__ = ["FINE_TUNED", "STUDY_FIELDS", "RUN_FIELDS", "EPOCH_FIELDS", "EFFICIENCY_FIELDS", "MARKDOWN_FIELDS",
            "read_results", "schedule", "training_time", "last_json_line", "run_record", "summarize",
@@ -141,21 +141,10 @@ def efficiency(runs: List[dict], alone: List[dict]) -> List[dict]:
     return rows
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
     """Test top-1 against training wall time: every run as a dot, each variant's mean as a marker. The fine-tuned
     variant stands at its total cost, the dense run's time included."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -175,7 +164,7 @@ def plot(runs: List[dict], rows: List[dict], path: str) -> Optional[str]:
 def plot_curves(runs: List[dict], path: str) -> Optional[str]:
     """Test top-1 after each epoch against the run's cumulative training time (the fine-tuned runs continue from
     their dense run's end)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     figure, axis = plt.subplots(figsize=(7, 4.5))

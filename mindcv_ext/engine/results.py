@@ -1,11 +1,11 @@
 """The per-epoch results file (CSV) and the loss/accuracy plot drawn from it."""
 import csv
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .files import atomic_write
 
-__all__ = ["ResultsLog", "plot_curves"]
+__all__ = ["ResultsLog", "plot_curves", "pyplot", "save_figure"]
 
 FIELDS = ["epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "epoch_time_s", "images_per_s"]
 
@@ -38,14 +38,11 @@ def _column(rows, key) -> List[Optional[float]]:
 
 def plot_curves(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
     """Loss (train and validation) and validation accuracy per epoch; returns the PNG path, or None."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     with open(csv_path, newline="") as stream:
         rows = list(csv.DictReader(stream))
     if not rows:
@@ -75,10 +72,31 @@ def plot_curves(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
+    return save_figure(figure, png_path)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is absent (plots are optional)."""
     try:
-        with atomic_write(png_path, "wb") as stream:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(figure: Any, path: str) -> str:
+    """Lay out a matplotlib ``figure``, write it as PNG through a temporary file renamed onto ``path`` (its folder
+    made), and close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    try:
+        figure.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_write(path, "wb") as stream:
             figure.savefig(stream, format="png", dpi=100)
     finally:
         plt.close(figure)
-    return png_path
+    return path
