@@ -22,8 +22,7 @@ Parameter names are upstream's ``named_parameters()``: ``op_params.0``, ``op_par
 ``normalize`` and ``learn_gamma`` the scalar gains ``op_params.2`` and ``op_params.3``; checkpoints map one to one.
 """
 import math
-import numbers
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,11 +30,10 @@ import mindspore as ms
 from mindspore import ops
 from mindspore.common.initializer import Normal, initializer
 
-from .structured import StructuredLinear, check_positive_int, register_linear
+from .structured import ArrayLike, StructuredLinear, check_positive_int, dense_operands, register_linear
 
 __all__ = ["BlockTTLinear", "btt_factorize", "btt_core_shapes"]
 
-ArrayLike = Union[np.ndarray, ms.Tensor]
 _OWNER = "BlockTTLinear"
 
 _bmm = ops.BatchMatMul()
@@ -94,14 +92,6 @@ def _check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{_OWNER}: {name} must be True or False, got {value!r}")
     return bool(value)
-
-
-def _to_numpy(array: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(array, ms.Tensor):
-        return array.asnumpy()
-    if isinstance(array, (np.ndarray, numbers.Number, list, tuple)):
-        return np.asarray(array)
-    raise ValueError(f"{_OWNER}: {name} must be an array or a MindSpore Tensor, got {type(array).__name__}")
 
 
 @register_linear("btt")
@@ -216,10 +206,7 @@ class BlockTTLinear(StructuredLinear):
 
         With ``normalize`` each core is stored scaled below btt_norm's bound and its gain undoes the scale, so the
         layer's product is the projection; that needs ``learn_gamma``."""
-        w = _to_numpy(weight, "weight")
-        if w.ndim != 2:
-            raise ValueError(f"{_OWNER}.from_dense: weight must be a 2-D (out_features, in_features) matrix, got "
-                             f"shape {tuple(w.shape)}")
+        w, b = dense_operands(f"{_OWNER}.from_dense", weight, bias)
         if _check_flag("normalize", normalize) and not _check_flag("learn_gamma", learn_gamma):
             raise ValueError(f"{_OWNER}.from_dense: normalize=True needs learn_gamma=True, whose gains carry the "
                              f"scale btt_norm takes out of each core")
@@ -246,10 +233,6 @@ class BlockTTLinear(StructuredLinear):
                 scale = min(1.0, 0.5 * layer.max_rms[index] / rms)
                 layer.op_params[index + 2].set_data(ms.Tensor(1.0 / scale, ms.float32))
             layer.op_params[index].set_data(ms.Tensor((core * scale).astype(np.float32)))
-        if bias is not None:
-            b = _to_numpy(bias, "bias")
-            if b.shape != (out_features,):
-                raise ValueError(f"{_OWNER}.from_dense: bias must have shape ({out_features},), got "
-                                 f"{tuple(b.shape)}")
+        if b is not None:
             layer.bias.set_data(ms.Tensor(b.astype(np.float32)))
         return layer

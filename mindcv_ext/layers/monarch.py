@@ -18,7 +18,7 @@ matrix form ``W = P2 . BD(blkdiag2) . P1 . BD(blkdiag1)`` instead, so they check
 MindSpore multiply rather than repeat it.
 """
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ import mindspore as ms
 from mindspore import ops
 from mindspore.common.initializer import Uniform, initializer
 
-from .structured import StructuredLinear, check_positive_int, register_linear
+from .structured import ArrayLike, StructuredLinear, check_positive_int, dense_operands, register_linear, to_numpy
 
 __all__ = [
     "MonarchLinear",
@@ -36,17 +36,7 @@ __all__ = [
     "project_to_monarch",
 ]
 
-ArrayLike = Union[np.ndarray, ms.Tensor]
 Shape3 = Tuple[int, int, int]
-
-
-def _to_numpy(array: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(array, ms.Tensor):
-        return array.asnumpy()
-    try:
-        return np.asarray(array)
-    except Exception as exc:  # pragma: no cover - exotic inputs
-        raise ValueError(f"{name} must be an array or a MindSpore Tensor, got {type(array).__name__}") from exc
 
 
 def monarch_factor_shapes(in_features: int, out_features: int, nblocks: int) -> Tuple[Shape3, Shape3]:
@@ -89,8 +79,8 @@ def _monarch_permutations(w1_shape: Shape3, w2_shape: Shape3) -> Tuple[np.ndarra
 
 def monarch_to_dense(blkdiag1: ArrayLike, blkdiag2: ArrayLike, in_features: int, out_features: int) -> np.ndarray:
     """The dense ``(out_features, in_features)`` weight of a Monarch layer, in NumPy."""
-    w1 = _to_numpy(blkdiag1, "blkdiag1").astype(np.float64)
-    w2 = _to_numpy(blkdiag2, "blkdiag2").astype(np.float64)
+    w1 = to_numpy(blkdiag1, "monarch_to_dense", "blkdiag1").astype(np.float64)
+    w2 = to_numpy(blkdiag2, "monarch_to_dense", "blkdiag2").astype(np.float64)
     p1, p2 = _monarch_permutations(w1.shape, w2.shape)
     dense = _block_diag(w1)  # BD(w1): (k*q, k*p)
     dense = dense[p1]  # P1 . BD(w1)
@@ -109,10 +99,7 @@ def project_to_monarch(weight: ArrayLike, nblocks: int) -> Tuple[np.ndarray, np.
     paper's Algorithm 1; fly's ``blockdiag_butterfly_project_einsum_rank`` gives the same shapes).
     Padded rows and columns are left out of each SVD, so padding does not cost accuracy.
     """
-    w = _to_numpy(weight, "weight")
-    if w.ndim != 2:
-        raise ValueError(f"project_to_monarch: weight must be a 2-D (out_features, in_features) matrix, "
-                         f"got shape {tuple(w.shape)}")
+    w, _ = dense_operands("project_to_monarch", weight)
     out_features, in_features = w.shape
     shape1, shape2 = monarch_factor_shapes(in_features, out_features, nblocks)
     k, q, p = shape1
@@ -215,7 +202,7 @@ class MonarchLinear(StructuredLinear):
         The bias, when given, is copied. Returns the relative Frobenius error
         ``||W - M||_F / ||W||_F`` of the approximation.
         """
-        w = _to_numpy(weight, "weight")
+        w = to_numpy(weight, "MonarchLinear.load_dense", "weight")
         expected = (self.out_features, self.in_features)
         if w.shape != expected:
             raise ValueError(f"MonarchLinear.load_dense: weight must have shape {expected} "
@@ -224,7 +211,7 @@ class MonarchLinear(StructuredLinear):
         self.blkdiag1.set_data(ms.Tensor(w1))
         self.blkdiag2.set_data(ms.Tensor(w2))
         if bias is not None:
-            b = _to_numpy(bias, "bias")
+            b = to_numpy(bias, "MonarchLinear.load_dense", "bias")
             if not self.has_bias:
                 raise ValueError("MonarchLinear.load_dense: a bias was given but the layer has has_bias=False")
             if b.shape != (self.out_features,):
@@ -238,10 +225,7 @@ class MonarchLinear(StructuredLinear):
     @classmethod
     def from_dense(cls, weight: ArrayLike, bias: Optional[ArrayLike] = None, nblocks: int = 4) -> "MonarchLinear":
         """A new layer holding the Frobenius-optimal Monarch factors of a dense ``(out, in)`` weight."""
-        w = _to_numpy(weight, "weight")
-        if w.ndim != 2:
-            raise ValueError(f"MonarchLinear.from_dense: weight must be a 2-D (out_features, in_features) "
-                             f"matrix, got shape {tuple(w.shape)}")
+        w, _ = dense_operands("MonarchLinear.from_dense", weight)
         layer = cls(w.shape[1], w.shape[0], nblocks=nblocks, has_bias=bias is not None)
         layer.load_dense(w, bias)
         return layer

@@ -17,7 +17,7 @@ receive ``mlp_layer``.
 import functools
 import inspect
 import numbers
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type, Union
 
 import numpy as np
 
@@ -26,10 +26,13 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Uniform, initializer
 
 __all__ = ["StructuredLinear", "DenseLinear", "register_linear", "linear_layer", "linear_class", "layer_class",
-           "layer_settings", "registered_linears", "check_positive_int", "LinearFactory"]
+           "layer_settings", "registered_linears", "check_positive_int", "LinearFactory", "ArrayLike", "to_numpy",
+           "dense_operands"]
 
 # A callable (in_features, out_features) -> linear layer: a registered class or a partial of one.
 LinearFactory = Callable[..., nn.Cell]
+# A dense operand (a weight, a bias, a factor): a NumPy array (or numbers) or a MindSpore Tensor.
+ArrayLike = Union[np.ndarray, ms.Tensor]
 
 # The constructor arguments every linear has; the rest are the layer's settings.
 _SHAPE_ARGUMENTS = ("self", "in_features", "out_features", "has_bias")
@@ -40,6 +43,29 @@ def check_positive_int(owner: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def to_numpy(array: ArrayLike, owner: str, name: str) -> np.ndarray:
+    """``array`` as a NumPy array, or a ValueError naming ``owner`` and ``name``."""
+    if isinstance(array, ms.Tensor):
+        return array.asnumpy()
+    if isinstance(array, (np.ndarray, numbers.Number, list, tuple)):
+        return np.asarray(array)
+    raise ValueError(f"{owner}: {name} must be an array or a MindSpore Tensor, got {type(array).__name__}")
+
+
+def dense_operands(owner: str, weight: ArrayLike,
+                   bias: Optional[ArrayLike] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(weight, bias)`` of a dense layer for ``from_dense``: a 2-D ``(out_features, in_features)`` weight and
+    None or an ``(out_features,)`` bias, as arrays; a ValueError naming ``owner`` otherwise."""
+    w = to_numpy(weight, owner, "weight")
+    if w.ndim != 2:
+        raise ValueError(f"{owner}: weight must be a 2-D (out_features, in_features) matrix, got shape "
+                         f"{tuple(w.shape)}")
+    b = None if bias is None else to_numpy(bias, owner, "bias")
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"{owner}: bias must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+    return w, b
 
 
 class StructuredLinear(nn.Cell):

@@ -9,6 +9,7 @@ import mindspore as ms
 
 from mindcv_ext.layers import (DenseLinear, MonarchLinear, StructuredLinear, check_positive_int, layer_class,
                                layer_settings, linear_class, linear_layer, register_linear, registered_linears)
+from mindcv_ext.layers.structured import dense_operands
 
 
 def test_every_layer_of_the_benchmark_is_registered():
@@ -95,3 +96,15 @@ def test_check_positive_int_refuses_bools_and_floats():
     for bad in (True, 0, 2.0, "3"):
         with pytest.raises(ValueError, match=f"X: n must be a positive integer, got {bad!r}"):
             check_positive_int("X", "n", bad)
+
+
+def test_dense_operands_for_from_dense():
+    weight, bias = dense_operands("L.from_dense", ms.Tensor(np.ones((3, 2), np.float32)), [1.0, 2.0, 3.0])
+    assert isinstance(weight, np.ndarray) and weight.shape == (3, 2) and bias.tolist() == [1.0, 2.0, 3.0]
+    assert dense_operands("L", np.zeros((3, 2)))[1] is None
+    for args, message in (((np.zeros(4),), r"L: weight must be a 2-D \(out_features, in_features\) matrix, got "
+                                          r"shape \(4,\)"),
+                          ((np.zeros((3, 2)), np.zeros(2)), r"L: bias must have shape \(3,\), got \(2,\)"),
+                          (("w",), "L: weight must be an array or a MindSpore Tensor, got str")):
+        with pytest.raises(ValueError, match=message):
+            dense_operands("L", *args)
