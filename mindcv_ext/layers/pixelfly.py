@@ -224,6 +224,12 @@ class LowRank(nn.Cell):
         return ops.matmul(hidden, ops.cast(self.lr_weight2, x.dtype).transpose(1, 0))
 
 
+def check_layout_settings(owner: str, butterfly_size: int = 16, n_factors: int = 2, block: int = 32, **_) -> None:
+    """A flat block butterfly layout's settings, checked before any layer is built (``linear_layer``)."""
+    butterfly_base_mask(butterfly_size, n_factors)  # validates both
+    check_positive_int(owner, "block", block)
+
+
 def _kaiming_uniform(shape) -> np.ndarray:
     # PyTorch's nn.Linear default (kaiming_uniform_ with a = sqrt(5)), drawn from MindSpore's seeded generator.
     return init.initializer(init.HeUniform(negative_slope=math.sqrt(5)), shape, ms.float32).init_data().asnumpy()
@@ -292,9 +298,8 @@ class SparseLRLinear(StructuredLinear):
         self.reset_parameters()
 
     @classmethod
-    def check_settings(cls, butterfly_size: int = 8, n_factors: int = 2, block: int = 32, **_) -> None:
-        butterfly_base_mask(butterfly_size, n_factors)  # validates both
-        check_positive_int("SparseLRLinear", "block", block)
+    def check_settings(cls, **settings) -> None:
+        check_layout_settings(cls.__name__, **settings)
 
     def macs_per_token(self) -> int:
         """The layout's blocks, the two low-rank factors and the gate's row."""
@@ -487,8 +492,9 @@ class FlatBlockButterflyLinear(BlockSparseLinear):
         self.bias = ms.Parameter(init.initializer(init.Uniform(1 / math.sqrt(in_ext)), (out_features,), ms.float32),
                                  name="bias") if has_bias else None
 
-    check_settings = classmethod(SparseLRLinear.check_settings.__func__)
-    mlp_layer = None
+    @classmethod
+    def check_settings(cls, **settings) -> None:
+        check_layout_settings(cls.__name__, **settings)
 
     @property
     def saving(self) -> float:

@@ -47,6 +47,8 @@ def test_a_setting_of_another_layer_names_its_owners():
     ("ssl", dict(redn_factor=3), "redn_factor must be a power of two, got 3"),
     ("lowrank", dict(redn_factor=-1), "redn_factor must be a positive number, got -1"),
     ("pixelfly", dict(butterfly_size=6), "butterfly_size"),
+    ("pixelfly", dict(block=0), "SparseLRLinear: block must be a positive integer, got 0"),
+    ("fbbfly", dict(block=0), "FlatBlockButterflyLinear: block must be a positive integer, got 0"),
     ("bdiagbfly", dict(b1=0), "b1 must be a positive integer, got 0"),
     ("butterfly", {}, "mlp_layer must be one of dense, monarch"),
 ])
