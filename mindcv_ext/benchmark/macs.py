@@ -1,10 +1,11 @@
 """Multiply-accumulates, counted from each layer's own count.
 
-A cell counts itself when it has a rule here: every registered linear layer by its ``macs_per_token()`` (MACs per
-input row, the bias aside; Pixelfly's includes its gate), ``nn.Dense`` and GPT-2's ``Conv1D`` by their weights, and,
-from the shapes of a forward, ``nn.Conv2d``, ``PatchEmbed`` and gMLP's token projection (``SpatialGatingUnit``). A
-cell that counts itself is one term: the counters never descend into its children (a Pixelfly layer's gate, a
-gating unit's ``proj``), so no product is counted twice.
+A cell counts itself when it declares its count: ``macs_per_token()`` (MACs per input row, the bias aside: every
+registered linear layer, Pixelfly's with its gate, and GPT-2's ``Conv1D``), or ``forward_macs(inputs, output)``
+from the shapes of a call (``PatchEmbed``, gMLP's token projection ``SpatialGatingUnit``). MindSpore's own
+``nn.Dense`` and ``nn.Conv2d`` are counted by the rules here. A cell that counts itself is one term: the counters
+never descend into its children (a Pixelfly layer's gate, a gating unit's ``proj``), so no product is counted
+twice.
 
 ``forward_count`` counts one forward with hooks (``count_macs``: one image through a vision model);
 ``linear_macs_per_token`` adds up the per-token layers of a network without running it.
@@ -17,36 +18,32 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from ..layers import PatchEmbed, PixelflyMlp
-from ..models.gmlp import SpatialGatingUnit
-from ..models.gpt2 import Conv1D
+from ..layers import PixelflyMlp
 
 __all__ = ["FORWARD_RULES", "per_token_macs", "forward_macs", "counting_cells", "linear_macs_per_token",
            "forward_count", "count_macs"]
 
-# Cells whose count needs the shapes of a forward: (cell, inputs, output) -> MACs.
+# MindSpore's cells whose count needs the shapes of a forward: (cell, inputs, output) -> MACs.
 FORWARD_RULES: Dict[type, Callable[[nn.Cell, Sequence, ms.Tensor], int]] = {
-    PatchEmbed: lambda cell, inputs, output: math.prod(output.shape[:-1]) * cell.proj.weight.size,
     nn.Conv2d: lambda cell, inputs, output: output.size * cell.weight.size // cell.weight.shape[0],
-    # gMLP's token projection: (T, T) applied to half the channels of x (N, T, C).
-    SpatialGatingUnit: lambda cell, inputs, output: inputs[0].size // 2 * cell.proj.in_channels,
 }
 
 
 def per_token_macs(cell: nn.Cell) -> Optional[int]:
-    """MACs per input row of a layer that counts itself per token (a registered linear, ``nn.Dense``, ``Conv1D``);
-    None for any other cell."""
+    """MACs per input row of a layer that counts itself per token (``macs_per_token()``, or ``nn.Dense``); None
+    for any other cell."""
     own = getattr(cell, "macs_per_token", None)
     if callable(own):
         return int(own())
     if isinstance(cell, nn.Dense):
         return cell.in_channels * cell.out_channels
-    if isinstance(cell, Conv1D):
-        return int(cell.weight.size)
     return None
 
 
 def _forward_rule(cell: nn.Cell) -> Optional[Callable[[nn.Cell, Sequence, ms.Tensor], int]]:
+    own = getattr(cell, "forward_macs", None)
+    if callable(own):
+        return lambda cell, inputs, output: own(inputs, output)
     return next((rule for kind, rule in FORWARD_RULES.items() if isinstance(cell, kind)), None)
 
 

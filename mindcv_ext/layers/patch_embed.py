@@ -1,4 +1,5 @@
 """Image to patch tokens with one strided convolution (ViT, Mixer, gMLP stems)."""
+import math
 from typing import Tuple, Union
 
 import mindspore as ms
@@ -31,6 +32,10 @@ class PatchEmbed(nn.Cell):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size,
                               pad_mode="valid", has_bias=True)
+
+    def forward_macs(self, inputs, output) -> int:
+        """Multiply-accumulates of a call: the (embed_dim, C * patch area) projection of every patch."""
+        return math.prod(output.shape[:-1]) * self.proj.weight.size
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         batch, channels = x.shape[0], x.shape[1]

@@ -43,6 +43,10 @@ class SpatialGatingUnit(nn.Cell):
         normal_(self.proj.weight, std=1e-6)
         constant_(self.proj.bias, 1.0)
 
+    def forward_macs(self, inputs, output) -> int:
+        """Multiply-accumulates of a call: the (T, T) projection across tokens of half the channels of x (N, T, C)."""
+        return inputs[0].size // 2 * self.proj.in_channels
+
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         u, v = ops.split(x, x.shape[-1] // 2, axis=-1)
         v = self.norm(v)

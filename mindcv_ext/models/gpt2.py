@@ -59,6 +59,10 @@ class Conv1D(nn.Cell):
         normal_(self.weight, std)
         self.bias = ms.Parameter(initializer("zeros", (out_features,), ms.float32), name="bias")
 
+    def macs_per_token(self) -> int:
+        """Multiply-accumulates per input row, the bias aside (what every linear layer declares)."""
+        return self.in_features * self.out_features
+
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         lead_shape = x.shape[:-1]
         y = ops.matmul(x.reshape(-1, self.in_features), ops.cast(self.weight, x.dtype))
