@@ -21,7 +21,7 @@ unfinished one resumes from its newest checkpoint with train.py's exact resume. 
 
 The records, summaries and plots (``mindcv_ext.benchmark.study``), MACs (``count_macs``), the step timed alone (a
 ``mindcv_ext.benchmark`` worker) and the CSV and markdown writers come from ``mindcv_ext.benchmark``. The recipes
-are read with train.py's ``config``: the checkout's root must be importable (``PYTHONPATH=.`` from it).
+are read with train.py's ``config``, which ``pip install -r requirements.txt`` installs with the package.
 """
 import argparse
 import json
