@@ -1,29 +1,32 @@
 """The MLP blocks every model uses, with their linear layers passed in (timm's ``Mlp(..., linear_layer=...)``).
 
 ``linear_layer`` builds fc1 and fc2: a registered linear class, a ``functools.partial`` of one with its settings
-(what ``structured.linear_layer(name, **settings)`` returns), or a registered name with default settings.
+(what ``structured.linear_layer(name, **settings)`` returns); None is dense. A name is refused: a block is given
+a layer, never a name.
 ``create_mlp`` builds the MLP a layer asks for (``StructuredLinear.mlp_layer``, e.g. Pixelfly's tiled hand-off),
 ``Mlp`` otherwise.
 """
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import mindspore as ms
 from mindspore import nn
 
 from .helpers import gelu
-from .structured import DenseLinear, LinearFactory, layer_class, linear_layer
+from .structured import DenseLinear, LinearFactory, layer_class
 
 __all__ = ["Mlp", "GatedMlp", "create_mlp", "as_linear_factory"]
 
 
-def as_linear_factory(layer: Union[str, LinearFactory, None]) -> LinearFactory:
-    """A linear factory from a factory, a registered name (default settings) or None (dense)."""
+def as_linear_factory(layer: Optional[LinearFactory]) -> LinearFactory:
+    """A linear factory: the layer class or partial given (``linear_layer(name, **settings)`` makes one), or dense
+    for None."""
     if layer is None:
         return DenseLinear
     if isinstance(layer, str):
-        return linear_layer(layer)
+        raise ValueError(f"linear_layer takes a layer class or a partial of one, not a name: pass "
+                         f"linear_layer({layer!r}) (mindcv_ext.layers), or mlp_layer={layer!r} to a model entrypoint")
     if not callable(layer):
-        raise ValueError(f"linear_layer must be a registered name, a layer class or a partial of one, got {layer!r}")
+        raise ValueError(f"linear_layer must be a layer class or a partial of one, got {layer!r}")
     return layer
 
 
@@ -32,7 +35,7 @@ class Mlp(nn.Cell):
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None, out_features: Optional[int] = None,
                  act_layer: Callable[[], nn.Cell] = gelu, drop: float = 0.0,
-                 linear_layer: Union[str, LinearFactory, None] = None, drop_between_fcs: bool = True) -> None:
+                 linear_layer: Optional[LinearFactory] = None, drop_between_fcs: bool = True) -> None:
         super().__init__()
         linear_layer = as_linear_factory(linear_layer)
         out_features = out_features or in_features
@@ -49,7 +52,7 @@ class Mlp(nn.Cell):
 
 
 def create_mlp(in_features: int, hidden_features: Optional[int] = None, out_features: Optional[int] = None, *,
-               linear_layer: Union[str, LinearFactory, None] = None, **kwargs) -> Mlp:
+               linear_layer: Optional[LinearFactory] = None, **kwargs) -> Mlp:
     """The ``Mlp`` of ``linear_layer``: the MLP class its layer declares (``mlp_layer``), or ``Mlp``."""
     linear_layer = as_linear_factory(linear_layer)
     mlp_class = getattr(layer_class(linear_layer), "mlp_layer", None) or Mlp
@@ -64,7 +67,7 @@ class GatedMlp(nn.Cell):
 
     def __init__(self, in_features: int, hidden_features: int, gate_layer: Callable[[int], nn.Cell],
                  out_features: Optional[int] = None, drop: float = 0.0,
-                 linear_layer: Union[str, LinearFactory, None] = None) -> None:
+                 linear_layer: Optional[LinearFactory] = None) -> None:
         super().__init__()
         linear_layer = as_linear_factory(linear_layer)
         out_features = out_features or in_features

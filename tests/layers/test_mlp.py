@@ -9,15 +9,19 @@ import mindspore as ms
 from mindspore import nn
 
 from mindcv_ext.layers import GatedMlp, Mlp, create_mlp, gelu, linear_layer
-from tests.utils import SensGrads, on_path, rel_err
+from tests.utils import SensGrads, gelu_exact, on_path, randomise, rel_err
 
 
 @pytest.mark.parametrize("mlp_layer", ["dense", "monarch"])
 def test_mlp_is_fc1_act_fc2(mlp_layer, ms_mode):
-    mlp = Mlp(64, 256, linear_layer=mlp_layer)
-    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 7, 64)).astype(np.float32))
-    expected = mlp.fc2(mlp.act(mlp.fc1(x)))
-    assert rel_err(mlp(x).asnumpy(), expected.asnumpy()) < 1e-6
+    """x @ W1^T + b1, the exact GELU, then @ W2^T + b2, with each layer's dense matrix, in NumPy (float64)."""
+    mlp = randomise(Mlp(64, 256, linear_layer=linear_layer(mlp_layer)), 1)  # nonzero biases
+    assert isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"
+    w1, w2 = (fc.to_dense().asnumpy().astype(np.float64) for fc in (mlp.fc1, mlp.fc2))
+    b1, b2 = (fc.bias.asnumpy().astype(np.float64) for fc in (mlp.fc1, mlp.fc2))
+    x = np.random.default_rng(0).standard_normal((2, 7, 64)).astype(np.float32)
+    expected = gelu_exact(x @ w1.T + b1) @ w2.T + b2
+    assert rel_err(mlp(ms.Tensor(x)).asnumpy(), expected) < 1e-6
 
 
 def test_gated_mlp_halves_the_width_for_its_gate():

@@ -206,7 +206,8 @@ def test_tiled_forms_equal_the_densified_layer(in_f, out_f, gating, ms_mode):
 
 
 def test_pixelfly_mlp_hands_the_hidden_activation_over_as_tiles(ms_mode):
-    mlp, in_order = PixelflyMlp(256, 1024, linear_layer="pixelfly"), PixelflyMlp(256, 1024, linear_layer="pixelfly")
+    mlp = PixelflyMlp(256, 1024, linear_layer=SparseLRLinear)
+    in_order = PixelflyMlp(256, 1024, linear_layer=SparseLRLinear)
     ms.load_param_into_net(in_order, {p.name: p for p in mlp.get_parameters()})
     assert mlp.hidden_as_tiles
     in_order.hidden_as_tiles = False  # fc1, GELU and fc2 one after the other, each in token order
@@ -218,4 +219,4 @@ def test_pixelfly_mlp_hands_the_hidden_activation_over_as_tiles(ms_mode):
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-4)
     # padded: the densified product, token order
-    assert not PixelflyMlp(100, 300, linear_layer="pixelfly").hidden_as_tiles
+    assert not PixelflyMlp(100, 300, linear_layer=SparseLRLinear).hidden_as_tiles
