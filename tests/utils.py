@@ -1,5 +1,6 @@
 """Helpers shared by the tests."""
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -130,6 +131,25 @@ def skip_unless_twin_serves(twin) -> None:
         pytest.skip(f"{twin.__name__} cannot serve here: {reason}")
 
 
+def randomise(net: nn.Cell, seed: int, scale: float = 0.3) -> nn.Cell:
+    """``net`` with every trainable parameter drawn from N(0, ``scale``^2) (seeded): zero heads, zero biases and
+    near-identity gates would hide part of what a test compares."""
+    rng = np.random.default_rng(seed)
+    for param in net.trainable_params():
+        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * scale))
+    return net
+
+
+def random_dense(in_features: int, out_features: int, seed: int) -> nn.Dense:
+    """An ``nn.Dense`` with standard-normal weight and bias (seeded)."""
+    return randomise(nn.Dense(in_features, out_features), seed, scale=1.0)
+
+
+def gelu_exact(x):
+    """The exact (erf) GELU, ``x * Phi(x)``, in NumPy."""
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
 def rel_err(actual, expected) -> float:
     """Largest absolute difference relative to the largest magnitude of ``expected``."""
     actual = np.asarray(actual, dtype=np.float64)
@@ -181,7 +201,8 @@ def convert_fixture(directory: Path, meta: dict, dst: Path, model_kwargs=None) -
 
 def assert_within_tolerance(actual, expected, atol: float, rtol: float) -> None:
     """``|actual - expected| <= atol + rtol * |expected|`` everywhere, as the fixtures' READMEs state it."""
-    assert actual.shape == expected.shape
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
     excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
     assert excess.max() <= 0, f"max |diff| {np.abs(actual - expected).max():.3g}"
 
@@ -220,6 +241,22 @@ class SensGrads(nn.Cell):
     def construct(self, x, sens):
         return self.grad(self.net, self.weights)(x, sens)
 
+    def __call__(self, *args):
+        grads = super().__call__(*args)
+        # Callers drop this cell at once, and MindSpore frees a cell's compiled graph with it (Cell.__del__,
+        # del_net_res). Fresh-clone suites crashed there, in test_mlp_twin; the results are read back first, so the
+        # graph is idle when it goes.
+        _read_back(grads)
+        return grads
+
+
+def _read_back(value) -> None:
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _read_back(item)
+    elif isinstance(value, ms.Tensor):
+        value.asnumpy()
+
 
 def assert_layer_matches_fixture(layer: nn.Cell, data, names: Sequence[str], tol: float = 1e-5) -> None:
     """A layer's output, input gradient and the gradient of each parameter in ``names`` against a fixture's ``y``,
@@ -228,6 +265,7 @@ def assert_layer_matches_fixture(layer: nn.Cell, data, names: Sequence[str], tol
     np.testing.assert_allclose(layer(x).asnumpy(), data["y"], atol=tol, rtol=tol)
     (grad_x,), grads = SensGrads(layer)(x, grad_out)
     np.testing.assert_allclose(grad_x.asnumpy(), data["grad_x"], atol=tol, rtol=tol)
+    assert len(grads) == len(names), f"{len(grads)} parameter gradients for {len(names)} names: {list(names)}"
     for name, grad in zip(names, grads):
         np.testing.assert_allclose(grad.asnumpy(), data["grad_" + name], atol=tol, rtol=tol, err_msg=name)
 
