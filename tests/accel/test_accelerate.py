@@ -14,7 +14,7 @@ from mindcv_ext.accel import accelerate, accelerated_cells
 from mindcv_ext.accel.cells import FastGatedMlp, FastMlp, FastMonarchLinear, FastPixelflyMlp, FastSparseLRLinear
 from mindcv_ext.layers import GatedMlp, MonarchLinear, Mlp, PixelflyMlp, SparseLRLinear, create_mlp, linear_layer
 from mindcv_ext.models.gmlp import SpatialGatingUnit
-from tests.utils import SensGrads, rel_err, skip_unless_twin_serves
+from tests.utils import SensGrads, randomise, rel_err, skip_unless_twin_serves
 
 pytestmark = pytest.mark.usefixtures("kernel_library")
 
@@ -27,14 +27,6 @@ def _mlp(dim: int, hidden: int, layer: str = "monarch", **settings) -> Mlp:
 def _gated_mlp(dim: int, hidden: int, seq_len: int, **settings) -> GatedMlp:
     return GatedMlp(dim, hidden, lambda width: SpatialGatingUnit(width, seq_len),
                     linear_layer=linear_layer("monarch", **settings))
-
-
-def _randomise(net: nn.Cell, seed: int, scale: float = 0.3) -> nn.Cell:
-    """Random trainable parameters: zero heads and near-identity gates would hide half of the gradients."""
-    rng = np.random.default_rng(seed)
-    for param in net.trainable_params():
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * scale))
-    return net
 
 
 def _values_and_grads(net: nn.Cell, x: ms.Tensor, sens: ms.Tensor):
@@ -77,7 +69,7 @@ def test_monarch_linear_twin(in_features, out_features, nblocks, has_bias, graph
 def test_mlp_twin(dim, hidden, nblocks, fused, graph_mode):
     """Fusable pairs run block-major with fc1's bias, GELU and the regrouping in one kernel; a padded pair (100->300)
     and one whose blocks do not line up (nblocks 16) keep their layers and take the GELU kernel only."""
-    mlp = _randomise(_mlp(dim, hidden, nblocks=nblocks), 2)
+    mlp = randomise(_mlp(dim, hidden, nblocks=nblocks), 2)
     x = np.random.default_rng(3).standard_normal((2, 7, dim)).astype(np.float32)
     fast = _assert_same_results(mlp, x, (2, 7, dim))
     assert isinstance(fast, FastMlp) is fused
@@ -89,7 +81,7 @@ def test_padded_monarch_layer_and_dense_mlp_keep_their_layers(graph_mode):
     GELU kernel only."""
     padded = MonarchLinear(30, 50, 4)
     assert accelerate(padded, "on") is padded and not accelerated_cells(padded)
-    dense = _randomise(_mlp(64, 256, "dense"), 8)
+    dense = randomise(_mlp(64, 256, "dense"), 8)
     x = np.random.default_rng(9).standard_normal((3, 64)).astype(np.float32)
     fast = _assert_same_results(dense, x, (3, 64))
     assert type(fast) is Mlp and accelerated_cells(fast) == {"FastGELU": 1}
@@ -97,7 +89,7 @@ def test_padded_monarch_layer_and_dense_mlp_keep_their_layers(graph_mode):
 
 def test_mlp_twin_without_fc1_bias(graph_mode):
     """The fused kernel gives a bias-free fc1 a zero bias."""
-    mlp = _randomise(_mlp(64, 256), 4)
+    mlp = randomise(_mlp(64, 256), 4)
     mlp.fc1 = MonarchLinear(64, 256, 4, has_bias=False)
     x = np.random.default_rng(4).standard_normal((5, 64)).astype(np.float32)
     assert isinstance(_assert_same_results(mlp, x, (5, 64)), FastMlp)
@@ -108,7 +100,7 @@ def test_gated_mlp_twin(dim, nblocks, fusable, graph_mode):
     """gMLP's Monarch gated MLP block-major: fc1's bias, GELU and the split in one kernel, the gate on permuted
     features, the gate's bias, product and gather into fc2's blocks in another; otherwise each cell's own twin."""
     seq_len = 16
-    mlp = _randomise(_gated_mlp(dim, 6 * dim, seq_len, nblocks=nblocks), 1)
+    mlp = randomise(_gated_mlp(dim, 6 * dim, seq_len, nblocks=nblocks), 1)
     x = np.random.default_rng(2).standard_normal((2, seq_len, dim)).astype(np.float32)
     fast = _assert_same_results(mlp, x, (2, seq_len, dim))
     assert isinstance(fast, FastGatedMlp) is fusable
@@ -122,7 +114,7 @@ def test_pixelfly_mlp_twin(dim, hidden, gating, graph_mode):
     skip_unless_twin_serves(FastPixelflyMlp)
     mlp = _mlp(dim, hidden, "pixelfly", gating=gating)
     assert type(mlp) is PixelflyMlp and mlp.hidden_as_tiles
-    _randomise(mlp, 5, scale=0.1)
+    randomise(mlp, 5, scale=0.1)
     x = np.random.default_rng(6).standard_normal((2, 70, dim)).astype(np.float32)
     fast = _assert_same_results(mlp, x, (2, 70, dim))
     assert isinstance(fast, FastPixelflyMlp) and isinstance(fast, PixelflyMlp) and not fast.hidden_as_tiles
@@ -134,14 +126,14 @@ def test_padded_pixelfly_layer_keeps_the_plain_layer(graph_mode):
     padded = SparseLRLinear(100, 300)
     assert accelerate(padded, "on") is padded and not accelerated_cells(padded)
     skip_unless_twin_serves(FastSparseLRLinear)
-    unpadded = _randomise(SparseLRLinear(96, 320), 7, scale=0.1)
+    unpadded = randomise(SparseLRLinear(96, 320), 7, scale=0.1)
     x = np.random.default_rng(8).standard_normal((40, 96)).astype(np.float32)
     assert isinstance(_assert_same_results(unpadded, x, (40, 320)), FastSparseLRLinear)
 
 
 def test_twins_fall_back_to_the_plain_formula_off_float32(graph_mode):
     """Under AMP applied after accelerate, fp16 reaches the twins: they take the plain operators."""
-    mlp = _randomise(_gated_mlp(64, 384, 16), 3)
+    mlp = randomise(_gated_mlp(64, 384, 16), 3)
     x = np.random.default_rng(4).standard_normal((2, 16, 64)).astype(np.float32)
     reference = mlp(ms.Tensor(x)).asnumpy()
     mixed = ms.amp.auto_mixed_precision(accelerate(mlp, "on"), "O2")
@@ -166,7 +158,7 @@ FAMILIES = [
 @pytest.mark.parametrize("name,kwargs,size", FAMILIES,
                          ids=[f[0] + ("_pixelfly" if f[1].get("mlp_layer") == "pixelfly" else "") for f in FAMILIES])
 def test_every_family_gives_the_plain_logits_and_gradients(name, kwargs, size, graph_mode):
-    net = _randomise(mindcv_ext.create_model(name, num_classes=10, **kwargs), 6, scale=0.1)
+    net = randomise(mindcv_ext.create_model(name, num_classes=10, **kwargs), 6, scale=0.1)
     net.set_train(False)
     x = np.random.default_rng(7).standard_normal((2, 3, size, size)).astype(np.float32)
     fast = _assert_same_results(net, x, (2, 10))

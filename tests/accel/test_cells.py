@@ -16,7 +16,7 @@ from mindcv_ext.accel.cells import (CELL_OWN_STATE, CELL_REGISTRIES, FAST_CELLS,
 from mindcv_ext.layers import (GatedMlp, MonarchLinear, PixelflyMlp, SketchStructuredLinear, SparseLRLinear,
                                create_mlp, gelu, layer_norm, linear_layer)
 from mindcv_ext.models.gmlp import SpatialGatingUnit
-from tests.utils import rel_err, skip_unless_twin_serves
+from tests.utils import randomise, rel_err, skip_unless_twin_serves
 
 SEQ_LEN = 16
 
@@ -42,13 +42,6 @@ PLAIN_CELLS = {
 }
 # What a twin sets differently on purpose: Pixelfly's twin keeps the hidden activation token-major.
 OVERRIDDEN = {FastPixelflyMlp: {"hidden_as_tiles": False}}
-
-
-def _randomise(net: nn.Cell, seed: int, scale: float = 0.1) -> nn.Cell:
-    rng = np.random.default_rng(seed)
-    for param in net.trainable_params():
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * scale))
-    return net
 
 
 def _plain(twin_cls) -> nn.Cell:
@@ -129,7 +122,7 @@ def test_twin_takes_over_every_attribute_of_its_plain_cell(twin_cls):
 def test_twin_computes_what_its_plain_cell_computes(twin_cls, pynative_mode):
     """Forward, in PyNative mode (``test_accelerate`` checks gradients and graph mode network by network)."""
     skip_unless_twin_serves(twin_cls)
-    plain = _randomise(_plain(twin_cls), 3)
+    plain = randomise(_plain(twin_cls), 3, scale=0.1)
     _, width = PLAIN_CELLS[twin_cls]
     x = ms.Tensor(np.random.default_rng(4).standard_normal((2, SEQ_LEN, width)).astype(np.float32))
     expected = plain(x).asnumpy()

@@ -1,7 +1,5 @@
 """accel/fused.py: which Monarch pairs run block-major, the gate's feature order, and the products and the fused MLP
 on the CPU kernels against the dense matrices the layers stand for."""
-import math
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,7 @@ from mindcv_ext.accel import accelerate
 from mindcv_ext.accel.cells import FastMlp, FastMonarchLinear
 from mindcv_ext.accel.fused import gated_pair_fusable, monarch_forward, monarch_mlp, pair_fusable, reorder_features
 from mindcv_ext.layers import MonarchLinear, create_mlp, linear_layer
-from tests.utils import rel_err
+from tests.utils import gelu_exact, randomise, rel_err
 
 
 @pytest.mark.parametrize("dim,hidden,nblocks,fusable", [
@@ -42,20 +40,9 @@ def test_per_feature_parameters_take_the_gates_feature_order():
                 assert reordered[(kk * l + ll) * c + cc] == (kk * c + cc) * l + ll
 
 
-def _randomise(net, seed):
-    rng = np.random.default_rng(seed)
-    for param in net.trainable_params():
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * 0.3))
-    return net
-
-
-def _gelu(x):
-    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-
-
 @pytest.mark.parametrize("has_bias", [True, False])
 def test_the_monarch_product_is_the_layers_dense_matrix(has_bias, kernel_library):
-    layer = _randomise(MonarchLinear(64, 256, 4, has_bias=has_bias), 0)
+    layer = randomise(MonarchLinear(64, 256, 4, has_bias=has_bias), 0)
     weight = layer.to_dense().asnumpy().astype(np.float64)
     bias = layer.bias.asnumpy() if has_bias else 0.0
     fast = accelerate(layer, "on")
@@ -65,7 +52,7 @@ def test_the_monarch_product_is_the_layers_dense_matrix(has_bias, kernel_library
 
 
 def test_the_fused_mlp_is_gelu_between_the_two_dense_matrices(kernel_library):
-    mlp = _randomise(create_mlp(64, 256, linear_layer=linear_layer("monarch", nblocks=4)), 2)
+    mlp = randomise(create_mlp(64, 256, linear_layer=linear_layer("monarch", nblocks=4)), 2)
     w1, w2 = (fc.to_dense().asnumpy().astype(np.float64) for fc in (mlp.fc1, mlp.fc2))
     b1, b2 = mlp.fc1.bias.asnumpy(), mlp.fc2.bias.asnumpy()
     fast = accelerate(mlp, "on")
@@ -73,4 +60,4 @@ def test_the_fused_mlp_is_gelu_between_the_two_dense_matrices(kernel_library):
     x = np.random.default_rng(3).standard_normal((2, 7, 64)).astype(np.float32)
     out = monarch_mlp(ms.Tensor(x), fast.fc1, fast.bias_gelu_regroup, nn.Identity(), fast.fc2).asnumpy()
     assert out.shape == (2, 7, 64)
-    assert rel_err(out, _gelu(x @ w1.T + b1) @ w2.T + b2) < 1e-5
+    assert rel_err(out, gelu_exact(x @ w1.T + b1) @ w2.T + b2) < 1e-5

@@ -1,5 +1,4 @@
 """data/cifar.py: CIFAR-10 and CIFAR-100 in their official layouts: found, read, sharded, named, unpickled safely."""
-import os
 import pickle
 
 import numpy as np
@@ -7,7 +6,7 @@ import pytest
 
 from mindcv_ext.data import create_split_loader, resolve_dataset, transform_settings
 from mindcv_ext.data.cifar import cifar_class_names, create_cifar_dataset, find_cifar
-from tests.utils import cifar_arrays, write_cifar
+from tests.utils import RunsACommand, cifar_arrays, write_cifar
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -39,13 +38,9 @@ def test_cifar_official_layouts(name, kind, tmp_path):
 def test_cifar_pickles_are_unpickled_safely(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-
-    class Hostile:
-        def __reduce__(self):
-            return os.system, (f"touch {tmp_path / 'ran'}",)
-
     for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps({b"data": Hostile(), b"labels": []}, protocol=2))
+        batch = {b"data": RunsACommand(tmp_path / "ran"), b"labels": []}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(ValueError, match="refusing to unpickle 'posix.system'"):
         create_cifar_dataset("cifar10", str(tmp_path), True, shuffle=False)
     assert not (tmp_path / "ran").exists()

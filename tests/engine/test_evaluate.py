@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import nn
 
 from mindcv_ext.engine import Evaluator, evaluate, topk_hits
+from tests.utils import random_dense
 
 CLASSES = 10
 
@@ -18,14 +19,6 @@ def _loader(images, labels, batch_size=4):
 def _data(seed, count=10):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((count, 6)).astype(np.float32), rng.integers(0, CLASSES, count).astype(np.int32)
-
-
-def _dense(seed):
-    net = nn.Dense(6, CLASSES)
-    rng = np.random.default_rng(seed)
-    net.weight.set_data(ms.Tensor(rng.standard_normal((CLASSES, 6)).astype(np.float32)))
-    net.bias.set_data(ms.Tensor(rng.standard_normal(CLASSES).astype(np.float32)))
-    return net
 
 
 def _expected(net, images, labels):
@@ -49,7 +42,7 @@ def test_topk_hits():
 
 def test_scores_over_every_batch_and_the_predictions_in_loader_order():
     images, labels = _data(seed=5)
-    net = _dense(1)
+    net = random_dense(6, CLASSES, 1)
     expected, logits = _expected(net, images, labels)
     assert 0 < expected["top1"] < expected["top5"] < 1  # the scores tell the two apart
     net.set_train(True)
@@ -65,7 +58,7 @@ def test_scores_over_every_batch_and_the_predictions_in_loader_order():
 
 def test_one_hot_labels_are_scored_by_their_class():
     images, labels = _data(seed=2)
-    net = _dense(3)
+    net = random_dense(6, CLASSES, 3)
     one_hot = np.eye(CLASSES, dtype=np.float32)[labels]
     expected, _ = _expected(net, images, labels)
     results = evaluate(net, _loader(images, one_hot))
@@ -85,7 +78,7 @@ class _TwoExits(nn.Cell):
 
 def test_a_multi_exit_network_is_scored_on_its_last_exit_and_on_every_exit():
     images, labels = _data(seed=4)
-    first, second = _dense(5), _dense(6)
+    first, second = random_dense(6, CLASSES, 5), random_dense(6, CLASSES, 6)
     exits = [_expected(net, images, labels) for net in (first, second)]
     outputs = {}
     results = evaluate(_TwoExits(first, second), _loader(images, labels), exit_outputs=outputs)

@@ -1,6 +1,5 @@
 """engine/runtime.py: what train.py, eval.py, infer.py and the scripts set up first: the context, the logger and
 its file, the seeds, and the weights to start from (MindSpore, its EMA weights, or PyTorch)."""
-import json
 import logging
 import pickle
 import random
@@ -15,7 +14,7 @@ from mindspore import nn
 from mindcv_ext.engine.runtime import (attach_log_file, is_torch_checkpoint, load_weights, set_seed, setup_context,
                                        setup_distributed, setup_logger)
 from mindcv_ext.models import create_model
-from tests.utils import TEST_DATA
+from tests.utils import assert_within_tolerance, fixture_meta, model_fixture_dir, random_dense
 
 
 def test_setup_context_sets_the_mode_and_auto_keeps_the_device(graph_mode):
@@ -81,21 +80,13 @@ def test_pytorch_checkpoints_are_told_from_mindspores(tmp_path):
     assert is_torch_checkpoint(str(tmp_path / "legacy.ckpt"))
 
 
-def _dense(seed):
-    net = nn.Dense(4, 3)
-    rng = np.random.default_rng(seed)
-    for param in net.trainable_params():
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32)))
-    return net
-
-
 def test_mindspore_weights_and_their_ema(tmp_path):
-    trained, averaged = _dense(1), _dense(2)
+    trained, averaged = random_dense(4, 3, 1), random_dense(4, 3, 2)
     path = str(tmp_path / "run.ckpt")
     ms.save_checkpoint([{"name": p.name, "data": p.data} for p in trained.trainable_params()] +
                        [{"name": f"ema.{p.name}", "data": p.data} for p in averaged.trainable_params()], path,
                        crc_check=True)
-    net = _dense(3)
+    net = random_dense(4, 3, 3)
     assert load_weights(net, path) == f"MindSpore checkpoint {path}"
     np.testing.assert_array_equal(net.weight.asnumpy(), trained.weight.asnumpy())
     assert load_weights(net, path, ema=True) == f"EMA weights of {path}"
@@ -120,13 +111,12 @@ def test_mindspore_weights_and_their_ema(tmp_path):
 
 def test_a_pytorch_checkpoint_is_converted_on_load():
     """timm's training checkpoint of the tiny gMLP fixture: its EMA weights, giving the reference's logits."""
-    directory = TEST_DATA / "models" / "gmlp_tiny"
-    meta = json.loads((directory / "meta.json").read_text())
+    directory = model_fixture_dir("gmlp_tiny")
+    meta = fixture_meta(directory)
     net = create_model(meta["model"], **meta["kwargs"])
     path = str(directory / meta["checkpoint"])
     described = load_weights(net, path)
     assert described.startswith(f"PyTorch checkpoint {path} (") and "state_dict_ema" in described
     net.set_train(False)
     logits = net(ms.Tensor(np.load(directory / meta["input"]))).asnumpy()
-    np.testing.assert_allclose(logits, np.load(directory / meta["expected_logits"]), atol=meta["atol"],
-                               rtol=meta["rtol"])
+    assert_within_tolerance(logits, np.load(directory / meta["expected_logits"]), meta["atol"], meta["rtol"])

@@ -13,7 +13,8 @@ from mindcv_ext.engine.early_exit import use_all_exits
 from mindcv_ext.layers import DenseLinear, create_mlp, layer_settings, linear_layer, registered_linears
 from mindcv_ext.layers.btt import BlockTTLinear, btt_core_shapes, btt_factorize
 from mindcv_ext.models import create_model
-from tests.utils import SensGrads, on_path, shared_fixture_dir
+from tests.utils import (SensGrads, assert_layer_matches_fixture, assert_within_tolerance, on_path,
+                         shared_fixture_dir)
 
 # The README's file list; test_fixture_files_are_the_listed_ones checks the folder against it.
 CASES = ["btt_768x3072_r1", "btt_768x3072_r4", "btt_3072x768_r1", "btt_768x3072_r1_nobias", "btt_64x96_r2",
@@ -23,14 +24,6 @@ ATOL = RTOL = 1e-5
 
 def _load(case: str):
     return np.load(shared_fixture_dir("btt") / f"{case}.npz")
-
-
-def _err_over_tol(actual, expected) -> float:
-    """max |actual - expected| / (atol + rtol |expected|): at most 1 passes."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    return float(np.max(np.abs(actual - expected) / (ATOL + RTOL * np.abs(expected))))
 
 
 def _layer_for(data) -> BlockTTLinear:
@@ -102,32 +95,16 @@ def test_structure_follows_the_fixture(case):
 GRAPH_CASES = ("btt_768x3072_r4", "btt_64x96_r2_nobias", "bttnorm_40x90_r3", "bttnorm_3072x768_r4")
 
 
-@pytest.fixture
-def case_mode(request):
-    """The (fixture, mode) pair of a parametrized case, with MindSpore's mode set for the test."""
-    case, mode = request.param
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    yield case
-    ms.set_context(mode=previous)
-
-
-@pytest.mark.parametrize("case_mode", [(case, "pynative") for case in CASES] +
-                         [(case, "graph") for case in GRAPH_CASES], indirect=True,
-                         ids=lambda pair: "-".join(reversed(pair)))
-def test_matches_upstream_forward_and_backward(case_mode, net_path):
-    case = case_mode
+# conftest's ms_mode, given the mode per case instead of both modes for every case.
+@pytest.mark.parametrize("case,ms_mode", [(case, "pynative") for case in CASES] +
+                         [(case, "graph") for case in GRAPH_CASES], indirect=["ms_mode"])
+def test_matches_upstream_forward_and_backward(case, ms_mode, net_path):
     data = _load(case)
     layer = _layer_for(data)
     names = [p.name for p in layer.trainable_params()]  # before wrapping, which prefixes them
+    assert sorted(names) == sorted(data["param_names"].tolist())  # every trainable parameter has its gradient
     layer = on_path(layer, net_path, has_twins=False)  # no twin: both paths run these two BatchMatMuls
-    x, grad_out = ms.Tensor(data["x"]), ms.Tensor(data["grad_out"])
-    assert _err_over_tol(layer(x).asnumpy(), data["y"]) <= 1
-    (grad_x,), grads = SensGrads(layer)(x, grad_out)
-    assert _err_over_tol(grad_x.asnumpy(), data["grad_x"]) <= 1
-    assert len(grads) == len(names) == len(data["param_names"])
-    for name, grad in zip(names, grads):
-        assert _err_over_tol(grad.asnumpy(), data[f"grad_{name}"]) <= 1, name
+    assert_layer_matches_fixture(layer, data, names, tol=ATOL)
 
 
 @pytest.mark.parametrize("case", [case for case in CASES if "3072" not in case])  # dense_A only when small
@@ -137,7 +114,7 @@ def test_dense_view_is_upstreams(case):
     layer = _layer_for(data)
     dense = layer.to_dense()
     assert dense.shape == (layer.out_features, layer.in_features) and dense.dtype == ms.float32
-    assert _err_over_tol(dense.asnumpy().T, data["dense_A"]) <= 1  # dense_A is (d_in, d_out) = W^T
+    assert_within_tolerance(dense.asnumpy().T, data["dense_A"], ATOL, RTOL)  # dense_A is (d_in, d_out) = W^T
     # The dense view agrees with the forward on the identity.
     eye = ms.Tensor(np.eye(layer.in_features, dtype=np.float32))
     no_bias = layer(eye).asnumpy() - (layer.bias.asnumpy() if layer.has_bias else 0)
@@ -220,7 +197,7 @@ def test_parameter_names_are_upstreams_at_every_depth(tmp_path):
     not_loaded, unused = ms.load_param_into_net(net, state)
     assert not unused and not any(name.startswith(prefix) for name in not_loaded)
     fc1 = net.blocks[1].mlp_channels.fc1
-    assert _err_over_tol(fc1(ms.Tensor(data["x"])).asnumpy(), data["y"]) <= 1
+    assert_within_tolerance(fc1(ms.Tensor(data["x"])).asnumpy(), data["y"], ATOL, RTOL)
 
 
 def test_registered_with_its_settings():

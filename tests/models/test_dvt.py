@@ -15,8 +15,7 @@ from mindcv_ext.engine import NetWithLoss
 from mindcv_ext.engine.early_exit import early_exit, softmax
 from mindcv_ext.models import count_params, resolve_model_name
 from mindcv_ext.models.dvt import resample_matrix
-from tests.utils import (SHARED_FIXTURES, assert_within_tolerance, convert_fixture, fixture_meta, on_path,
-                         shared_fixture_dir)
+from tests.utils import assert_within_tolerance, convert_fixture, fixture_meta, on_path, shared_fixture_dir
 
 FIXTURE = "dvt_t2t_vit_12_depth2"
 # The reference's names; feature_reuse/relation_reuse are what DVT_T2t_vit_12 fixes, qk_scale None is the default.
@@ -41,9 +40,7 @@ def _load(net, state_dict):
 
 
 def test_every_shared_fixture_is_tested():
-    if not SHARED_FIXTURES.joinpath("dvt").is_dir():
-        pytest.skip("../shared/fixtures/dvt is not present")
-    present = sorted(p.name for p in SHARED_FIXTURES.joinpath("dvt").iterdir() if p.is_dir())
+    present = sorted(p.name for p in shared_fixture_dir("dvt").iterdir() if p.is_dir())
     # dvt_t2t_vit_14_depth1 is described in the reference notes but was not shipped (over the size budget).
     assert present == [FIXTURE]
 

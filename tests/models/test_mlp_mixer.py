@@ -1,8 +1,6 @@
 """models/mlp_mixer.py: the block is timm's formula; a tiny Mixer's names, shapes, count and options; timm's and fly's
 checkpoints (dense, Monarch, Pixelfly channel MLPs) through the user's commands give the references' logits; the
 full-size Pixelfly count."""
-import math
-
 import numpy as np
 import pytest
 
@@ -13,19 +11,12 @@ import mindcv_ext  # noqa: F401  (registers the models)
 from mindcv_ext.layers import DenseLinear, DropPath, MonarchLinear, SparseLRLinear
 from mindcv_ext.models import MlpMixer, count_params
 from mindcv_ext.models.mlp_mixer import MixerBlock
-from tests.utils import (SHARED_FIXTURES, assert_model_fixture_matches_reference, assert_within_tolerance,
-                         convert_fixture, fixture_meta, model_fixtures, on_path, rel_err, shared_fixture_dir)
+from tests.utils import (assert_model_fixture_matches_reference, assert_within_tolerance, convert_fixture, fixture_meta,
+                         gelu_exact, model_fixtures, on_path, randomise, rel_err, shared_fixture_dir)
 
 FIXTURES = ["mixer_b16_224_pixelfly_e128", "mixer_b16_224_pixelfly_e256"]
 # 32 px, patch 8 (16 tokens), two blocks, width 64.
 TINY = dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=64)
-
-
-def _randomise(net, seed, scale=0.3):
-    rng = np.random.default_rng(seed)
-    for param in net.trainable_params():
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * scale))
-    return net
 
 
 def _layer_norm(x, gamma, beta):
@@ -35,14 +26,13 @@ def _layer_norm(x, gamma, beta):
 def _mlp(x, params, prefix):
     """fc1 -> exact GELU -> fc2 with the block's weights."""
     h = x @ params[f"{prefix}.fc1.weight"].T + params[f"{prefix}.fc1.bias"]
-    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
-    return h @ params[f"{prefix}.fc2.weight"].T + params[f"{prefix}.fc2.bias"]
+    return gelu_exact(h) @ params[f"{prefix}.fc2.weight"].T + params[f"{prefix}.fc2.bias"]
 
 
 def test_the_block_is_timms_formula(ms_mode):
     """x + token_mlp(norm1(x)^T)^T, then + channel_mlp(norm2(x)); LayerNorm epsilon 1e-6, exact GELU, token MLP
     width 0.5 * dim, channel MLP width 4 * dim."""
-    block = _randomise(MixerBlock(8, 6), 0)
+    block = randomise(MixerBlock(8, 6), 0)
     block.set_train(False)
     params = {p.name: p.asnumpy().astype(np.float64) for p in block.get_parameters()}
     assert params["mlp_tokens.fc1.weight"].shape == (4, 6) and params["mlp_channels.fc1.weight"].shape == (32, 8)
@@ -67,7 +57,7 @@ def test_a_tiny_mixer_has_timms_names_shapes_and_count():
 
 
 def test_the_logits_are_the_head_on_the_mean_token():
-    net = _randomise(create_model("mixer_s16_224", num_classes=5, **TINY), 2)
+    net = randomise(create_model("mixer_s16_224", num_classes=5, **TINY), 2)
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32))
     features = net.forward_features(x).asnumpy()
@@ -104,9 +94,7 @@ def test_fixture_logits_match_reference(name, converted, graph_mode, net_path):
 
 
 def test_every_shared_pixelfly_fixture_is_tested():
-    if not SHARED_FIXTURES.joinpath("pixelfly").is_dir():
-        pytest.skip("../shared/fixtures/pixelfly is not present")
-    found = sorted(p.name for p in SHARED_FIXTURES.joinpath("pixelfly").iterdir() if p.name.startswith("mixer"))
+    found = sorted(p.name for p in shared_fixture_dir("pixelfly").iterdir() if p.name.startswith("mixer"))
     assert found == FIXTURES
 
 

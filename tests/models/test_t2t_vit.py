@@ -11,8 +11,8 @@ import mindcv_ext  # noqa: F401  (registers the models)
 from mindcv_ext.convert import ConversionError, ConversionReport, convert_state_dict, read_checkpoint
 from mindcv_ext.convert.converter import extract_state_dict, torch_names
 from mindcv_ext.models import count_params
-from tests.utils import (SHARED_FIXTURES, assert_within_tolerance, convert_fixture, fixture_meta, on_path,
-                         shared_fixture_dir, write_jpeg_folder)
+from tests.utils import (assert_within_tolerance, convert_fixture, fixture_meta, on_path, shared_fixture_dir,
+                         write_jpeg_folder)
 
 FIXTURES = ["t2t_vit_14", "t2t_vit_t_14_full", "t2t_vit_t_14_local", "t2t_vit_t_14_performer",
             "t2t_vit_t_14_sblocal"]
@@ -25,9 +25,7 @@ def _meta(name):
 
 
 def test_every_shared_fixture_is_tested():
-    if not SHARED_FIXTURES.joinpath("t2t").is_dir():
-        pytest.skip("../shared/fixtures/t2t is not present")
-    assert sorted(p.name for p in SHARED_FIXTURES.joinpath("t2t").iterdir() if p.is_dir()) == sorted(FIXTURES)
+    assert sorted(p.name for p in shared_fixture_dir("t2t").iterdir() if p.is_dir()) == sorted(FIXTURES)
 
 
 @pytest.mark.parametrize("name", FIXTURES)
