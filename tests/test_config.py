@@ -1,6 +1,7 @@
 """config.py: YAML gives defaults, the command line wins, and every mistake names the culprit."""
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_t2t_attention_keys_reach_the_entrypoint_only_when_set(tmp_path):
     assert config.model_arguments(config.parse_args([])) == {}
 
 
-def test_family_options_are_declared_by_the_family_and_read_without_mindspore():
+def test_family_options_are_declared_by_the_family_and_read_without_mindspore(tmp_path):
     """config.py names no family's keys: T2T-ViT declares its own (CONFIG_OPTIONS in models/t2t_vit.py), which
     config.py reads from the source, so parsing a configuration still imports neither MindSpore nor mindcv_ext."""
     names = ["t2t_attn", "local_context", "nb_features", "softmax_eps", "normalization_eps", "feature_seed"]
@@ -50,8 +51,9 @@ def test_family_options_are_declared_by_the_family_and_read_without_mindspore():
     script = ("import json, sys, config; args = config.parse_args(['--t2t_attn', 'local', '--local_context', '98,24',"
               " '--softmax_eps', '0.5']); print(json.dumps([config.model_arguments(args), "
               "sorted({'mindspore', 'mindcv_ext'} & set(sys.modules))]))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
-                          check=False)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=env, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == [{"t2t_attn": "local", "local_context": [98, 24], "softmax_eps": [0.5]}, []]
     with pytest.raises(ValueError, match="CONFIG_OPTIONS must be a literal table"):

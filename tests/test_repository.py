@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from tests.checkout_guard import checkout_entries, new_entries_message
-from tests.utils import (LOCAL_MODEL_FIXTURES, REPO_ROOT, SHARED_ONLY_MODEL_FIXTURES, TEST_DATA,
+from tests.utils import (LOCAL_MODEL_FIXTURES, REPO_ROOT, SHARED_ONLY_MODEL_FIXTURES, TEST_DATA, model_fixtures,
                          shared_fixture_dir)
 
 
@@ -104,6 +104,18 @@ def test_local_model_fixtures_are_current_copies():
         _, mismatch, errors = filecmp.cmpfiles(shared / name, TEST_DATA / "models" / name,
                                                comparison.common_files, shallow=False)
         assert not mismatch and not errors, name
+
+
+def test_the_model_tests_cover_every_model_fixture_once():
+    """model_fixtures(family) picks fixtures by name prefix: a fixture of a prefix no model test asks for would be
+    tested nowhere. The families the tests ask for (their ``model_fixtures("...")`` calls) share the fixtures out
+    exactly."""
+    families = sorted({family for path in (REPO_ROOT / "tests").rglob("test_*.py")
+                       for family in re.findall(r"\bmodel_fixtures\(\s*[\"'](\w+)[\"']\s*\)", path.read_text())})
+    assert families, "no test calls model_fixtures"
+    picked = [name for family in families for name in model_fixtures(family)]
+    assert sorted(picked) == sorted(LOCAL_MODEL_FIXTURES + SHARED_ONLY_MODEL_FIXTURES), families
+    assert all(model_fixtures(family) for family in families), families  # no family asked for names none
 
 
 def test_the_slowest_first_order_names_test_files_that_exist():

@@ -39,9 +39,8 @@ def test_layer_rows():
     assert all(r["fwd_ms"] > 0 and r["tokens"] == 4 for r in rows)
 
 
-def test_every_gpt2_variant_builds_and_runs():
+def test_every_gpt2_variant_builds_and_runs(pynative_mode):
     """fly's eight variants as the suite builds them, one forward each (PyNative, no timing)."""
-    ms.set_context(mode=ms.PYNATIVE_MODE)
     ids = ms.Tensor(np.arange(8, dtype=np.int32).reshape(1, 8))
     macs = {}
     for variant in gpt2.GPT2_VARIANTS:

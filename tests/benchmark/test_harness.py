@@ -1,4 +1,5 @@
 """mindcv_ext.benchmark.harness: alternation, medians, peak memory and worker processes (no timing asserted)."""
+import mmap
 import os
 
 import pytest
@@ -28,16 +29,42 @@ def test_time_samples_times_each_call_after_the_warm_up():
     assert len(calls) == 6 and len(samples) == 4
 
 
-def test_memory_slope_and_peak():
-    assert harness.memory_slope({2: 1000.0, 4: 1400.0, 8: 2200.0}) == pytest.approx(200.0)
+def test_peak_memory_and_its_reset():
     assert harness.peak_rss_mb() >= harness.current_rss_mb() > 10.0
-    assert isinstance(harness.reset_peak_rss(), bool)
+    block = mmap.mmap(-1, 64 * 2 ** 20)  # 64 MB of pages of its own (not the allocator's, which may keep them)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1  # touched: the high-water mark rises
+    block.close()  # unmapped: the resident size falls back
+    high = harness.peak_rss_mb()
+    assert high >= harness.current_rss_mb() + 60
+    if not harness.reset_peak_rss():
+        pytest.skip("this kernel does not let the process reset its peak RSS (/proc/self/clear_refs)")
+    assert harness.peak_rss_mb() < high - 50  # restarted from the current size
 
 
-def test_worker_environment_finds_this_checkout():
+def test_reset_peak_rss_says_false_where_the_kernel_refuses(monkeypatch):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(harness, "open", refuse, raising=False)
+    assert harness.reset_peak_rss() is False
+
+
+def test_worker_environment_puts_a_checkout_first_on_pythonpath(monkeypatch):
+    """Workers import the parent's mindcv_ext: a source checkout goes first on PYTHONPATH, before what the
+    environment had; an installed copy (in site-packages) leaves PYTHONPATH as it was."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(mindcv_ext.__file__)))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setattr(harness.site, "getsitepackages", lambda: ["/nowhere/site-packages"])
+    monkeypatch.setattr(harness.site, "getusersitepackages", lambda: "/nowhere/user-site-packages")
     env = harness.worker_environment()
-    assert root in env.get("PYTHONPATH", "").split(os.pathsep) or "site-packages" in root
+    assert env["PYTHONPATH"] == os.pathsep.join([root, "/elsewhere"])
+    assert {k: v for k, v in env.items() if k != "PYTHONPATH"} == {k: v for k, v in os.environ.items()
+                                                                   if k != "PYTHONPATH"}
+    monkeypatch.setattr(harness.site, "getsitepackages", lambda: [root])
+    assert harness.worker_environment()["PYTHONPATH"] == "/elsewhere"
+    monkeypatch.delenv("PYTHONPATH")
+    assert "PYTHONPATH" not in harness.worker_environment()
 
 
 def test_run_worker_returns_the_workers_json_and_reports_its_failure(tmp_path):

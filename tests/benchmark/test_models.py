@@ -6,21 +6,6 @@ import mindspore as ms
 from mindcv_ext.benchmark import cli, models
 
 
-def test_variants_and_rounds():
-    registered = {"mixer_b16_224", "mixer_b16_224_monarch", "dvt_t2t_vit_12"}
-    assert models.model_variants("mixer_b16_224", registered, models.PIXELFLY_MODELS) == [
-        ("dense", "mixer_b16_224", "mixer_b16_224", None),
-        ("monarch", "mixer_b16_224_monarch", "mixer_b16_224_monarch", None),
-        ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
-    assert models.model_variants("dvt_t2t_vit_12", registered, ["mixer*"]) == [
-        ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
-    rounds = [dict(model="m", params=1, batch_size=4, train_samples_ms=[10.0, 30.0], infer_samples_ms=[8.0],
-                   peak_rss_mb=300), dict(model="m", params=1, batch_size=4, train_samples_ms=[20.0],
-                                          infer_samples_ms=[2.0, 4.0], peak_rss_mb=200)]
-    row = models.summarize_model(rounds)
-    assert (row["train_step_ms"], row["train_img_s"], row["infer_ms"], row["peak_rss_mb"]) == (20.0, 200.0, 4.0, 300)
-
-
 def test_language_models_are_not_in_the_models_suite():
     with pytest.raises(ValueError, match=r"no registered model matches --models \['gpt2\*'\]"):
         models.run_models(models=["gpt2*"])
@@ -44,7 +29,7 @@ def test_plot_models(tmp_path):
     assert models.plot_models(rows, str(tmp_path / "models.png")) and (tmp_path / "models.png").is_file()
 
 
-def test_pixelfly_model_variants_and_selection():
+def test_model_variants_and_the_pixelfly_selection():
     registered = {"mixer_b16_224", "mixer_b16_224_monarch", "mixer_s32_224", "mixer_s32_224_monarch",
                   "dvt_t2t_vit_12"}
     assert cli.parse_args([]).pixelfly_models == ["mixer_b16_224"]  # fly's Pixelfly Mixer-B by default
@@ -54,13 +39,16 @@ def test_pixelfly_model_variants_and_selection():
         ("pixelfly", "mixer_b16_224_pixelfly", "mixer_b16_224", "pixelfly")]
     assert [v[0] for v in models.model_variants("mixer_s32_224", registered, ["mixer_b16*"])] == ["dense",
                                                                                                 "monarch"]
-    # a model without a Monarch twin is measured dense only, not as a missing '<name>_monarch'
-    assert models.model_variants("dvt_t2t_vit_12", registered, []) == [
-        ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)]
+    # a model without a Monarch twin is measured dense only, not as a missing '<name>_monarch', whether or not a
+    # Pixelfly pattern is given
+    for patterns in ([], ["mixer*"]):
+        assert models.model_variants("dvt_t2t_vit_12", registered, patterns) == [
+            ("dense", "dvt_t2t_vit_12", "dvt_t2t_vit_12", None)], patterns
 
 
 def test_summarize_model_pools_rounds():
-    """Rounds pool their steps into one median; the peak is the largest of the workers'."""
+    """Rounds pool their steps into one median (of an even or an odd count, rounds of unequal sizes); the peak is
+    the largest of the workers', whichever round it came from."""
     rounds = [dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[100.0, 300.0],
                    infer_samples_ms=[40.0, 40.0], peak_rss_mb=500),
               dict(model="m", params=10, macs_g=1.0, batch_size=8, img_size=224, train_samples_ms=[200.0, 900.0],
@@ -69,3 +57,8 @@ def test_summarize_model_pools_rounds():
     assert row["train_step_ms"] == 250.0 and row["train_img_s"] == 32.0
     assert row["infer_ms"] == 30.0 and row["peak_rss_mb"] == 700 and row["params"] == 10
     assert not any(key.endswith("_samples_ms") for key in row)
+    rounds = [dict(model="m", params=1, batch_size=4, train_samples_ms=[10.0, 30.0], infer_samples_ms=[8.0],
+                   peak_rss_mb=300), dict(model="m", params=1, batch_size=4, train_samples_ms=[20.0],
+                                          infer_samples_ms=[2.0, 4.0], peak_rss_mb=200)]
+    row = models.summarize_model(rounds)
+    assert (row["train_step_ms"], row["train_img_s"], row["infer_ms"], row["peak_rss_mb"]) == (20.0, 200.0, 4.0, 300)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mindcv_ext.benchmark import attention, gpt2, layers, models
 from mindcv_ext.benchmark.gpt2 import FORK_FIELDS
 from scripts import benchmark, benchmark_gpt2
 
@@ -50,9 +51,30 @@ def test_gpt2_suite_writes_the_forks_columns(tmp_path, capsys):
     assert (tmp_path / "gpt2.png").is_file()
 
 
-def test_the_gpt2_suite_from_benchmark_py(capsys):
-    """benchmark.py --suite gpt2 runs the same suite; its options are checked before anything runs."""
-    assert benchmark.main.__module__ == benchmark_gpt2.benchmark_main.__module__ == "mindcv_ext.benchmark.cli"
+def test_the_gpt2_suite_from_benchmark_py(monkeypatch, graph_mode, capsys):
+    """benchmark.py --suite gpt2 runs the same suite as benchmark_gpt2.py, with the same settings, and that suite
+    alone; its options are checked before anything runs."""
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def run_gpt2(**kwargs):  # the suite's settings, then stop before any measurement
+        calls.append({key: value for key, value in kwargs.items() if key != "progress"})
+        raise Stop
+
+    monkeypatch.setattr(gpt2, "run_gpt2", run_gpt2)
+    for module, suite in ((layers, "run_mlp"), (layers, "run_layers"), (models, "run_models"),
+                          (attention, "run_attention")):
+        monkeypatch.setattr(module, suite, lambda suite=suite, **kwargs: pytest.fail(f"{suite} ran too"))
+    options = ["--gpt2_variants", "ssl4x", "monarch8b", "--batch_sizes", "2", "--seq_len", "8", "--iterations", "3"]
+    with pytest.raises(Stop):
+        benchmark.main(["--suite", "gpt2", *options])
+    with pytest.raises(Stop):
+        benchmark_gpt2.main(options)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert (calls[0]["variants"], calls[0]["batch_sizes"], calls[0]["seq_len"], calls[0]["iterations"]) == (
+        ["ssl4x", "monarch8b"], [2], 8, 3)
     with pytest.raises(SystemExit):
         benchmark.main(["--suite", "gpt2", "--gpt2_variants", "ssl3x"])
     assert "invalid choice: 'ssl3x'" in capsys.readouterr().err
