@@ -62,3 +62,11 @@ def test_summarize_model_pools_rounds():
                                           infer_samples_ms=[2.0, 4.0], peak_rss_mb=200)]
     row = models.summarize_model(rounds)
     assert (row["train_step_ms"], row["train_img_s"], row["infer_ms"], row["peak_rss_mb"]) == (20.0, 200.0, 4.0, 300)
+
+
+def test_a_model_with_few_classes_trains_on_labels_it_has(graph_mode):
+    """The training step's labels cycle through the model's own classes (a label past the head is an error)."""
+    result = models.measure_model(model="gmlp_s16_224", path="plain", batch_size=12, img_size=32, repeats=1,
+                                  warmup=0, model_kwargs={"num_classes": 10, "num_blocks": 1, "patch_size": 8},
+                                  cpu_kernels="off")
+    assert result["batch_size"] == 12 and len(result["train_samples_ms"]) == 1 and result["params"] > 0
